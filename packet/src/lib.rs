@@ -1,0 +1,21 @@
+//! netvm's wire layer: where every byte of a frame is, and nothing else.
+//!
+//! - [`field`]: the `.nvr` field catalogue (names, types, owning header).
+//! - [`decode`]: [`Decoded`], a zero-copy view over a raw Ethernet frame that applies the
+//!   language's absent-header rules (a field is present only when its header is complete inside
+//!   the captured bytes and well formed). It never reads out of bounds and never panics, for
+//!   any input, including an empty slice.
+//! - [`build`]: [`PacketSpec`], the owned description of a test packet, and the frame builder
+//!   that `netvm test`, `netvm explain` and the ClassBench importer use.
+//! - [`hash`]: flow hashing for `balance` (symmetric Toeplitz, as NICs use for RSS).
+//!
+//! This crate knows nothing of policies, rules or rings.
+
+pub mod build;
+pub mod decode;
+pub mod field;
+pub mod hash;
+
+pub use build::{BaseProto, BuildError, PacketSpec};
+pub use decode::Decoded;
+pub use field::{Field, FieldHeader, FieldType, Proto};
