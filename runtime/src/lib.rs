@@ -1,0 +1,6 @@
+//! netvm's runtime foundation (work in progress).
+
+pub mod ring;
+mod sync;
+
+pub use ring::{Ring, RingConsumer, RingEnd, RingError, RingProducer};
