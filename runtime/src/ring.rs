@@ -140,11 +140,11 @@ pub struct Ring {
     header: NonNull<RingHeader>,
     slots: NonNull<UnsafeCell<u32>>,
     mask: u32,
-    memory: Keepalive,
+    _memory: Keepalive,
 }
 
 // SAFETY: a `Ring` only touches the header's atomics; the memory it points to is kept
-// alive by `memory` (the heap ring or the mapped region), which is itself Send + Sync.
+// alive by `_memory` (the heap ring or the mapped region), which is itself Send + Sync.
 unsafe impl Send for Ring {}
 // SAFETY: as above; every method takes `&self` and uses atomics only.
 unsafe impl Sync for Ring {}
@@ -158,8 +158,9 @@ impl fmt::Debug for Ring {
     }
 }
 
-fn check_slots(ring_slots: usize) -> Result<u32, RingError> {
-    if ring_slots < 2 || ring_slots > MAX_RING_SLOTS || !ring_slots.is_power_of_two() {
+/// `ring_slots` as a `u32` if it is a power of two in `2..=MAX_RING_SLOTS`.
+pub(crate) fn check_slots(ring_slots: usize) -> Result<u32, RingError> {
+    if !(2..=MAX_RING_SLOTS).contains(&ring_slots) || !ring_slots.is_power_of_two() {
         return Err(RingError::BadSlotCount(ring_slots));
     }
     u32::try_from(ring_slots).map_err(|_| RingError::BadSlotCount(ring_slots))
@@ -181,7 +182,7 @@ impl Ring {
             header,
             slots,
             mask: slots_u32 - 1,
-            memory: heap,
+            _memory: heap,
         })
     }
 
@@ -231,7 +232,7 @@ impl Ring {
             header,
             slots,
             mask: slots_u32 - 1,
-            memory,
+            _memory: memory,
         })
     }
 
