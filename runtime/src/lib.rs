@@ -1,8 +1,40 @@
-//! netvm's runtime foundation (work in progress).
+//! netvm's runtime foundation: the memory, rings and placement that the switch threads,
+//! ports, VMs and `netvm run` are built on.
+//!
+//! What it owns, bottom up:
+//! - [`layout`]: where every byte of the shared region is (header, rings, buffers).
+//! - [`region`]: the [`SharedRegion`], one `memfd` on 2 MiB huge pages (or, loudly,
+//!   ordinary pages) that other processes can map at any address.
+//! - [`ring`]: SPSC rings of buffer indices with claimed [`RingProducer`] /
+//!   [`RingConsumer`] ends; [`mpmc`]: the MPMC ring behind the pool's free list.
+//! - [`pool`]: the refcounted [`PacketPool`] with per-core [`PoolCache`]s.
+//! - [`numa`]: topology, `mbind`, core pinning and the thread placement planner.
+//!
+//! Invariants it keeps:
+//! - **No pointers in shared memory.** Everything in the region is an offset or a buffer
+//!   index, so every process that maps it sees the same structures (proved by
+//!   `tests/cross_process.rs`).
+//! - **No locks on the data path.** Rings hand over indices with one Release store and
+//!   one Acquire load per burst; the free ring is lock-free (CAS per burst). Both are
+//!   model-checked with loom:
+//!   `RUSTFLAGS="--cfg loom" cargo test -p netvm-runtime --release --test loom_ring loom`.
+//! - **Every buffer accounted for.** A buffer is in the free ring, in a [`PoolCache`], or
+//!   held (refcount ≥ 1) by whoever received its index; with threads idle,
+//!   [`PacketPool::available`] equals [`PacketPool::capacity`].
+//! - **Bad input is an error.** Indices and ring positions read from shared memory are
+//!   range-checked or clamped; nothing a peer writes makes this crate panic or access
+//!   memory outside the region.
+//!
+//! What it does not do: parse or compile policies (that is `netvm-lang` and
+//! `netvm-compiler`; the runtime will take a compiled classifier as an opaque function),
+//! decode packets (`netvm-packet`), or print anything: it returns [`Backing`],
+//! [`numa::Placement`] and typed errors for the binary to report.
 
 #[cfg(not(loom))]
 pub mod layout;
 pub mod mpmc;
+#[cfg(not(loom))]
+pub mod numa;
 #[cfg(not(loom))]
 pub mod pool;
 #[cfg(not(loom))]
@@ -11,8 +43,10 @@ pub mod ring;
 mod sync;
 
 #[cfg(not(loom))]
-pub use layout::{RegionConfig, RegionLayout};
+pub use layout::{LayoutError, RegionConfig, RegionLayout};
 pub use mpmc::MpmcRing;
+#[cfg(not(loom))]
+pub use numa::{NumaError, Placement, PlacementRequest, Topology};
 #[cfg(not(loom))]
 pub use pool::{PacketPool, PoolCache, PoolError};
 #[cfg(not(loom))]
