@@ -2,7 +2,7 @@
 //!
 //! [`PacketPool`] hands out buffer *indices* (`u32`) into the region's buffer array.
 //! Free indices live in the region's lock-free MPMC free ring
-//! ([`MpmcRing`](crate::mpmc::MpmcRing)), so any process that maps the region can
+//! ([`crate::mpmc::MpmcRing`]), so any process that maps the region can
 //! allocate and free. Each switch or VM thread should allocate through its own
 //! [`PoolCache`] (DPDK mempool's per-lcore cache): a local array that refills from and
 //! flushes to the free ring in bursts, so the shared ring's cache lines are touched once
