@@ -1,0 +1,19 @@
+//! netvm's compiler: a checked [`Policy`](netvm_lang::Policy) → classifier IR → engines.
+//!
+//! The stages, in order: [`lower`] (policy → [`ir::Classifier`]: numbered atoms, payload
+//! literals and regexes), [`ir`], [`interp`] (the reference interpreter, the oracle every
+//! other engine is tested against). Beside them, what runs on top of an engine:
+//! [`testing`] (a policy's `test` blocks) and [`explain`] (`netvm explain`).
+//!
+//! This crate knows nothing of rings, ports or threads: the runtime takes a classifier from
+//! here as an opaque function from frames to rule indices.
+
+pub mod explain;
+pub mod interp;
+pub mod ir;
+pub mod lower;
+pub mod testing;
+
+pub use interp::Interpreter;
+pub use ir::{Classifier, NO_PORT};
+pub use lower::lower;

@@ -1,0 +1,160 @@
+//! `netvm explain FILE 'tcp { tcp.dport = 22 }'` or `--pcap CAPTURE --index N`.
+//!
+//! A packet written on the command line is checked exactly like a test case of the file (so
+//! it may use the file's consts and ports): it is appended to the policy text as a one-case
+//! test block and goes through the same checker.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use netvm_compiler::explain::explain;
+use netvm_compiler::testing::{case_frame, case_port};
+use netvm_compiler::NO_PORT;
+use netvm_lang::RootSource;
+
+use crate::report::{self, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy file.
+    file: String,
+    /// A packet written as in a test case: `tcp { ip.src = 1.2.3.4, tcp.dport = 22 }`.
+    #[arg(required_unless_present = "pcap", conflicts_with = "pcap")]
+    packet: Option<String>,
+    /// Explain a packet from a capture (pcap or pcapng) instead.
+    #[arg(long, requires = "index")]
+    pcap: Option<String>,
+    /// Which packet of the capture, counted from 1 as Wireshark and tcpdump number them.
+    #[arg(long)]
+    index: Option<usize>,
+    /// The port the packet arrives on (default: unknown, so `in_port` tests are false).
+    #[arg(long)]
+    in_port: Option<String>,
+}
+
+pub fn run(args: Args) -> Result<ExitCode, String> {
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| format!("cannot read `{}`: {e}", args.file))?;
+    let dir = Path::new(&args.file)
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let (root_text, described) = match &args.packet {
+        Some(packet) => (
+            format!("{text}\ntest \"netvm explain\" {{\n  {packet} => rule default\n}}\n"),
+            packet.clone(),
+        ),
+        None => (text, String::new()),
+    };
+    let checked = netvm_lang::check(RootSource::Text {
+        name: args.file.clone(),
+        text: root_text,
+        dir,
+    })?;
+    let errors: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .cloned()
+        .collect();
+    report::print_all(&errors, &checked, Format::Text);
+    let Some(policy) = &checked.policy else {
+        return Ok(ExitCode::from(1));
+    };
+    let (frame, mut in_port, described) = match (&args.packet, &args.pcap) {
+        (Some(_), _) => {
+            let case = policy
+                .tests
+                .last()
+                .and_then(|t| t.cases.last())
+                .ok_or("the packet did not parse as a test case")?;
+            (case_frame(case)?, case_port(case), described)
+        }
+        (None, Some(pcap)) => {
+            let index = args.index.unwrap_or(1);
+            let frame = read_capture_frame(pcap, index)?;
+            let described = format!("{pcap} #{index} ({} bytes)", frame.len());
+            (frame, NO_PORT, described)
+        }
+        (None, None) => return Err("give a packet or --pcap".into()),
+    };
+    if let Some(name) = &args.in_port {
+        let port = policy
+            .port_index(name)
+            .ok_or_else(|| format!("the policy has no port `{name}`"))?;
+        in_port = port as u32;
+    }
+    let explanation = explain(policy, &frame, in_port).map_err(|e| e.to_string())?;
+    let sources = checked.sources();
+    println!("packet: {described}");
+    if in_port != NO_PORT {
+        println!("  in_port {}", policy.ports[in_port as usize].name);
+    }
+    if explanation.headers.is_empty() {
+        println!("  (no complete Ethernet header: every header is absent)");
+    }
+    for (header, line) in &explanation.headers {
+        println!("  {header:<8} {line}");
+    }
+    println!("rules:");
+    for trace in &explanation.rules {
+        let rule = &policy.rules[trace.rule];
+        let mark = if trace.matched { "✓" } else { "✗" };
+        println!("  {mark} rule {}", rule.name);
+        for node in &trace.nodes {
+            let mark = if node.held { "✓" } else { "✗" };
+            let text: String = sources
+                .snippet(node.span)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!("      {}{mark} {text}", "  ".repeat(node.depth));
+        }
+    }
+    if explanation.rules.len() < policy.rules.len() {
+        let rest = policy.rules.len() - explanation.rules.len();
+        println!("  ({rest} later rules not tried: the first match wins)");
+    }
+    match explanation.matched {
+        Some(i) => println!("matched: rule {}", policy.rules[i].name),
+        None => println!("matched: default (no rule matched)"),
+    }
+    println!("actions: {}", explanation.actions);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `index`-th packet (from 1) of a pcap or pcapng file.
+pub fn read_capture_frame(path: &str, index: usize) -> Result<Vec<u8>, String> {
+    let frames = read_capture(path)?;
+    let count = frames.len();
+    if index == 0 || index > count {
+        return Err(format!(
+            "`{path}` holds {count} packets; --index counts from 1 to {count}"
+        ));
+    }
+    Ok(frames.into_iter().nth(index - 1).unwrap_or_default())
+}
+
+/// Every frame of a pcap or pcapng file.
+pub fn read_capture(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
+    let bad = |e: pcap_file::PcapError| format!("`{path}` is not a readable capture: {e}");
+    let mut frames = Vec::new();
+    if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
+        let mut reader = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).map_err(bad)?;
+        while let Some(block) = reader.next_block() {
+            match block.map_err(bad)? {
+                pcap_file::pcapng::Block::EnhancedPacket(p) => frames.push(p.data.to_vec()),
+                pcap_file::pcapng::Block::SimplePacket(p) => frames.push(p.data.to_vec()),
+                _ => {}
+            }
+        }
+    } else {
+        let mut reader = pcap_file::pcap::PcapReader::new(&bytes[..]).map_err(bad)?;
+        while let Some(packet) = reader.next_packet() {
+            frames.push(packet.map_err(bad)?.data.to_vec());
+        }
+    }
+    Ok(frames)
+}

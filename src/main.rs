@@ -1,0 +1,54 @@
+//! The `netvm` command: wires the language, the compiler and (later) the runtime together.
+//!
+//! Exit codes: 0 success, 1 a policy has errors or a test failed, 2 usage errors (unknown
+//! flags, unreadable files).
+
+mod commands;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "netvm",
+    version,
+    about = "A rule-programmable software switch: .nvr policies, JIT classifiers, zero-copy VMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse, resolve, type-check and lower policies; report every problem.
+    Check(commands::check::Args),
+    /// Run the `test` blocks of policies (a stdlib module is named `std.NAME`).
+    Test(commands::test::Args),
+    /// Show how a policy classifies one packet, rule by rule.
+    Explain(commands::explain::Args),
+    /// Print policies in canonical layout (comments between declarations are kept).
+    Fmt(commands::fmt::Args),
+    /// Convert a rule set of another tool into a policy (printed on stdout).
+    Import(commands::import::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => commands::check::run(args),
+        Command::Test(args) => commands::test::run(args),
+        Command::Explain(args) => commands::explain::run(args),
+        Command::Fmt(args) => commands::fmt::run(args),
+        Command::Import(args) => commands::import::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
