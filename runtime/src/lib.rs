@@ -17,7 +17,7 @@
 //! - **No locks on the data path.** Rings hand over indices with one Release store and
 //!   one Acquire load per burst; the free ring is lock-free (CAS per burst). Both are
 //!   model-checked with loom:
-//!   `RUSTFLAGS="--cfg loom" cargo test -p netvm-runtime --release --test loom_ring loom`.
+//!   `RUSTFLAGS="--cfg loom" cargo test -p netvm-runtime --release loom`.
 //! - **Every buffer accounted for.** A buffer is in the free ring, in a [`PoolCache`], or
 //!   held (refcount ≥ 1) by whoever received its index; with threads idle,
 //!   [`PacketPool::available`] equals [`PacketPool::capacity`].

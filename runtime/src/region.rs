@@ -268,7 +268,15 @@ impl SharedRegion {
                 *slot = next + i as u32;
             }
             // The free ring has a slot for every buffer, so this always fits.
-            next += free.enqueue_burst(&burst[..len]) as u32;
+            let sent = free.enqueue_burst(&burst[..len]);
+            if sent == 0 {
+                return Err(RingError::Corrupt {
+                    expected: count as usize,
+                    found: next as usize,
+                }
+                .into());
+            }
+            next += sent as u32;
         }
         Ok(())
     }

@@ -39,7 +39,6 @@ impl<T> UnsafeCell<T> {
 
 /// Back off inside a retry loop. Under loom this yields so the model checker can run
 /// the thread that will let us make progress.
-#[allow(dead_code)] // used by the MPMC free ring
 #[inline(always)]
 pub(crate) fn spin_hint() {
     #[cfg(loom)]

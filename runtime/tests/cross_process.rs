@@ -4,6 +4,7 @@
 //! The test binary re-runs itself as the child (`NETVM_CHILD_FD` set), passing the memfd
 //! by inheritance: the fd is close-on-exec, so the parent clears that flag in the child
 //! only, between fork and exec.
+#![cfg(not(loom))] // maps real shared memory, which loom cannot model
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;

@@ -2,6 +2,7 @@
 //! competes for the pages) reserves 2 MiB pages through `/proc/sys/vm/nr_hugepages` when
 //! it runs as root, checks that `Require` gets them, and restores the old value.
 //! Without root (or with `NETVM_TEST_NO_SYSCTL=1`) it only checks the refusal path.
+#![cfg(not(loom))] // maps real shared memory, which loom cannot model
 
 use std::fs;
 
