@@ -71,7 +71,10 @@ fn assert_clean_and_passing(checked: &Checked, name: &str) -> usize {
         "{name} should check clean:\n{}",
         rendered(checked)
     );
-    let policy = checked.policy.as_ref().expect("clean policies have a policy");
+    let policy = checked
+        .policy
+        .as_ref()
+        .expect("clean policies have a policy");
     let engine = Interpreter::new(lower(policy)).expect("regexes compile");
     let outcomes = run_tests(policy, &engine);
     let failures: Vec<String> = outcomes
@@ -79,12 +82,19 @@ fn assert_clean_and_passing(checked: &Checked, name: &str) -> usize {
         .filter_map(|o| {
             o.failure.as_ref().map(|f| {
                 let case = &policy.tests[o.test].cases[o.case];
-                let (line, _) = checked.sources().get(case.span.file).line_col(case.span.start as usize);
+                let (line, _) = checked
+                    .sources()
+                    .get(case.span.file)
+                    .line_col(case.span.start as usize);
                 format!("{name}:{line}: {f}")
             })
         })
         .collect();
-    assert!(failures.is_empty(), "failing cases:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing cases:\n{}",
+        failures.join("\n")
+    );
     outcomes.len()
 }
 
@@ -151,8 +161,7 @@ fn warning_files_report_exactly_the_expected_warnings() {
 #[test]
 fn every_stdlib_module_checks_clean_and_passes_its_tests() {
     for (module, _) in netvm_lang::load::STDLIB {
-        let checked =
-            netvm_lang::check(RootSource::Std(module.to_string())).expect("stdlib loads");
+        let checked = netvm_lang::check(RootSource::Std(module.to_string())).expect("stdlib loads");
         let cases = assert_clean_and_passing(&checked, &format!("std.{module}"));
         assert!(cases > 0, "std.{module} has test cases");
     }

@@ -78,9 +78,8 @@ impl Interpreter {
 
     /// One atom, from its definition.
     pub fn atom_holds(&self, atom: &Atom, decoded: &Decoded, in_port: u32) -> bool {
-        let in_ranges = |v: u128, ranges: &[(u128, u128)]| {
-            ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi)
-        };
+        let in_ranges =
+            |v: u128, ranges: &[(u128, u128)]| ranges.iter().any(|&(lo, hi)| lo <= v && v <= hi);
         match atom {
             Atom::Proto(p) => decoded.has(*p),
             Atom::Field {

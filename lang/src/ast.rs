@@ -55,10 +55,18 @@ pub enum Addr {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScalarKind {
     Int(u128),
-    Addr { addr: Addr, prefix_len: Option<u8> },
+    Addr {
+        addr: Addr,
+        prefix_len: Option<u8>,
+    },
     Str(Vec<u8>),
-    Regex { pattern: String, flags: String },
+    Regex {
+        pattern: String,
+        flags: String,
+    },
     Name(String),
+    /// A literal that did not decode (already reported); it resolves to nothing.
+    Invalid,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -242,7 +242,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
     candidates
         .into_iter()
@@ -258,7 +261,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("tcp.dprt", ["tcp.dport", "udp.dport"]), Some("tcp.dport"));
+        assert_eq!(
+            did_you_mean("tcp.dprt", ["tcp.dport", "udp.dport"]),
+            Some("tcp.dport")
+        );
         assert_eq!(did_you_mean("ADMN", ["ADMIN", "WEB"]), Some("ADMIN"));
         assert_eq!(did_you_mean("zzz", ["ADMIN", "WEB"]), None);
     }

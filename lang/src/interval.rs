@@ -158,7 +158,10 @@ mod tests {
     fn complement_covers_the_rest_of_the_domain() {
         let s = IntervalSet::from_ranges(vec![(0, 0), (10, 20)]);
         assert_eq!(s.complement(100).ranges(), &[(1, 9), (21, 100)]);
-        assert_eq!(IntervalSet::full(u128::MAX).complement(u128::MAX), IntervalSet::empty());
+        assert_eq!(
+            IntervalSet::full(u128::MAX).complement(u128::MAX),
+            IntervalSet::empty()
+        );
         assert_eq!(IntervalSet::empty().complement(7).ranges(), &[(0, 7)]);
     }
 

@@ -79,7 +79,10 @@ pub fn load(root: RootSource) -> Result<(Program, Vec<Diagnostic>), String> {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
             let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
-            let dir = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = canonical
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             (
                 FileKey::Disk(canonical),
                 path.display().to_string(),

@@ -653,13 +653,22 @@ impl Builder {
         let loc = self.loc(&pair);
         let inner = pair.into_inner().next().expect("scalar body");
         let kind = match inner.as_rule() {
-            Rule::int => ScalarKind::Int(self.int(inner)),
+            Rule::int => match parse_int(inner.as_str()) {
+                Some(v) => ScalarKind::Int(v),
+                None => {
+                    self.int(inner);
+                    ScalarKind::Invalid
+                }
+            },
             Rule::address => self.address(inner),
             Rule::string => ScalarKind::Str(self.string(inner)),
             Rule::regex => {
                 let mut parts = inner.into_inner();
                 let body = parts.next().expect("regex body");
-                let flags = parts.next().map(|f| f.as_str().to_string()).unwrap_or_default();
+                let flags = parts
+                    .next()
+                    .map(|f| f.as_str().to_string())
+                    .unwrap_or_default();
                 for (i, c) in flags.char_indices() {
                     if c != 'i' && c != 's' {
                         let span = self.span(&body);
@@ -669,7 +678,10 @@ impl Builder {
                             Span::new(self.file, at, at + c.len_utf8()),
                             format!("unknown regex flag `{c}`"),
                         )
-                        .help = Some("the flags are `i` (case-insensitive) and `s` (`.` matches a newline)".into());
+                        .help = Some(
+                            "the flags are `i` (case-insensitive) and `s` (`.` matches a newline)"
+                                .into(),
+                        );
                     }
                 }
                 ScalarKind::Regex {
@@ -706,7 +718,10 @@ impl Builder {
         let text = addr_pair.as_str();
         let prefix_pair = inner.next();
         let addr = match addr_pair.as_rule() {
-            Rule::ipv4_text => text.parse::<std::net::Ipv4Addr>().ok().map(|a| Addr::V4(a.into())),
+            Rule::ipv4_text => text
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+                .map(|a| Addr::V4(a.into())),
             _ => parse_mac(text).map(Addr::Mac).or_else(|| {
                 text.parse::<std::net::Ipv6Addr>()
                     .ok()
@@ -720,10 +735,7 @@ impl Builder {
                 "an IPv6 address or a MAC address"
             };
             self.error(Code::BadLiteral, span, format!("`{text}` is not {what}"));
-            return ScalarKind::Addr {
-                addr: Addr::V4(0),
-                prefix_len: None,
-            };
+            return ScalarKind::Invalid;
         };
         let Some(prefix_pair) = prefix_pair else {
             return ScalarKind::Addr {
@@ -735,7 +747,11 @@ impl Builder {
             Addr::V4(_) => 32,
             Addr::V6(_) => 128,
             Addr::Mac(_) => {
-                self.error(Code::BadLiteral, span, "a MAC address takes no prefix length");
+                self.error(
+                    Code::BadLiteral,
+                    span,
+                    "a MAC address takes no prefix length",
+                );
                 return ScalarKind::Addr {
                     addr,
                     prefix_len: None,
@@ -765,7 +781,11 @@ impl Builder {
                 )
             }
             Addr::V6(a) => {
-                let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
                 (
                     a & !mask != 0,
                     format!("{}/{len}", std::net::Ipv6Addr::from(a & mask)),
@@ -812,7 +832,10 @@ impl Builder {
                 'x' => {
                     let hi = chars.next().map(|(_, c)| c);
                     let lo = chars.next().map(|(_, c)| c);
-                    let byte = match (hi.and_then(|c| c.to_digit(16)), lo.and_then(|c| c.to_digit(16))) {
+                    let byte = match (
+                        hi.and_then(|c| c.to_digit(16)),
+                        lo.and_then(|c| c.to_digit(16)),
+                    ) {
                         (Some(h), Some(l)) => Some((h * 16 + l) as u8),
                         _ => None,
                     };

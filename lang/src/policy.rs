@@ -58,7 +58,9 @@ pub enum PredKind {
         set: IntervalSet,
     },
     /// The input port is known and its index lies in `ports`.
-    InPort { ports: IntervalSet },
+    InPort {
+        ports: IntervalSet,
+    },
     /// `payload[index]` is present (index < payload.len) and `(byte & mask)` lies in `set`.
     PayloadByte {
         index: u16,
@@ -78,7 +80,10 @@ pub enum PayloadTest {
     StartsWith(Vec<u8>),
     /// An unanchored search; `pattern` is regex-syntax text, flags already folded in as
     /// `(?i)`/`(?s)`, Unicode off, matching bytes.
-    Matches { pattern: String, source: String },
+    Matches {
+        pattern: String,
+        source: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -39,7 +39,10 @@ pub fn decl(decl: &Decl) -> String {
                 "port {} = {}({})",
                 name.text,
                 b.driver.text,
-                b.args.as_deref().map(|a| string(a.as_bytes())).unwrap_or_default()
+                b.args
+                    .as_deref()
+                    .map(|a| string(a.as_bytes()))
+                    .unwrap_or_default()
             ),
         },
         DeclKind::Vm { names, trusted } => {
@@ -137,7 +140,10 @@ fn balance(b: &Balance) -> String {
         Some(BalanceKey::Field(p)) => format!(" by {}", p.text),
         Some(BalanceKey::Fields(ps)) => format!(
             " by ({})",
-            ps.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(", ")
+            ps.iter()
+                .map(|p| p.text.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     format!("balance {}{key}", b.group.text)
@@ -164,7 +170,11 @@ pub fn pred(pred: &Pred) -> String {
         }
     };
     match &pred.kind {
-        PredKind::Or(items) => items.iter().map(|p| child(p, 1)).collect::<Vec<_>>().join(" or "),
+        PredKind::Or(items) => items
+            .iter()
+            .map(|p| child(p, 1))
+            .collect::<Vec<_>>()
+            .join(" or "),
         PredKind::And(items) => items
             .iter()
             .map(|p| child(p, 2))
@@ -249,6 +259,7 @@ pub fn scalar(s: &Scalar) -> String {
         ScalarKind::Str(bytes) => string(bytes),
         ScalarKind::Regex { pattern, flags } => format!("/{}/{flags}", pattern.replace('/', "\\/")),
         ScalarKind::Name(n) => n.clone(),
+        ScalarKind::Invalid => "0".into(),
     }
 }
 
@@ -295,11 +306,11 @@ pub fn string(bytes: &[u8]) -> String {
 /// syntax errors or with comments inside a declaration, which it could not keep.
 pub fn format_source(text: &str) -> Result<String, String> {
     let (parsed, diags) = crate::parse::parse_file(crate::source::FileId(0), text);
-    if let Some(d) = diags.iter().find(|d| d.code == crate::diag::Code::Syntax) {
+    if let Some(d) = diags.iter().find(|d| d.is_error()) {
         let (line, col) = crate::source::SourceFile::new(String::new(), None, text.to_string())
             .line_col(d.span.start as usize);
         return Err(format!(
-            "syntax error at {line}:{col} ({}); run `netvm check` and fix it first",
+            "error at {line}:{col} ({}); run `netvm check` and fix it first",
             d.message
         ));
     }
@@ -389,7 +400,10 @@ fn inner_comment(text: &str) -> Option<usize> {
             b'#' => return Some(i),
             b'/' if bytes.get(i + 1) == Some(&b'/') => return Some(i),
             b'/' => {
-                let prefix = i > 0 && (bytes[i - 1].is_ascii_hexdigit() || bytes[i - 1] == b':' || bytes[i - 1] == b'.');
+                let prefix = i > 0
+                    && (bytes[i - 1].is_ascii_hexdigit()
+                        || bytes[i - 1] == b':'
+                        || bytes[i - 1] == b'.');
                 if !prefix {
                     i += 1;
                     while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {

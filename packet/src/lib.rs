@@ -17,5 +17,5 @@ pub mod field;
 pub mod hash;
 
 pub use build::{BaseProto, BuildError, PacketSpec};
-pub use decode::Decoded;
+pub use decode::{format_value, Decoded, Offsets};
 pub use field::{Field, FieldHeader, FieldType, Proto};

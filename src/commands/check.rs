@@ -25,9 +25,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         report::diagnostics(&checked, args.format);
         errors += checked.error_count();
         warnings += checked.warning_count();
-        if checked.policy.is_some() {
+        if let Some(policy) = &checked.policy {
             // Lowering is part of checking: a policy that checks must compile.
-            let policy = checked.policy.as_ref().expect("checked above");
             let classifier = netvm_compiler::lower(policy);
             netvm_compiler::Interpreter::new(classifier).map_err(|e| format!("{file}: {e}"))?;
         }

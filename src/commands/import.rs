@@ -33,7 +33,10 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
 /// The policy text for a ClassBench rule file.
 pub fn classbench_policy(text: &str, name: &str) -> Result<String, String> {
     let mut out = String::new();
-    let _ = writeln!(out, "# imported from ClassBench rule file {name} by `netvm import classbench`");
+    let _ = writeln!(
+        out,
+        "# imported from ClassBench rule file {name} by `netvm import classbench`"
+    );
     out.push_str("port p0\n\n");
     let mut n = 0;
     for (index, line) in text.lines().enumerate() {
@@ -41,8 +44,8 @@ pub fn classbench_policy(text: &str, name: &str) -> Result<String, String> {
             continue;
         }
         n += 1;
-        let conditions = classbench_line(line)
-            .map_err(|e| format!("{name}:{}: {e}: `{line}`", index + 1))?;
+        let conditions =
+            classbench_line(line).map_err(|e| format!("{name}:{}: {e}: `{line}`", index + 1))?;
         let pred = if conditions.is_empty() {
             "ip".to_string()
         } else {
@@ -55,14 +58,25 @@ pub fn classbench_policy(text: &str, name: &str) -> Result<String, String> {
 }
 
 fn classbench_line(line: &str) -> Result<Vec<String>, String> {
-    let line = line.strip_prefix('@').ok_or("a rule line starts with `@`")?;
-    let fields: Vec<&str> = line.split('\t').map(str::trim).filter(|f| !f.is_empty()).collect();
+    let line = line
+        .strip_prefix('@')
+        .ok_or("a rule line starts with `@`")?;
+    let fields: Vec<&str> = line
+        .split('\t')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
     if fields.len() < 5 {
-        return Err(format!("expected 6 tab-separated fields, found {}", fields.len()));
+        return Err(format!(
+            "expected 6 tab-separated fields, found {}",
+            fields.len()
+        ));
     }
     let mut conditions = Vec::new();
     for (field, text) in [("ip.src", fields[0]), ("ip.dst", fields[1])] {
-        let (addr, len) = text.split_once('/').ok_or("an address must be PREFIX/LEN")?;
+        let (addr, len) = text
+            .split_once('/')
+            .ok_or("an address must be PREFIX/LEN")?;
         let len: u8 = len.parse().map_err(|_| "bad prefix length")?;
         let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| "bad IPv4 address")?;
         if len > 32 {
@@ -88,7 +102,9 @@ fn classbench_line(line: &str) -> Result<Vec<String>, String> {
             conditions.push(format!("{field} in {lo}..{hi}"));
         }
     }
-    let (proto, mask) = fields[4].split_once('/').ok_or("the protocol must be PROTO/MASK")?;
+    let (proto, mask) = fields[4]
+        .split_once('/')
+        .ok_or("the protocol must be PROTO/MASK")?;
     let parse_hex = |t: &str| u8::from_str_radix(t.trim_start_matches("0x"), 16);
     let proto = parse_hex(proto).map_err(|_| "bad protocol")?;
     let mask = parse_hex(mask).map_err(|_| "bad protocol mask")?;

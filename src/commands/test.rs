@@ -35,7 +35,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
             let source = sources.get(case.span.file);
             let (line, _) = source.line_col(case.span.start as usize);
             let packet = source.snippet(case.span);
-            let packet = packet.split("=>").next().unwrap_or(packet).trim();
+            let packet = packet.split("=>").next().unwrap_or(packet);
+            let packet = packet.split_whitespace().collect::<Vec<_>>().join(" ");
             let status = if outcome.passed() { "ok" } else { "FAILED" };
             println!(
                 "test {}:{line} {} :: {packet} ... {status}",
@@ -57,7 +58,11 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         }
         println!();
     }
-    let verdict = if failed == 0 && !broken { "ok" } else { "FAILED" };
+    let verdict = if failed == 0 && !broken {
+        "ok"
+    } else {
+        "FAILED"
+    };
     println!("test result: {verdict}. {passed} passed; {failed} failed");
     Ok(if failed == 0 && !broken {
         ExitCode::SUCCESS

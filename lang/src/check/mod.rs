@@ -84,6 +84,8 @@ pub struct Checker<'p> {
     counters: Vec<String>,
     /// VMs (table index) reached from a root rule or default.
     reached_vms: Vec<bool>,
+    /// VMs (table index) whose declaration repeats a name (already reported as E003).
+    duplicate_vms: Vec<usize>,
 }
 
 /// Checks a loaded program. The policy is `None` when there are errors.
@@ -100,15 +102,13 @@ pub fn check(program: &Program) -> (Option<Policy>, Vec<Diagnostic>) {
         groups: Vec::new(),
         counters: Vec::new(),
         reached_vms: Vec::new(),
+        duplicate_vms: Vec::new(),
     };
     checker.declare();
     checker.build_scopes();
     let policy = checker.check_all();
     let has_errors = checker.diags.iter().any(Diagnostic::is_error);
-    (
-        if has_errors { None } else { Some(policy) },
-        checker.diags,
-    )
+    (if has_errors { None } else { Some(policy) }, checker.diags)
 }
 
 impl<'p> Checker<'p> {
@@ -163,9 +163,9 @@ impl<'p> Checker<'p> {
                     self.named[id].table_index = self.ports.len();
                     self.ports.push(Port {
                         name,
-                        binding: binding.as_ref().map(|b| {
-                            (b.driver.text.clone(), b.args.clone().unwrap_or_default())
-                        }),
+                        binding: binding
+                            .as_ref()
+                            .map(|b| (b.driver.text.clone(), b.args.clone().unwrap_or_default())),
                         span,
                     });
                 }
@@ -197,9 +197,15 @@ impl<'p> Checker<'p> {
     /// names (clashes with different declarations reported).
     fn build_scopes(&mut self) {
         let mut scopes = Vec::new();
+        let mut duplicates = Vec::new();
         for file in &self.program.files {
             let mut scope: HashMap<String, DeclId> = HashMap::new();
-            for (id, n) in self.named.iter().enumerate().filter(|(_, n)| n.file == file.id) {
+            for (id, n) in self
+                .named
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.file == file.id)
+            {
                 if Proto::from_name(&n.name).is_some() || RESERVED.contains(&n.name.as_str()) {
                     self.diags.push(
                         Diagnostic::new(
@@ -213,6 +219,7 @@ impl<'p> Checker<'p> {
                 }
                 if let Some(&first) = scope.get(&n.name) {
                     let first_span = self.named[first].span;
+                    duplicates.push(id);
                     self.diags.push(
                         Diagnostic::new(
                             Code::Duplicate,
@@ -227,6 +234,13 @@ impl<'p> Checker<'p> {
                 scope.insert(n.name.clone(), id);
             }
             scopes.push(scope);
+        }
+        // A second declaration of a name is reported once, as E003, not also as unused.
+        for id in duplicates {
+            self.named[id].used = true;
+            if self.named[id].kind == Kind::Vm {
+                self.duplicate_vms.push(self.named[id].table_index);
+            }
         }
         // Imported names join after every file's own names are known.
         let mut merged = scopes.clone();
@@ -293,12 +307,8 @@ impl<'p> Checker<'p> {
             .map(String::as_str)
             .collect();
         let suggestion = did_you_mean(name, candidates).map(str::to_string);
-        let mut diag = Diagnostic::new(
-            Code::UnknownName,
-            span,
-            format!("unknown name `{name}`"),
-        )
-        .label(format!("no {expected} of this name"));
+        let mut diag = Diagnostic::new(Code::UnknownName, span, format!("unknown name `{name}`"))
+            .label(format!("no {expected} of this name"));
         if let Some(s) = suggestion {
             diag = diag.help(format!("did you mean `{s}`?"));
         }
@@ -364,7 +374,9 @@ impl<'p> Checker<'p> {
                             self.named[n].span,
                             format!("group `{}` has no members", self.named[n].name),
                         )
-                        .help = Some("a group lists at least one vm: `group web = {web1, web2}`".into());
+                        .help = Some(
+                            "a group lists at least one vm: `group web = {web1, web2}`".into(),
+                        );
                     }
                     let index = self.named[n].table_index;
                     self.groups[index].members = ids;
@@ -502,7 +514,11 @@ impl<'p> Checker<'p> {
         policy
     }
 
-    fn apply_befores(&mut self, mut rules: Vec<Rule>, befores: Vec<(usize, ast::Name)>) -> Vec<Rule> {
+    fn apply_befores(
+        &mut self,
+        mut rules: Vec<Rule>,
+        befores: Vec<(usize, ast::Name)>,
+    ) -> Vec<Rule> {
         for (index, target) in befores {
             let name = rules[index].name.clone();
             let Some(from) = rules.iter().position(|r| r.name == name) else {
@@ -510,7 +526,8 @@ impl<'p> Checker<'p> {
             };
             let Some(to) = rules.iter().position(|r| r.name == target.text) else {
                 let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-                let help = did_you_mean(&target.text, names).map(|s| format!("did you mean `{s}`?"));
+                let help =
+                    did_you_mean(&target.text, names).map(|s| format!("did you mean `{s}`?"));
                 let diag = Diagnostic::new(
                     Code::UnknownName,
                     target.span(),
@@ -546,13 +563,18 @@ impl<'p> Checker<'p> {
                     .help("remove it, or use it in a rule");
                     self.diags.push(diag);
                 }
-                Kind::Vm if !self.reached_vms[named.table_index] => {
+                Kind::Vm
+                    if !self.reached_vms[named.table_index]
+                        && !self.duplicate_vms.contains(&named.table_index) =>
+                {
                     let diag = Diagnostic::new(
                         Code::UnreachedVm,
                         named.span,
                         format!("no rule sends packets to vm `{}`", named.name),
                     )
-                    .help("use it in `to`, `chain`, `mirror`, or a group that a rule balances over");
+                    .help(
+                        "use it in `to`, `chain`, `mirror`, or a group that a rule balances over",
+                    );
                     self.diags.push(diag);
                 }
                 _ => {}
@@ -659,7 +681,8 @@ impl<'p> Checker<'p> {
                 let compiled = values::regex_pattern(pattern, flags);
                 if let Err(message) = values::validate_regex(&compiled) {
                     self.error(Code::BadRegex, span, format!("invalid regex: {message}"))
-                        .help = Some("the syntax is that of Rust's regex crate, matching bytes".into());
+                        .help =
+                        Some("the syntax is that of Rust's regex crate, matching bytes".into());
                     return None;
                 }
                 ConstValue::Regex {
@@ -667,6 +690,7 @@ impl<'p> Checker<'p> {
                     source: format!("/{pattern}/{flags}"),
                 }
             }
+            ast::ScalarKind::Invalid => return None,
             ast::ScalarKind::Name(name) => {
                 let id = self.lookup(file, name, span, "const")?;
                 if self.named[id].kind != Kind::Const {
@@ -679,7 +703,9 @@ impl<'p> Checker<'p> {
                     )
                     .note(def, "declared here");
                     if kind == Kind::Let {
-                        diag = diag.help(format!("a let is a predicate: use `{name}` on its own, not as a value"));
+                        diag = diag.help(format!(
+                            "a let is a predicate: use `{name}` on its own, not as a value"
+                        ));
                     }
                     self.push(diag);
                     return None;
@@ -702,8 +728,12 @@ impl<'p> Checker<'p> {
             Memo::InProgress => {
                 let span = self.named[id].span;
                 let name = self.named[id].name.clone();
-                self.error(Code::Recursive, span, format!("let `{name}` refers to itself"))
-                    .help = Some("a predicate cannot be defined in terms of itself".into());
+                self.error(
+                    Code::Recursive,
+                    span,
+                    format!("let `{name}` refers to itself"),
+                )
+                .help = Some("a predicate cannot be defined in terms of itself".into());
                 self.lets[id] = Memo::Done(None);
                 return None;
             }
@@ -745,7 +775,11 @@ impl<'p> Checker<'p> {
                 negated,
                 value,
             } => {
-                let op = if *negated { ast::CmpOp::Ne } else { ast::CmpOp::Eq };
+                let op = if *negated {
+                    ast::CmpOp::Ne
+                } else {
+                    ast::CmpOp::Eq
+                };
                 self.compare(file, operand, None, op, value)
             }
             AstPred::Payload { op, arg } => self.payload_test(file, *op, arg),
@@ -769,7 +803,10 @@ impl<'p> Checker<'p> {
             self.error(
                 Code::TypeMismatch,
                 path.span(),
-                format!("`{text}` is a {} field, not a predicate", field.ty().describe()),
+                format!(
+                    "`{text}` is a {} field, not a predicate",
+                    field.ty().describe()
+                ),
             )
             .help = Some(format!("compare it, e.g. `{text} == ...`"));
             return PredKind::False;
@@ -890,12 +927,16 @@ impl<'p> Checker<'p> {
                     self.error(
                         Code::TypeMismatch,
                         path.span(),
-                        format!("`{}` is a bool field and is tested on its own", field.name()),
+                        format!(
+                            "`{}` is a bool field and is tested on its own",
+                            field.name()
+                        ),
                     )
                     .help = Some(format!("write `{0}` or `not {0}`", field.name()));
                     return PredKind::False;
                 }
-                let Some((mask, set)) = self.field_set(file, field.name(), field.ty(), mask, op, value)
+                let Some((mask, set)) =
+                    self.field_set(file, field.name(), field.ty(), mask, op, value)
                 else {
                     return PredKind::False;
                 };
@@ -922,10 +963,35 @@ impl<'p> Checker<'p> {
             }
         };
         let item = self.resolve_value(file, value)?;
+        let first_new = self.diags.len();
+        let set = self.typed_set(&item, ty, what, op);
+        // A member that came from a const declared elsewhere is reported where it is used,
+        // with a note at the member.
+        let use_span = value.span();
+        for diag in &mut self.diags[first_new..] {
+            let inside = diag.span.file == use_span.file
+                && diag.span.start >= use_span.start
+                && diag.span.end <= use_span.end;
+            if !inside {
+                let member = diag.span;
+                diag.span = use_span;
+                diag.notes.push((member, "this member".into()));
+            }
+        }
+        Some((mask, set?))
+    }
+
+    fn typed_set(
+        &mut self,
+        item: &ConstItem,
+        ty: FieldType,
+        what: &str,
+        op: ast::CmpOp,
+    ) -> Option<IntervalSet> {
         let max = ty.max_value();
         let set = match op {
             ast::CmpOp::Eq | ast::CmpOp::Ne => {
-                let set = values::value_set(self, &item, ty, what)?;
+                let set = values::value_set(self, item, ty, what)?;
                 if op == ast::CmpOp::Eq {
                     set
                 } else {
@@ -933,7 +999,7 @@ impl<'p> Checker<'p> {
                 }
             }
             _ => {
-                let v = values::single_value(self, &item, ty, what)?;
+                let v = values::single_value(self, item, ty, what)?;
                 match op {
                     ast::CmpOp::Lt if v == 0 => IntervalSet::empty(),
                     ast::CmpOp::Lt => IntervalSet::range(0, v - 1),
@@ -944,7 +1010,7 @@ impl<'p> Checker<'p> {
                 }
             }
         };
-        Some((mask, set))
+        Some(set)
     }
 
     fn in_port(
@@ -962,7 +1028,10 @@ impl<'p> Checker<'p> {
             self.error(
                 Code::TypeMismatch,
                 value.span(),
-                format!("`in_port` is a port name and cannot be compared with `{}`", op.as_str()),
+                format!(
+                    "`in_port` is a port name and cannot be compared with `{}`",
+                    op.as_str()
+                ),
             )
             .help = Some("use `==`, `!=`, `in` or `not in`".into());
             return PredKind::False;
@@ -986,7 +1055,11 @@ impl<'p> Checker<'p> {
                 v
             }
             ast::ValueKind::Range(..) => {
-                self.error(Code::TypeMismatch, value.span(), "ports have no order; list them");
+                self.error(
+                    Code::TypeMismatch,
+                    value.span(),
+                    "ports have no order; list them",
+                );
                 return PredKind::False;
             }
         };
@@ -1038,7 +1111,10 @@ impl<'p> Checker<'p> {
                 self.error(
                     Code::TypeMismatch,
                     arg.span(),
-                    format!("`payload matches` takes a regex, found {}", other.describe()),
+                    format!(
+                        "`payload matches` takes a regex, found {}",
+                        other.describe()
+                    ),
                 )
                 .help = Some("write a regex literal: `payload matches /GET \\/admin/i`".into());
                 PredKind::False
@@ -1047,7 +1123,11 @@ impl<'p> Checker<'p> {
                 self.error(
                     Code::TypeMismatch,
                     arg.span(),
-                    format!("`payload {}` takes a string, found {}", op.as_str(), other.describe()),
+                    format!(
+                        "`payload {}` takes a string, found {}",
+                        op.as_str(),
+                        other.describe()
+                    ),
                 )
                 .help = Some(match other {
                     ConstValue::Regex { .. } => "use `payload matches` for a regex".into(),
@@ -1372,7 +1452,10 @@ impl<'p> Checker<'p> {
                 let mut counts = Vec::new();
                 for action in actions {
                     if let ActionKind::Count(c) = &action.kind {
-                        match self.counters[..known_counters].iter().position(|x| x == &c.text) {
+                        match self.counters[..known_counters]
+                            .iter()
+                            .position(|x| x == &c.text)
+                        {
                             Some(i) => counts.push(i),
                             None => {
                                 self.error(

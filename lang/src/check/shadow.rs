@@ -331,7 +331,9 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
             }
         }
         match &forms[a] {
-            Some(a_form) => b_form.iter().all(|cb| a_form.iter().any(|ca| ca.covers(cb))),
+            Some(a_form) => b_form
+                .iter()
+                .all(|cb| a_form.iter().any(|ca| ca.covers(cb))),
             None => false,
         }
     };

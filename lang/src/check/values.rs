@@ -135,7 +135,10 @@ pub fn single_value(
                 Diagnostic::new(
                     Code::TypeMismatch,
                     item.span,
-                    format!("a single address is needed here, found {}", item.value.describe()),
+                    format!(
+                        "a single address is needed here, found {}",
+                        item.value.describe()
+                    ),
                 )
                 .help("use `in PREFIX` to test a prefix"),
             );
@@ -157,11 +160,23 @@ pub fn value_set(
 ) -> Option<IntervalSet> {
     let mut ranges = Vec::new();
     let mut other_family = 0usize;
-    if !collect(checker, item, ty, what, false, &mut ranges, &mut other_family) {
+    if !collect(
+        checker,
+        item,
+        ty,
+        what,
+        false,
+        &mut ranges,
+        &mut other_family,
+    ) {
         return None;
     }
     if ranges.is_empty() && other_family > 0 {
-        let family = if ty == FieldType::Ipv4 { "IPv4" } else { "IPv6" };
+        let family = if ty == FieldType::Ipv4 {
+            "IPv4"
+        } else {
+            "IPv6"
+        };
         checker.push(
             Diagnostic::new(
                 Code::TypeMismatch,
@@ -190,11 +205,10 @@ fn collect(
 ) -> bool {
     match (&item.value, ty) {
         (ConstValue::Set(members), _) => {
-            let mut ok = true;
-            for m in members {
-                ok &= collect(checker, m, ty, what, true, out, other_family);
-            }
-            ok
+            // The first bad member is reported; the rest of the set would only repeat it.
+            members
+                .iter()
+                .all(|m| collect(checker, m, ty, what, true, out, other_family))
         }
         (ConstValue::Range(lo, hi), _) => {
             let (Some(l), Some(h)) = (
