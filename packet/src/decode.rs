@@ -175,7 +175,7 @@ impl<'a> Decoded<'a> {
             Some(6) if d.ip || d.ip6 => (f.len() >= a + 20
                 && f[a + 12] >> 4 >= 5
                 && f.len() >= a + (f[a + 12] >> 4) as usize * 4)
-                .then_some((Proto::Tcp, (f[a + 12] >> 4) as usize * 4)),
+                .then(|| (Proto::Tcp, (f[a + 12] >> 4) as usize * 4)),
             Some(17) => (f.len() >= a + 8).then_some((Proto::Udp, 8)),
             Some(1) if d.ip => (f.len() >= a + 8).then_some((Proto::Icmp, 8)),
             Some(58) if d.ip6 => (f.len() >= a + 8).then_some((Proto::Icmp6, 8)),
