@@ -4,7 +4,7 @@
 //! (imports: files relative to the importer, stdlib modules built in, cycles reported),
 //! [`check`] (names resolved per file scope, values typed against the field catalogue, `let`s
 //! inlined, warnings) → [`policy`]. [`print`] turns a syntax tree back into canonical text
-//! (`netvm fmt`). Every problem is a [`diag::Diagnostic`] with a code, a span and, where one is
+//! (`netvm fmt`); [`import`] converts other tools' rule sets into `.nvr` text. Every problem is a [`diag::Diagnostic`] with a code, a span and, where one is
 //! knowable, a fix; all of them are collected, never just the first.
 //!
 //! This crate knows nothing of machine code, interpreters or packets in flight: the compiler
@@ -13,6 +13,7 @@
 pub mod ast;
 pub mod check;
 pub mod diag;
+pub mod import;
 pub mod interval;
 pub mod load;
 pub mod parse;

@@ -210,12 +210,10 @@ fn describe_expected(rules: &[Rule]) -> String {
             Rule::address => "an address",
             Rule::string => "a string",
             Rule::regex => "a regex",
-            Rule::scalar | Rule::value | Rule::set | Rule::range => "a value",
+            Rule::scalar | Rule::value | Rule::set | Rule::bounded => "a value",
             Rule::cmp_op => "a comparison operator",
             Rule::in_op | Rule::not_in | Rule::k_in => "`in`",
-            Rule::pred | Rule::and_expr | Rule::not_expr | Rule::compare | Rule::membership => {
-                "a predicate"
-            }
+            Rule::pred | Rule::and_expr | Rule::not_expr | Rule::comparison => "a predicate",
             Rule::payload_test | Rule::payload_kw => "`contains`, `starts_with` or `matches`",
             Rule::action | Rule::actions => "an action",
             Rule::hop => "a chain hop",
@@ -539,48 +537,38 @@ impl Builder {
                     loc,
                 }
             }
-            Rule::compare => {
+            Rule::comparison => {
                 let mut inner = pair.into_inner();
                 let operand = self.operand(inner.next().expect("operand"));
                 let mut mask = None;
-                let mut next = inner.next().expect("op");
+                let mut next = inner.next().expect("operator");
                 if next.as_rule() == Rule::mask {
                     let scalar = next.into_inner().next().expect("mask value");
                     mask = Some(self.scalar(scalar));
-                    next = inner.next().expect("op");
+                    next = inner.next().expect("operator");
                 }
-                let op = match next.as_str() {
-                    "==" => CmpOp::Eq,
-                    "!=" => CmpOp::Ne,
-                    "<" => CmpOp::Lt,
-                    "<=" => CmpOp::Le,
-                    ">" => CmpOp::Gt,
-                    _ => CmpOp::Ge,
-                };
                 let value = self.value(inner.next().expect("value"));
-                Pred {
-                    kind: PredKind::Compare {
+                let kind = match next.as_rule() {
+                    Rule::not_in | Rule::in_op => PredKind::Member {
+                        operand,
+                        negated: next.as_rule() == Rule::not_in,
+                        value,
+                    },
+                    _ => PredKind::Compare {
                         operand,
                         mask,
-                        op,
+                        op: match next.as_str() {
+                            "==" => CmpOp::Eq,
+                            "!=" => CmpOp::Ne,
+                            "<" => CmpOp::Lt,
+                            "<=" => CmpOp::Le,
+                            ">" => CmpOp::Gt,
+                            _ => CmpOp::Ge,
+                        },
                         value,
                     },
-                    loc,
-                }
-            }
-            Rule::membership => {
-                let mut inner = pair.into_inner();
-                let operand = self.operand(inner.next().expect("operand"));
-                let negated = inner.next().expect("in").as_rule() == Rule::not_in;
-                let value = self.value(inner.next().expect("value"));
-                Pred {
-                    kind: PredKind::Member {
-                        operand,
-                        negated,
-                        value,
-                    },
-                    loc,
-                }
+                };
+                Pred { kind, loc }
             }
             Rule::payload_test => {
                 let mut inner = pair.into_inner();
@@ -617,35 +605,35 @@ impl Builder {
     }
 
     fn value(&mut self, pair: Pair<Rule>) -> Value {
-        let loc = self.loc(&pair);
+        // The optional `..` of a range lets pest's span take in the space after a scalar.
+        let mut span = self.span(&pair);
+        span.end -= (pair.as_str().len() - pair.as_str().trim_end().len()) as u32;
+        let loc = Loc(span);
         let inner = pair.into_inner().next().expect("value body");
         let kind = match inner.as_rule() {
             Rule::set => {
                 let members = inner
                     .into_inner()
-                    .map(|m| match m.as_rule() {
-                        Rule::range => {
-                            let (lo, hi) = self.range(m);
-                            Member::Range(lo, hi)
-                        }
-                        _ => Member::Scalar(self.scalar(m)),
+                    .map(|m| match self.bounded(m) {
+                        (lo, Some(hi)) => Member::Range(lo, hi),
+                        (scalar, None) => Member::Scalar(scalar),
                     })
                     .collect();
                 ValueKind::Set(members)
             }
-            Rule::range => {
-                let (lo, hi) = self.range(inner);
-                ValueKind::Range(lo, hi)
-            }
-            _ => ValueKind::Scalar(self.scalar(inner)),
+            _ => match self.bounded(inner) {
+                (lo, Some(hi)) => ValueKind::Range(lo, hi),
+                (scalar, None) => ValueKind::Scalar(scalar),
+            },
         };
         Value { kind, loc }
     }
 
-    fn range(&mut self, pair: Pair<Rule>) -> (Scalar, Scalar) {
+    /// A scalar, or the two ends of a range.
+    fn bounded(&mut self, pair: Pair<Rule>) -> (Scalar, Option<Scalar>) {
         let mut inner = pair.into_inner();
-        let lo = self.scalar(inner.next().expect("range low"));
-        let hi = self.scalar(inner.next().expect("range high"));
+        let lo = self.scalar(inner.next().expect("scalar"));
+        let hi = inner.next().map(|p| self.scalar(p));
         (lo, hi)
     }
 

@@ -303,9 +303,9 @@ fn is_block(lo: u128, hi: u128) -> bool {
     size_minus_one & size_minus_one.wrapping_add(1) == 0 && lo & size_minus_one == 0
 }
 
-/// Every aligned block containing `[lo, hi]`, smallest first.
-fn enclosing_blocks(lo: u128, hi: u128) -> impl Iterator<Item = (u128, u128)> {
-    (0..=128u32).filter_map(move |bits| {
+/// Every aligned block containing `[lo, hi]` whose size (`2^bits`) is among `sizes`.
+fn enclosing_blocks(lo: u128, hi: u128, sizes: &[u32]) -> impl Iterator<Item = (u128, u128)> + '_ {
+    sizes.iter().filter_map(move |&bits| {
         let mask = u128::MAX.checked_shl(bits).unwrap_or(0);
         let (blo, bhi) = (lo & mask, lo | !mask);
         (bhi >= hi).then_some((blo, bhi))
@@ -324,6 +324,8 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
     let mut by_block: std::collections::HashMap<(u128, u128), Vec<usize>> =
         std::collections::HashMap::new();
     let mut general: Vec<usize> = Vec::new();
+    // The sizes (as bit counts) of the blocks indexed so far: only those need a lookup.
+    let mut block_sizes: Vec<u32> = Vec::new();
     let covers = |a: usize, b: usize, b_form: &[Conj]| {
         if let (Some(a_box), Some(b_box)) = (&boxes[a], &boxes[b]) {
             if !a_box.may_cover(b_box) {
@@ -346,7 +348,7 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
             let mut coverer = general.iter().copied().find(|&a| covers(a, b, b_form));
             match (&boxes[b], indexed_key) {
                 (Some(_), Some((lo, hi))) => {
-                    for block in enclosing_blocks(lo, hi) {
+                    for block in enclosing_blocks(lo, hi, &block_sizes) {
                         if let Some(list) = by_block.get(&block) {
                             if let Some(a) = list.iter().copied().find(|&a| covers(a, b, b_form)) {
                                 coverer = Some(coverer.map_or(a, |c| c.min(a)));
@@ -381,7 +383,13 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
             }
         }
         match indexed_key {
-            Some((lo, hi)) if is_block(lo, hi) => by_block.entry((lo, hi)).or_default().push(b),
+            Some((lo, hi)) if is_block(lo, hi) => {
+                let bits = 128 - (hi - lo).leading_zeros();
+                if !block_sizes.contains(&bits) {
+                    block_sizes.push(bits);
+                }
+                by_block.entry((lo, hi)).or_default().push(b)
+            }
             _ => general.push(b),
         }
     }
