@@ -486,7 +486,9 @@ impl Builder {
     }
 
     fn pred(&mut self, pair: Pair<Rule>) -> Pred {
-        let loc = self.loc(&pair);
+        let mut span = self.span(&pair);
+        span.end = span.start + trimmed_len(pair.as_str()) as u32;
+        let loc = Loc(span);
         match pair.as_rule() {
             Rule::pred => {
                 let mut items: Vec<Pred> = pair.into_inner().map(|p| self.pred(p)).collect();
@@ -605,9 +607,10 @@ impl Builder {
     }
 
     fn value(&mut self, pair: Pair<Rule>) -> Value {
-        // The optional `..` of a range lets pest's span take in the space after a scalar.
+        // pest's span of a rule ending in an optional part (`..` of a range) takes in the
+        // whitespace and comments after it; a node's span ends where its last token does.
         let mut span = self.span(&pair);
-        span.end -= (pair.as_str().len() - pair.as_str().trim_end().len()) as u32;
+        span.end = span.start + trimmed_len(pair.as_str()) as u32;
         let loc = Loc(span);
         let inner = pair.into_inner().next().expect("value body");
         let kind = match inner.as_rule() {
@@ -853,6 +856,54 @@ impl Builder {
         }
         out
     }
+}
+
+/// The length of `text` without the whitespace and comments that end it.
+fn trimmed_len(text: &str) -> usize {
+    let mut end = text.trim_end().len();
+    loop {
+        // A comment runs to the end of its line; drop a last line that is only a comment tail.
+        let line_start = text[..end].rfind('\n').map_or(0, |i| i + 1);
+        let line = &text[line_start..end];
+        match comment_start(line) {
+            Some(i) => end = text[..line_start + i].trim_end().len(),
+            None => return end,
+        }
+    }
+}
+
+/// Where the first `#` or `//` comment starts in `text`, skipping strings, regex literals
+/// and the `/` of prefixes (a `/` right after an address character).
+pub(crate) fn comment_start(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'#' => return Some(i),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => return Some(i),
+            b'/' => {
+                let prefix = i > 0
+                    && (bytes[i - 1].is_ascii_hexdigit()
+                        || bytes[i - 1] == b':'
+                        || bytes[i - 1] == b'.');
+                if !prefix {
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
+                        i += if bytes[i] == b'\\' { 2 } else { 1 };
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn pair_text(addr: &str, len: u8) -> String {

@@ -385,35 +385,7 @@ fn comment_of(line: &str) -> Option<&str> {
     (t.starts_with('#') || t.starts_with("//")).then_some(t)
 }
 
-/// The offset of a comment inside declaration text, skipping strings, regexes and prefixes.
+/// The offset of a comment inside declaration text.
 fn inner_comment(text: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'#' => return Some(i),
-            b'/' if bytes.get(i + 1) == Some(&b'/') => return Some(i),
-            b'/' => {
-                let prefix = i > 0
-                    && (bytes[i - 1].is_ascii_hexdigit()
-                        || bytes[i - 1] == b':'
-                        || bytes[i - 1] == b'.');
-                if !prefix {
-                    i += 1;
-                    while i < bytes.len() && bytes[i] != b'/' && bytes[i] != b'\n' {
-                        i += if bytes[i] == b'\\' { 2 } else { 1 };
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    None
+    crate::parse::comment_start(text)
 }
