@@ -218,7 +218,7 @@ impl Loader {
                                     loc.0,
                                     format!("cannot import `{path}`: {e}"),
                                 )
-                                .label(format!("looked for {}", full.display()))
+                                .label(format!("looked for {}", display_path(&full)))
                                 .help("file imports are relative to the importing file"),
                             );
                             return None;
@@ -260,7 +260,16 @@ impl Loader {
 /// The path relative to the working directory when it lies below it, as the operator typed it.
 fn display_path(path: &Path) -> String {
     let cwd = std::env::current_dir().ok();
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    // A missing file has no canonical form; its directory may.
+    let canonical = path.canonicalize().unwrap_or_else(|_| {
+        match (
+            path.parent().and_then(|d| d.canonicalize().ok()),
+            path.file_name(),
+        ) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => path.to_path_buf(),
+        }
+    });
     let shown = cwd
         .and_then(|cwd| canonical.strip_prefix(cwd).ok().map(Path::to_path_buf))
         .unwrap_or(canonical);
