@@ -585,37 +585,57 @@ impl<'p> Checker<'p> {
 
     // ---- consts ------------------------------------------------------------------------------
 
-    fn const_value(&mut self, id: DeclId) -> Option<ConstItem> {
-        match &self.consts[id] {
+    /// Evaluates a const or let once, reporting a declaration that depends on itself (E017).
+    fn memoized<T: Clone>(
+        &mut self,
+        id: DeclId,
+        table: fn(&mut Self) -> &mut Vec<Memo<T>>,
+        evaluate: impl FnOnce(&mut Self, FileId, &'p DeclKind) -> Option<T>,
+    ) -> Option<T> {
+        match &table(self)[id] {
             Memo::Done(v) => return v.clone(),
             Memo::InProgress => {
                 let span = self.named[id].span;
-                let name = self.named[id].name.clone();
+                let (noun, name) = (self.named[id].kind.noun(), self.named[id].name.clone());
                 self.error(
                     Code::Recursive,
                     span,
-                    format!("const `{name}` refers to itself"),
+                    format!("{noun} `{name}` refers to itself"),
                 )
-                .help = Some("a const's value must not depend on the const itself".into());
-                self.consts[id] = Memo::Done(None);
+                .help = Some(format!("a {noun} cannot be defined in terms of itself"));
+                table(self)[id] = Memo::Done(None);
                 return None;
             }
             Memo::Todo => {}
         }
-        self.consts[id] = Memo::InProgress;
+        table(self)[id] = Memo::InProgress;
         let (file, decl) = (self.named[id].file, self.named[id].decl);
         let program = self.program;
-        let value = match &program.files[file.0 as usize].ast.decls[decl].kind {
-            DeclKind::Const { value, .. } => self.resolve_value(file, value),
-            _ => None,
-        };
-        if let Memo::InProgress = self.consts[id] {
-            self.consts[id] = Memo::Done(value.clone());
+        let value = evaluate(
+            self,
+            file,
+            &program.files[file.0 as usize].ast.decls[decl].kind,
+        );
+        // A cycle through this declaration has already stored `Done(None)`: keep it.
+        let slot = &mut table(self)[id];
+        if let Memo::InProgress = slot {
+            *slot = Memo::Done(value.clone());
         }
-        match &self.consts[id] {
+        match slot {
             Memo::Done(v) => v.clone(),
             _ => value,
         }
+    }
+
+    fn const_value(&mut self, id: DeclId) -> Option<ConstItem> {
+        self.memoized(
+            id,
+            |c| &mut c.consts,
+            |c, file, kind| match kind {
+                DeclKind::Const { value, .. } => c.resolve_value(file, value),
+                _ => None,
+            },
+        )
     }
 
     /// Resolves a value expression (names → const values), without a type yet.
@@ -723,36 +743,14 @@ impl<'p> Checker<'p> {
     // ---- predicates --------------------------------------------------------------------------
 
     fn let_pred(&mut self, id: DeclId) -> Option<Pred> {
-        match &self.lets[id] {
-            Memo::Done(v) => return v.clone(),
-            Memo::InProgress => {
-                let span = self.named[id].span;
-                let name = self.named[id].name.clone();
-                self.error(
-                    Code::Recursive,
-                    span,
-                    format!("let `{name}` refers to itself"),
-                )
-                .help = Some("a predicate cannot be defined in terms of itself".into());
-                self.lets[id] = Memo::Done(None);
-                return None;
-            }
-            Memo::Todo => {}
-        }
-        self.lets[id] = Memo::InProgress;
-        let (file, decl) = (self.named[id].file, self.named[id].decl);
-        let program = self.program;
-        let pred = match &program.files[file.0 as usize].ast.decls[decl].kind {
-            DeclKind::Let { pred, .. } => Some(self.pred(file, pred)),
-            _ => None,
-        };
-        if let Memo::InProgress = self.lets[id] {
-            self.lets[id] = Memo::Done(pred.clone());
-        }
-        match &self.lets[id] {
-            Memo::Done(v) => v.clone(),
-            _ => pred,
-        }
+        self.memoized(
+            id,
+            |c| &mut c.lets,
+            |c, file, kind| match kind {
+                DeclKind::Let { pred, .. } => Some(c.pred(file, pred)),
+                _ => None,
+            },
+        )
     }
 
     fn pred(&mut self, file: FileId, pred: &ast::Pred) -> Pred {
