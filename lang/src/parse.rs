@@ -288,8 +288,16 @@ impl Builder {
         }
     }
 
+    /// A node's span, ending at its last token (pest's span of a rule that ends in an optional
+    /// part takes in the whitespace and comments after it).
+    fn tight_loc(&self, pair: &Pair<Rule>) -> Loc {
+        let mut span = self.span(pair);
+        span.end = span.start + trimmed_len(pair.as_str()) as u32;
+        Loc(span)
+    }
+
     fn decl(&mut self, pair: Pair<Rule>) -> Decl {
-        let loc = self.loc(&pair);
+        let loc = self.tight_loc(&pair);
         let rule = pair.as_rule();
         let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
         let mut next = || inner.next().expect("grammar guarantees the child");
@@ -389,7 +397,7 @@ impl Builder {
     }
 
     fn case(&mut self, pair: Pair<Rule>) -> Case {
-        let loc = self.loc(&pair);
+        let loc = self.tight_loc(&pair);
         let mut inner = pair.into_inner();
         let proto = self.name(inner.next().expect("case proto"));
         let mut assigns = Vec::new();
@@ -486,9 +494,7 @@ impl Builder {
     }
 
     fn pred(&mut self, pair: Pair<Rule>) -> Pred {
-        let mut span = self.span(&pair);
-        span.end = span.start + trimmed_len(pair.as_str()) as u32;
-        let loc = Loc(span);
+        let loc = self.tight_loc(&pair);
         match pair.as_rule() {
             Rule::pred => {
                 let mut items: Vec<Pred> = pair.into_inner().map(|p| self.pred(p)).collect();
@@ -607,11 +613,7 @@ impl Builder {
     }
 
     fn value(&mut self, pair: Pair<Rule>) -> Value {
-        // pest's span of a rule ending in an optional part (`..` of a range) takes in the
-        // whitespace and comments after it; a node's span ends where its last token does.
-        let mut span = self.span(&pair);
-        span.end = span.start + trimmed_len(pair.as_str()) as u32;
-        let loc = Loc(span);
+        let loc = self.tight_loc(&pair);
         let inner = pair.into_inner().next().expect("value body");
         let kind = match inner.as_rule() {
             Rule::set => {

@@ -318,14 +318,25 @@ pub fn format_source(text: &str) -> Result<String, String> {
     let mut prev_end = 0usize;
     for decl in &parsed.decls {
         let range = decl.span().range();
-        if let Some(offset) = inner_comment(&text[range.clone()]) {
+        let comment = match &decl.kind {
+            // Comments between the cases of a test block are kept; inside a case they are not.
+            DeclKind::Test { cases, .. } => cases.iter().find_map(|c| {
+                let r = c.loc.0.range();
+                inner_comment(&text[r.clone()]).map(|i| r.start - range.start + i)
+            }),
+            _ => inner_comment(&text[range.clone()]),
+        };
+        if let Some(offset) = comment {
             let line = text[..range.start + offset].matches('\n').count() + 1;
             return Err(format!(
                 "line {line}: a comment inside a declaration would be lost; move it above the declaration"
             ));
         }
         gap(&text[prev_end..range.start], prev_end == 0, &mut out);
-        out.push_str(&self::decl(decl));
+        match &decl.kind {
+            DeclKind::Test { title, cases } => test_block(text, decl, title, cases, &mut out),
+            _ => out.push_str(&self::decl(decl)),
+        }
         prev_end = range.end;
     }
     gap(&text[prev_end..], prev_end == 0, &mut out);
@@ -333,6 +344,64 @@ pub fn format_source(text: &str) -> Result<String, String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// A test block with the comments between its cases kept in place.
+fn test_block(text: &str, decl: &Decl, title: &str, cases: &[Case], out: &mut String) {
+    let _ = writeln!(out, "test {} {{", string(title.as_bytes()));
+    let body_start = text[decl.span().range()]
+        .find('{')
+        .map_or(decl.span().start as usize, |i| {
+            decl.span().start as usize + i + 1
+        });
+    let mut prev_end = body_start;
+    for case in cases {
+        let range = case.loc.0.range();
+        case_gap(&text[prev_end..range.start], out);
+        let _ = write!(out, "  {}", self::case(case));
+        prev_end = range.end;
+    }
+    let body_end = decl.span().end as usize - 1;
+    case_gap(&text[prev_end..body_end.max(prev_end)], out);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push('}');
+}
+
+/// The comments between two cases: a same-line comment stays on the case's line, others go
+/// on their own lines, indented like the cases.
+fn case_gap(text: &str, out: &mut String) {
+    let mut lines = text.split('\n');
+    if let Some(comment) = comment_of(lines.next().unwrap_or("")) {
+        if out.ends_with('{') || out.ends_with("{\n") {
+            let _ = writeln!(out, "  {comment}");
+        } else {
+            let _ = write!(out, " {comment}");
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let rest: Vec<&str> = lines.collect();
+    let count = rest.len();
+    let mut blank = false;
+    for (i, line) in rest.iter().enumerate() {
+        match comment_of(line) {
+            Some(comment) => {
+                if blank {
+                    out.push('\n');
+                }
+                blank = false;
+                let _ = writeln!(out, "  {comment}");
+            }
+            None if line.trim().is_empty() && i > 0 && i + 1 < count => blank = true,
+            None => {}
+        }
+    }
+    if blank {
+        out.push('\n');
+    }
 }
 
 /// Emits the comments and blank lines found between two declarations.

@@ -34,7 +34,12 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     if args.format == Format::Text {
         let files = args.files.len();
         let noun = if files == 1 { "file" } else { "files" };
-        eprintln!("checked {files} {noun}: {errors} errors, {warnings} warnings");
+        let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+        eprintln!(
+            "checked {files} {noun}: {}, {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
     }
     let failed = errors > 0 || (args.deny_warnings && warnings > 0);
     Ok(if failed {

@@ -40,6 +40,20 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .unwrap_or_default();
+    // The packet must be exactly one case packet on its own before it joins the policy text.
+    if let Some(packet) = &args.packet {
+        let mut sources = netvm_lang::SourceMap::default();
+        let id = sources.add(netvm_lang::source::SourceFile::new(
+            "<packet>".into(),
+            None,
+            packet.clone(),
+        ));
+        if let Err(diag) = netvm_lang::parse::parse_case_packet(id, packet) {
+            eprintln!("{}", diag.render(&sources, false));
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let packet_offset = text.len() + "\ntest \"netvm explain\" {\n  ".len();
     let (root_text, described) = match &args.packet {
         Some(packet) => (
             format!("{text}\ntest \"netvm explain\" {{\n  {packet} => rule default\n}}\n"),
@@ -52,6 +66,31 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         text: root_text,
         dir,
     })?;
+    let mut checked = checked;
+    // Diagnostics about the packet point into the packet argument, not past the file's end.
+    let packet_file = checked
+        .program
+        .sources
+        .add(netvm_lang::source::SourceFile::new(
+            "<packet>".into(),
+            None,
+            described.clone(),
+        ));
+    let root = netvm_lang::FileId(0);
+    let move_to_packet = |span: &mut netvm_lang::Span| {
+        if span.file == root && span.start as usize >= packet_offset {
+            let len = described.len() as u32;
+            let start = (span.start - packet_offset as u32).min(len);
+            let end = (span.end - packet_offset as u32).clamp(start, len);
+            *span = netvm_lang::Span::new(packet_file, start as usize, end as usize);
+        }
+    };
+    for diag in &mut checked.diagnostics {
+        move_to_packet(&mut diag.span);
+        for (span, _) in &mut diag.notes {
+            move_to_packet(span);
+        }
+    }
     let errors: Vec<_> = checked
         .diagnostics
         .iter()

@@ -36,7 +36,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
             let (line, _) = source.line_col(case.span.start as usize);
             let packet = source.snippet(case.span);
             let packet = packet.split("=>").next().unwrap_or(packet);
-            let packet = packet.split_whitespace().collect::<Vec<_>>().join(" ");
+            // A case written over several lines is shown on one; strings keep their spaces.
+            let packet = packet.lines().map(str::trim).collect::<Vec<_>>().join(" ");
             let status = if outcome.passed() { "ok" } else { "FAILED" };
             println!(
                 "test {}:{line} {} :: {packet} ... {status}",
