@@ -51,10 +51,19 @@ pub enum Addr {
     Mac(u64),
 }
 
+/// How an integer literal was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Radix {
+    Decimal,
+    Hex,
+    Binary,
+}
+
 /// A literal or a name in value position.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScalarKind {
-    Int(u128),
+    /// An integer and the base it was written in (10, 16 or 2), kept for `netvm fmt`.
+    Int(u128, Radix),
     Addr {
         addr: Addr,
         prefix_len: Option<u8>,

@@ -647,7 +647,7 @@ impl Builder {
         let inner = pair.into_inner().next().expect("scalar body");
         let kind = match inner.as_rule() {
             Rule::int => match parse_int(inner.as_str()) {
-                Some(v) => ScalarKind::Int(v),
+                Some(v) => ScalarKind::Int(v, radix_of(inner.as_str())),
                 None => {
                     self.int(inner);
                     ScalarKind::Invalid
@@ -925,6 +925,16 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::k_default
             | Rule::k_test
     )
+}
+
+fn radix_of(text: &str) -> Radix {
+    if text.starts_with("0x") {
+        Radix::Hex
+    } else if text.starts_with("0b") {
+        Radix::Binary
+    } else {
+        Radix::Decimal
+    }
 }
 
 /// Decimal, `0x` hex or `0b` binary, with `_` separators.

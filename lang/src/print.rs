@@ -238,7 +238,9 @@ pub fn value(v: &Value) -> String {
 
 pub fn scalar(s: &Scalar) -> String {
     match &s.kind {
-        ScalarKind::Int(v) => v.to_string(),
+        ScalarKind::Int(v, Radix::Decimal) => v.to_string(),
+        ScalarKind::Int(v, Radix::Hex) => format!("0x{v:x}"),
+        ScalarKind::Int(v, Radix::Binary) => format!("0b{v:b}"),
         ScalarKind::Addr { addr, prefix_len } => {
             let text = match addr {
                 Addr::V4(a) => std::net::Ipv4Addr::from(*a).to_string(),

@@ -684,7 +684,7 @@ impl<'p> Checker<'p> {
     fn resolve_scalar(&mut self, file: FileId, scalar: &ast::Scalar) -> Option<ConstItem> {
         let span = scalar.span();
         let value = match &scalar.kind {
-            ast::ScalarKind::Int(v) => ConstValue::Int(*v),
+            ast::ScalarKind::Int(v, _) => ConstValue::Int(*v),
             ast::ScalarKind::Addr { addr, prefix_len } => match addr {
                 ast::Addr::V4(a) => ConstValue::V4 {
                     addr: *a,
@@ -1505,7 +1505,7 @@ impl<'p> Checker<'p> {
             match &s.kind {
                 ast::ScalarKind::Name(n) if n == "true" => return Some(1),
                 ast::ScalarKind::Name(n) if n == "false" => return Some(0),
-                ast::ScalarKind::Int(v) if *v <= 1 => return Some(*v),
+                ast::ScalarKind::Int(v, _) if *v <= 1 => return Some(*v),
                 _ => {}
             }
         }
