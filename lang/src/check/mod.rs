@@ -813,6 +813,27 @@ impl<'p> Checker<'p> {
             self.unknown_field(path);
             return PredKind::False;
         }
+        if !self.scopes[file.0 as usize].contains_key(text) {
+            // A misspelt protocol (`tpc`) is as likely as a misspelt let.
+            let mut candidates: Vec<&str> = self.scopes[file.0 as usize]
+                .iter()
+                .filter(|(_, &id)| self.named[id].kind == Kind::Let)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            candidates.extend(Proto::ALL.iter().map(|p| p.name()));
+            let suggestion = did_you_mean(text, candidates).map(str::to_string);
+            let mut diag = Diagnostic::new(
+                Code::UnknownName,
+                path.span(),
+                format!("unknown name `{text}`"),
+            )
+            .label("not a protocol, a bool field or a let");
+            if let Some(s) = suggestion {
+                diag = diag.help(format!("did you mean `{s}`?"));
+            }
+            self.push(diag);
+            return PredKind::False;
+        }
         let Some(id) = self.lookup(file, text, path.span(), "let or protocol") else {
             return PredKind::False;
         };
