@@ -148,6 +148,8 @@ pub struct Decoded<'a> {
     l4_kind: Option<Proto>,
     /// `[start, end)` of the payload.
     payload: Option<(usize, usize)>,
+    /// An IPv4 fragment (MF or offset) or an IPv6 packet with a walked fragment header.
+    fragment: bool,
 }
 
 /// What an IP header says about what follows it.
@@ -158,6 +160,8 @@ struct IpLayer {
     end: usize,
     /// The upper-layer protocol when L4 may be decoded (a first fragment, a complete walk).
     upper: Option<u8>,
+    /// Whether the packet is a fragment (IPv4 MF or offset; an IPv6 fragment header).
+    fragment: bool,
 }
 
 fn byte(f: &[u8], at: usize) -> Option<u8> {
@@ -194,7 +198,8 @@ fn ipv4(f: &[u8], l3: usize) -> Option<IpLayer> {
     } else {
         f.len()
     };
-    let first_fragment = be16(f, l3 + IPV4_FLAGS_FRAG)? & IPV4_OFFSET_MASK == 0;
+    let flags_frag = be16(f, l3 + IPV4_FLAGS_FRAG)?;
+    let first_fragment = flags_frag & IPV4_OFFSET_MASK == 0;
     let upper = if first_fragment {
         Some(byte(f, l3 + IPV4_PROTO)?)
     } else {
@@ -204,6 +209,7 @@ fn ipv4(f: &[u8], l3: usize) -> Option<IpLayer> {
         after: l3 + header_len,
         end,
         upper,
+        fragment: flags_frag & (IPV4_MF | IPV4_OFFSET_MASK) != 0,
     })
 }
 
@@ -220,6 +226,7 @@ fn ipv6(f: &[u8], l3: usize) -> Option<IpLayer> {
     let mut next = byte(f, l3 + IPV6_NEXT_HEADER)?;
     let mut at = l3 + IPV6_HEADER;
     let mut walked = 0;
+    let mut fragment = false;
     let upper = loop {
         let len = match next {
             PROTO_HOP_BY_HOP | PROTO_ROUTING | PROTO_DEST_OPTIONS => match byte(f, at + 1) {
@@ -237,6 +244,8 @@ fn ipv6(f: &[u8], l3: usize) -> Option<IpLayer> {
         };
         let later_fragment =
             next == PROTO_FRAGMENT && be16(f, at + 2).is_some_and(|off| off >> 3 != 0);
+        // Offset or More-Fragments; an atomic fragment (both zero) is a whole datagram.
+        fragment |= next == PROTO_FRAGMENT && be16(f, at + 2).is_some_and(|v| v & 0xfff9 != 0);
         next = after_this;
         at += len;
         walked += 1;
@@ -248,6 +257,7 @@ fn ipv6(f: &[u8], l3: usize) -> Option<IpLayer> {
         after: at,
         end,
         upper,
+        fragment,
     })
 }
 
@@ -281,6 +291,7 @@ impl<'a> Decoded<'a> {
             l4: 0,
             l4_kind: None,
             payload: None,
+            fragment: false,
         };
         if frame.len() < ETH_HEADER {
             return d;
@@ -316,6 +327,7 @@ impl<'a> Decoded<'a> {
         let (start, end) = match ip {
             Some(ip) => {
                 d.l4 = ip.after;
+                d.fragment = ip.fragment;
                 let start = match transport(frame, d.l3_kind, ip.upper, ip.after) {
                     Some((kind, len)) => {
                         d.l4_kind = Some(kind);
@@ -411,6 +423,13 @@ impl<'a> Decoded<'a> {
     pub fn payload(&self) -> Option<&'a [u8]> {
         let (start, end) = self.payload?;
         self.frame.get(start..end)
+    }
+
+    /// Whether the packet is an IP fragment, first or later (IPv4 More-Fragments or a non-zero
+    /// offset; IPv6 with a fragment header among the walked extension headers). Flow hashing
+    /// leaves ports out for fragments so that all of a datagram's fragments hash alike.
+    pub(crate) fn is_fragment(&self) -> bool {
+        self.fragment
     }
 
     /// Layer offsets (see [`Offsets`]).
