@@ -1090,6 +1090,24 @@ mod tests {
     }
 
     #[test]
+    fn fragments_are_flagged_for_flow_hashing() {
+        let whole = eth(0x0800, &ipv4(17, 0x4000, 5, None, &udp(b"")));
+        assert!(!Decoded::new(&whole).is_fragment(), "Don't-Fragment");
+        for frag in [0x2000, 0x0001] {
+            let f = eth(0x0800, &ipv4(17, frag, 5, None, &udp(b"")));
+            assert!(Decoded::new(&f).is_fragment());
+        }
+        for (offset, more, expected) in [(0, false, false), (0, true, true), (3, false, true)] {
+            let mut chain = fragment(17, offset, more);
+            chain.extend(udp(b""));
+            let f = eth(0x86dd, &ipv6(44, None, &chain));
+            let d = Decoded::new(&f);
+            assert_eq!(d.is_fragment(), expected, "offset {offset} more {more}");
+            assert_eq!(d.has(Proto::Udp), offset == 0);
+        }
+    }
+
+    #[test]
     fn ethernet_padding_is_trimmed_by_the_ip_length() {
         let mut frame = eth(0x0800, &ipv4(17, 0, 5, None, &udp(b"hi")));
         frame.resize(60, 0);
