@@ -11,9 +11,11 @@
 pub mod explain;
 pub mod interp;
 pub mod ir;
+pub mod jit;
 pub mod lower;
 pub mod testing;
 
 pub use interp::Interpreter;
 pub use ir::{Classifier, NO_PORT};
+pub use jit::{Jit, JitError};
 pub use lower::lower;

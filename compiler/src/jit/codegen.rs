@@ -1,0 +1,291 @@
+//! Code generation: one Cranelift function per classifier,
+//! `(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`.
+//!
+//! The function parses the headers the policy needs ([`super::parse`]), then either tries the
+//! rules in order with short-circuit branches (the linear strategy: each rule is a tree of
+//! conditional branches over its atoms, so an atom a rule no longer needs is never computed),
+//! or computes the decision-tree key and walks the tree's tables ([`super::tree`]). It returns
+//! the index of the first matching rule, or `rules.len()` for the default.
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, Signature, Value};
+use cranelift_frontend::FunctionBuilder;
+
+use super::parse::{Level, Parse};
+use super::payload::{netvm_jit_contains, netvm_jit_matches};
+use crate::ir::{Atom, Classifier, Expr, NO_PORT};
+
+/// What the rule emitter needs besides the builder.
+pub struct RuleEmitter<'a> {
+    pub ir: &'a Classifier,
+    pub parse: Parse,
+    pub in_port: Value,
+    pub scratch: Value,
+    pub helper_sig: Option<cranelift_codegen::ir::SigRef>,
+}
+
+/// The parse level a whole classifier needs.
+pub fn level_of(ir: &Classifier) -> Level {
+    let mut used = vec![false; ir.atoms.len()];
+    for rule in &ir.rules {
+        rule.for_each_atom(&mut |a| used[a] = true);
+    }
+    ir.atoms
+        .iter()
+        .zip(used)
+        .filter(|(_, u)| *u)
+        .map(|(a, _)| Level::of_atom(a))
+        .max()
+        .unwrap_or(Level::Eth)
+}
+
+/// The signature of the payload helpers (see [`super::payload`]).
+pub fn helper_signature(call_conv: cranelift_codegen::isa::CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I64));
+    sig.params.push(AbiParam::new(types::I32));
+    sig.returns.push(AbiParam::new(types::I32));
+    sig
+}
+
+/// An integer constant of the field's width (i64, or i128 for IPv6 addresses).
+fn constant(fb: &mut FunctionBuilder, wide: bool, v: u128) -> Value {
+    if wide {
+        let lo = fb.ins().iconst(types::I64, v as u64 as i64);
+        let hi = fb.ins().iconst(types::I64, (v >> 64) as u64 as i64);
+        fb.ins().iconcat(lo, hi)
+    } else {
+        fb.ins().iconst(types::I64, v as u64 as i64)
+    }
+}
+
+/// `v` in one range, branch-free: `v - lo <= hi - lo` (unsigned), or `v == lo`.
+fn in_range(fb: &mut FunctionBuilder, wide: bool, v: Value, lo: u128, hi: u128) -> Value {
+    if lo == hi {
+        let c = constant(fb, wide, lo);
+        return fb.ins().icmp(IntCC::Equal, v, c);
+    }
+    let l = constant(fb, wide, lo);
+    let d = fb.ins().isub(v, l);
+    let w = constant(fb, wide, hi.wrapping_sub(lo));
+    fb.ins().icmp(IntCC::UnsignedLessThanOrEqual, d, w)
+}
+
+/// Branches to `t` when `v` lies in one of the sorted, disjoint `ranges`, else to `f`: a
+/// branch-free OR for a few ranges, a binary search for many.
+pub fn branch_ranges(
+    fb: &mut FunctionBuilder,
+    wide: bool,
+    v: Value,
+    ranges: &[(u128, u128)],
+    t: Block,
+    f: Block,
+) {
+    if ranges.len() <= 4 {
+        let mut acc = None;
+        for &(lo, hi) in ranges {
+            let c = in_range(fb, wide, v, lo, hi);
+            acc = Some(match acc {
+                None => c,
+                Some(a) => fb.ins().bor(a, c),
+            });
+        }
+        match acc {
+            Some(c) => {
+                fb.ins().brif(c, t, &[], f, &[]);
+            }
+            None => {
+                fb.ins().jump(f, &[]);
+            }
+        }
+        return;
+    }
+    let mid = ranges.len() / 2;
+    let (lo, hi) = ranges[mid];
+    let left = fb.create_block();
+    let check = fb.create_block();
+    let right = fb.create_block();
+    let lo_c = constant(fb, wide, lo);
+    let below = fb.ins().icmp(IntCC::UnsignedLessThan, v, lo_c);
+    fb.ins().brif(below, left, &[], check, &[]);
+    fb.switch_to_block(left);
+    branch_ranges(fb, wide, v, &ranges[..mid], t, f);
+    fb.switch_to_block(check);
+    let hi_c = constant(fb, wide, hi);
+    let inside = fb.ins().icmp(IntCC::UnsignedLessThanOrEqual, v, hi_c);
+    fb.ins().brif(inside, t, &[], right, &[]);
+    fb.switch_to_block(right);
+    branch_ranges(fb, wide, v, &ranges[mid + 1..], t, f);
+}
+
+impl RuleEmitter<'_> {
+    /// Branches to `t` when the atom holds, else to `f`. Leaves the builder in no open block.
+    fn atom(&self, fb: &mut FunctionBuilder, atom: &Atom, t: Block, f: Block) {
+        let p = &self.parse;
+        match atom {
+            Atom::Proto(proto) => {
+                let c = p.proto_present(fb, *proto);
+                fb.ins().brif(c, t, &[], f, &[]);
+            }
+            Atom::Field {
+                field,
+                mask,
+                ranges,
+            } => {
+                let present = p.field_present(fb, *field);
+                let read = fb.create_block();
+                fb.ins().brif(present, read, &[], f, &[]);
+                fb.switch_to_block(read);
+                let wide = Parse::is_wide(*field);
+                let mut v = p.field_load(fb, *field);
+                if let Some(m) = mask {
+                    let m = constant(fb, wide, *m);
+                    v = fb.ins().band(v, m);
+                }
+                branch_ranges(fb, wide, v, ranges, t, f);
+            }
+            Atom::InPort { ranges } => {
+                let known = fb
+                    .ins()
+                    .icmp_imm_u(IntCC::NotEqual, self.in_port, NO_PORT as i64);
+                let read = fb.create_block();
+                fb.ins().brif(known, read, &[], f, &[]);
+                fb.switch_to_block(read);
+                let v = fb.ins().uextend(types::I64, self.in_port);
+                branch_ranges(fb, false, v, ranges, t, f);
+            }
+            Atom::PayloadByte {
+                index,
+                mask,
+                ranges,
+            } => {
+                let eth = p.eth(fb);
+                let has = fb.create_block();
+                let read = fb.create_block();
+                fb.ins().brif(eth, has, &[], f, &[]);
+                fb.switch_to_block(has);
+                let len = p.payload_len(fb);
+                let long = fb
+                    .ins()
+                    .icmp_imm_u(IntCC::UnsignedGreaterThan, len, i64::from(*index));
+                fb.ins().brif(long, read, &[], f, &[]);
+                fb.switch_to_block(read);
+                let start = p.payload_start(fb);
+                let mut v = p.u8(fb, start, i32::from(*index));
+                if let Some(m) = mask {
+                    v = fb.ins().band_imm_u(v, i64::from(*m));
+                }
+                branch_ranges(fb, false, v, ranges, t, f);
+            }
+            Atom::StartsWith(lit) => {
+                let eth = p.eth(fb);
+                if lit.is_empty() {
+                    fb.ins().brif(eth, t, &[], f, &[]);
+                    return;
+                }
+                let has = fb.create_block();
+                let read = fb.create_block();
+                fb.ins().brif(eth, has, &[], f, &[]);
+                fb.switch_to_block(has);
+                let len = p.payload_len(fb);
+                let long =
+                    fb.ins()
+                        .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, len, lit.len() as i64);
+                fb.ins().brif(long, read, &[], f, &[]);
+                fb.switch_to_block(read);
+                let start = p.payload_start(fb);
+                // Byte by byte: literals are short, and each compare exits early.
+                for (i, &byte) in lit.iter().enumerate() {
+                    let v = p.u8(fb, start, i as i32);
+                    let eq = fb.ins().icmp_imm_u(IntCC::Equal, v, i64::from(byte));
+                    let next = fb.create_block();
+                    fb.ins().brif(eq, next, &[], f, &[]);
+                    fb.switch_to_block(next);
+                }
+                fb.ins().jump(t, &[]);
+            }
+            Atom::Contains(n) if self.ir.literals.get(*n).is_some_and(Vec::is_empty) => {
+                let eth = p.eth(fb);
+                fb.ins().brif(eth, t, &[], f, &[]);
+            }
+            Atom::Contains(n) => {
+                self.helper(fb, netvm_jit_contains as *const () as usize, *n, t, f)
+            }
+            Atom::Matches(n) => self.helper(fb, netvm_jit_matches as *const () as usize, *n, t, f),
+        }
+    }
+
+    /// A payload test answered by a Rust helper (see the ABI in [`super::payload`]).
+    fn helper(&self, fb: &mut FunctionBuilder, func: usize, n: usize, t: Block, f: Block) {
+        let p = &self.parse;
+        let eth = p.eth(fb);
+        let call = fb.create_block();
+        fb.ins().brif(eth, call, &[], f, &[]);
+        fb.switch_to_block(call);
+        let start = p.payload_start(fb);
+        let len = p.payload_len(fb);
+        let addr = fb.ins().iadd(p.ptr, start);
+        let callee = fb.ins().iconst(types::I64, func as i64);
+        let n = fb.ins().iconst(types::I32, n as i64);
+        let Some(sig) = self.helper_sig else {
+            // Unreachable by construction (the signature is imported whenever a payload
+            // helper atom exists); answering "no match" keeps the code total anyway.
+            fb.ins().jump(f, &[]);
+            return;
+        };
+        let inst = fb
+            .ins()
+            .call_indirect(sig, callee, &[self.scratch, addr, len, n]);
+        let r = fb.inst_results(inst)[0];
+        fb.ins().brif(r, t, &[], f, &[]);
+    }
+
+    /// Branches to `t` when the expression holds, else to `f`, evaluating left to right and
+    /// stopping as soon as the answer is known.
+    pub fn expr(&self, fb: &mut FunctionBuilder, e: &Expr, t: Block, f: Block) {
+        match e {
+            Expr::Const(true) => {
+                fb.ins().jump(t, &[]);
+            }
+            Expr::Const(false) => {
+                fb.ins().jump(f, &[]);
+            }
+            Expr::Atom(a) => self.atom(fb, &self.ir.atoms[*a], t, f),
+            Expr::Not(inner) => self.expr(fb, inner, f, t),
+            Expr::And(items) | Expr::Or(items) => {
+                let is_and = matches!(e, Expr::And(_));
+                let Some((last, init)) = items.split_last() else {
+                    fb.ins().jump(if is_and { t } else { f }, &[]);
+                    return;
+                };
+                for item in init {
+                    let next = fb.create_block();
+                    if is_and {
+                        self.expr(fb, item, next, f);
+                    } else {
+                        self.expr(fb, item, t, next);
+                    }
+                    fb.switch_to_block(next);
+                }
+                self.expr(fb, last, t, f);
+            }
+        }
+    }
+
+    /// The linear strategy: rules in order, first match returns its index.
+    pub fn rules_linear(&self, fb: &mut FunctionBuilder) {
+        for (i, rule) in self.ir.rules.iter().enumerate() {
+            let hit = fb.create_block();
+            let next = fb.create_block();
+            self.expr(fb, rule, hit, next);
+            fb.switch_to_block(hit);
+            let r = fb.ins().iconst(types::I32, i as i64);
+            fb.ins().return_(&[r]);
+            fb.switch_to_block(next);
+        }
+        let d = fb.ins().iconst(types::I32, self.ir.rules.len() as i64);
+        fb.ins().return_(&[d]);
+    }
+}

@@ -1,0 +1,270 @@
+//! The Cranelift JIT: a whole [`Classifier`] compiled into one native function over raw frames.
+//!
+//! Stages, in the order the compiler runs them:
+//! - [`parse`]: emitted header parsing with the absent-header rules of
+//!   [`netvm_packet::Decoded`], only down to the deepest layer the policy's atoms read, every
+//!   load dominated by a bounds check against the frame length.
+//! - [`tree`]: for large header-only rule sets (ClassBench), a HiCuts-style decision tree built
+//!   at compile time; the emitted code computes the tree's key from the parsed headers and walks
+//!   its tables, so the cost per packet does not grow linearly with the rules.
+//! - [`codegen`]: the function itself — parse, then the rules in order as short-circuit
+//!   branches (the linear strategy) or the tree walk.
+//! - [`payload`]: the Rust side of payload matching (one Aho-Corasick automaton for every
+//!   `contains` literal, a lazy DFA per regex), called through a narrow `extern "C"` ABI, each
+//!   run at most once per packet and only when a rule still needs the answer.
+//!
+//! The generated function has the signature
+//! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
+//! and returns the index of the first matching rule, or `rules.len()` for the default. The
+//! reference interpreter ([`crate::interp`]) is its specification; `tests/differential.rs`
+//! checks the two agree on random policies and random, truncated and mutated frames.
+//!
+//! What it does not do: it does not decide actions (the caller maps the rule index), and it
+//! holds no per-thread state — [`Jit`] is `Send + Sync`, payload scratch space is taken per call.
+
+mod codegen;
+mod parse;
+pub mod payload;
+pub mod tree;
+
+use std::sync::Mutex;
+
+use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+
+use crate::interp::RegexError;
+use crate::ir::Classifier;
+use codegen::RuleEmitter;
+use parse::Parse;
+use payload::{PayloadMatcher, Scratch};
+
+/// The most frames [`Jit::classify_burst`] takes per call.
+pub const MAX_BURST: usize = 64;
+
+/// Why a classifier cannot be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error("this machine is not supported by Cranelift: {0}")]
+    UnsupportedHost(String),
+    #[error("Cranelift rejected the classifier: {0}")]
+    Codegen(String),
+    #[error(transparent)]
+    Regex(#[from] RegexError),
+}
+
+/// How the rules are searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// The decision tree when the rule set qualifies ([`tree::qualifies`]) and has at least
+    /// [`Strategy::TREE_MIN_RULES`] rules; the linear code otherwise.
+    Auto,
+    /// Always the rules in order.
+    Linear,
+    /// The decision tree whenever the rule set qualifies, however small (for tests).
+    Tree,
+}
+
+impl Strategy {
+    /// Below this many rules the linear code is as fast as a tree walk.
+    pub const TREE_MIN_RULES: usize = 64;
+}
+
+type ClassifyFn = unsafe extern "C" fn(*const u8, usize, u32, *mut Scratch) -> u32;
+
+/// The JIT's code memory. Freed on drop.
+struct Code(Option<JITModule>);
+
+impl Drop for Code {
+    fn drop(&mut self) {
+        if let Some(module) = self.0.take() {
+            // SAFETY: the only pointer into this memory is `Jit::func`, which lives in the same
+            // `Jit` and is dropped with it; no call can be running (we hold `&mut`).
+            unsafe { module.free_memory() };
+        }
+    }
+}
+
+// SAFETY: after `finalize_definitions` the module is never touched again except to free it on
+// drop; the code it holds is immutable and callable from any thread.
+unsafe impl Send for Code {}
+// SAFETY: as above — no `&self` method reads or writes the module.
+unsafe impl Sync for Code {}
+
+/// A classifier compiled to native code.
+pub struct Jit {
+    func: ClassifyFn,
+    rules: usize,
+    strategy_used: Strategy,
+    payload: Option<Box<PayloadMatcher>>,
+    scratch_pool: Mutex<Vec<Scratch>>,
+    /// Tables the tree walk reads through pointers baked into the code (kept alive here).
+    _tree: Option<tree::Tree>,
+    _code: Code,
+}
+
+impl Jit {
+    /// Compiles with [`Strategy::Auto`].
+    pub fn compile(ir: &Classifier) -> Result<Jit, JitError> {
+        Jit::compile_with(ir, Strategy::Auto)
+    }
+
+    pub fn compile_with(ir: &Classifier, strategy: Strategy) -> Result<Jit, JitError> {
+        let needs_payload_helpers = !ir.literals.is_empty() || !ir.regexes.is_empty();
+        let payload = if needs_payload_helpers {
+            Some(Box::new(PayloadMatcher::new(&ir.literals, &ir.regexes)?))
+        } else {
+            None
+        };
+        let tree = match strategy {
+            Strategy::Linear => None,
+            Strategy::Auto if ir.rules.len() < Strategy::TREE_MIN_RULES => None,
+            Strategy::Auto | Strategy::Tree => tree::Tree::build(ir),
+        };
+        let strategy_used = if tree.is_some() {
+            Strategy::Tree
+        } else {
+            Strategy::Linear
+        };
+
+        let mut flags = settings::builder();
+        let set = |flags: &mut settings::Builder, k: &str, v: &str| {
+            flags
+                .set(k, v)
+                .map_err(|e| JitError::Codegen(format!("setting {k}: {e}")))
+        };
+        set(&mut flags, "opt_level", "speed")?;
+        set(&mut flags, "use_colocated_libcalls", "false")?;
+        set(&mut flags, "is_pic", "false")?;
+        let isa = cranelift_native::builder()
+            .map_err(|e| JitError::UnsupportedHost(e.to_string()))?
+            .finish(settings::Flags::new(flags))
+            .map_err(|e| JitError::Codegen(e.to_string()))?;
+        let call_conv = isa.default_call_conv();
+        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+
+        let mut ctx = module.make_context();
+        let sig = &mut ctx.func.signature;
+        sig.call_conv = call_conv;
+        sig.params.push(AbiParam::new(types::I64)); // frame
+        sig.params.push(AbiParam::new(types::I64)); // len
+        sig.params.push(AbiParam::new(types::I32)); // in_port
+        sig.params.push(AbiParam::new(types::I64)); // scratch
+        sig.returns.push(AbiParam::new(types::I32));
+        let func_id = module
+            .declare_function("netvm_classify", Linkage::Local, &ctx.func.signature)
+            .map_err(|e| JitError::Codegen(e.to_string()))?;
+        ctx.func.name = UserFuncName::user(0, func_id.as_u32());
+
+        let target = module.target_config();
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let entry = fb.create_block();
+            fb.append_block_params_for_function_params(entry);
+            fb.switch_to_block(entry);
+            let params = fb.block_params(entry).to_vec();
+            let level = match &tree {
+                Some(t) => t.level(),
+                None => codegen::level_of(ir),
+            };
+            let parse = Parse::emit(&mut fb, params[0], params[1], level);
+            let helper_sig = needs_payload_helpers
+                .then(|| fb.import_signature(codegen::helper_signature(call_conv)));
+            let emitter = RuleEmitter {
+                ir,
+                parse,
+                in_port: params[2],
+                scratch: params[3],
+                helper_sig,
+            };
+            match &tree {
+                Some(t) => t.emit(&mut fb, &emitter),
+                None => emitter.rules_linear(&mut fb),
+            }
+            fb.seal_all_blocks();
+            fb.finalize(target);
+        }
+        module
+            .define_function(func_id, &mut ctx)
+            .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
+        module.clear_context(&mut ctx);
+        module
+            .finalize_definitions()
+            .map_err(|e| JitError::Codegen(e.to_string()))?;
+        let code = module.get_finalized_function(func_id);
+        // SAFETY: `code` is the finalized function defined above with exactly this signature
+        // (i64, i64, i32, i64) -> i32 in the host's default calling convention, which is
+        // `extern "C"`; it stays mapped until `Code` is dropped with this `Jit`.
+        let func = unsafe { std::mem::transmute::<*const u8, ClassifyFn>(code) };
+        Ok(Jit {
+            func,
+            rules: ir.rules.len(),
+            strategy_used,
+            payload,
+            scratch_pool: Mutex::new(Vec::new()),
+            _tree: tree,
+            _code: Code(Some(module)),
+        })
+    }
+
+    /// The strategy the compiled code uses ([`Strategy::Linear`] or [`Strategy::Tree`]).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy_used
+    }
+
+    fn take_scratch(&self) -> Option<Scratch> {
+        let matcher = self.payload.as_ref()?;
+        let pooled = self.scratch_pool.lock().ok().and_then(|mut p| p.pop());
+        Some(pooled.unwrap_or_else(|| matcher.scratch()))
+    }
+
+    fn return_scratch(&self, scratch: Option<Scratch>) {
+        if let (Some(s), Ok(mut pool)) = (scratch, self.scratch_pool.lock()) {
+            pool.push(s);
+        }
+    }
+
+    #[inline]
+    fn call(&self, frame: &[u8], in_port: u32, scratch: &mut Option<Scratch>) -> u32 {
+        let scratch_ptr = match scratch {
+            Some(s) => {
+                s.reset();
+                s as *mut Scratch
+            }
+            None => std::ptr::null_mut(),
+        };
+        // SAFETY: `frame` is a live slice of `frame.len()` bytes, and the generated code reads
+        // only inside it (every load is dominated by a bounds check, see `parse`). The scratch
+        // pointer is either a live exclusive `Scratch` of this Jit's matcher or null, and null
+        // only when the classifier has no payload helper atoms, so the code never passes it on.
+        unsafe { (self.func)(frame.as_ptr(), frame.len(), in_port, scratch_ptr) }
+    }
+
+    /// The index of the first matching rule, or `None` for the default — exactly as
+    /// [`crate::Interpreter::classify`].
+    pub fn classify(&self, frame: &[u8], in_port: u32) -> Option<usize> {
+        let mut scratch = self.take_scratch();
+        let r = self.call(frame, in_port, &mut scratch) as usize;
+        self.return_scratch(scratch);
+        (r < self.rules).then_some(r)
+    }
+
+    /// Classifies up to [`MAX_BURST`] frames (all from `in_port`): `out[i]` is frame `i`'s rule
+    /// index, or the number of rules for the default. Frames beyond `out.len()` or
+    /// [`MAX_BURST`] are not classified.
+    pub fn classify_burst(&self, frames: &[&[u8]], in_port: u32, out: &mut [u32]) {
+        let mut scratch = self.take_scratch();
+        for (frame, slot) in frames.iter().zip(out.iter_mut()).take(MAX_BURST) {
+            *slot = self.call(frame, in_port, &mut scratch);
+        }
+        self.return_scratch(scratch);
+    }
+
+    /// The number of rules (the value the raw results use for the default).
+    pub fn rule_count(&self) -> usize {
+        self.rules
+    }
+}

@@ -1,0 +1,523 @@
+//! The JIT against the reference interpreter: same rule index on every frame.
+//!
+//! Each proptest case is a seed. From it a deterministic generator builds a random classifier
+//! over the whole field catalogue (every `Field`, every `Proto`, `in_port`, payload bytes,
+//! `contains`, `starts_with`, `matches`; masks; single values, ranges and sets; `and`/`or`/`not`)
+//! whose constants are drawn half the time from the frames under test, so rules do match; then
+//! frames: built with `PacketSpec` to hit each rule, built from random specs, assembled by hand
+//! to reach what the builder does not write (two VLAN tags, IPv4 options and fragments, IPv6
+//! extension chains, short TCP data offsets, bogus lengths), plus every truncation of some and
+//! random byte mutations of all. Each (policy, frame, in_port) triple is one comparison.
+//!
+//! Scale: `NETVM_DIFF_POLICIES` (default 50) policies per strategy. The default runs well over
+//! 100,000 comparisons in a debug build in well under a minute; the long run is
+//! `NETVM_DIFF_POLICIES=20000 cargo test --release -p netvm-compiler --test differential`
+//! (recorded in BENCHMARKS.md). A failure prints the seed, the classifier and the frame.
+
+use netvm_compiler::ir::{Atom, Classifier, Expr};
+use netvm_compiler::jit::Strategy;
+use netvm_compiler::{Interpreter, Jit, NO_PORT};
+use netvm_packet::{BaseProto, Decoded, Field, FieldHeader, PacketSpec, Proto};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// SplitMix64: small, deterministic, good enough for test generation.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    fn chance(&mut self, one_in: usize) -> bool {
+        self.below(one_in) == 0
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+const WORDS: &[&[u8]] = &[
+    b"GET ",
+    b"evil",
+    b"SSH-",
+    b"ab",
+    b"a",
+    b"\x16\x03",
+    b"",
+    b"xyz",
+];
+const REGEXES: &[&str] = &[
+    r"union\s+select",
+    r"(?i)get /admin",
+    r"^ab",
+    r"a[bc]+d$",
+    r"\x16\x03[\x00-\x03]",
+    r"",
+    r"x.{0,3}z",
+];
+
+fn payload(rng: &mut Rng) -> Vec<u8> {
+    let mut p = Vec::new();
+    for _ in 0..rng.below(5) {
+        if rng.chance(2) {
+            p.extend_from_slice(WORDS[rng.below(WORDS.len())]);
+        } else {
+            let n = rng.below(6);
+            p.extend(rng.bytes(n));
+        }
+    }
+    p
+}
+
+/// A random spec the builder accepts (or the default of its base).
+fn random_frame(rng: &mut Rng) -> Vec<u8> {
+    let base = *rng.pick(&BaseProto::ALL);
+    let mut spec = PacketSpec::new(base);
+    for _ in 0..rng.below(4) {
+        let f = *rng.pick(Field::ALL);
+        let v = u128::from(rng.next()) & f.ty().max_value();
+        spec.set(f, v);
+    }
+    if rng.chance(2) {
+        spec.payload = Some(payload(rng));
+    }
+    spec.build()
+        .or_else(|_| {
+            let mut spec = PacketSpec::new(base);
+            spec.payload = Some(payload(rng));
+            spec.build()
+        })
+        .unwrap_or_default()
+}
+
+/// A frame assembled by hand: what the builder does not write.
+fn handmade_frame(rng: &mut Rng) -> Vec<u8> {
+    let mut f = rng.bytes(12);
+    for _ in 0..rng.below(3) {
+        f.extend_from_slice(if rng.chance(2) {
+            &[0x81, 0]
+        } else {
+            &[0x88, 0xa8]
+        });
+        f.extend(rng.bytes(2));
+    }
+    let l3 = rng.below(4);
+    let upper;
+    match l3 {
+        0 => {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let ihl = if rng.chance(8) {
+                rng.below(16)
+            } else {
+                5 + rng.below(3)
+            };
+            let start = f.len();
+            f.push(if rng.chance(10) { 0x60 } else { 0x40 } | ihl as u8);
+            f.extend(rng.bytes(ihl.max(5) * 4 - 1));
+            upper = *rng.pick(&[6u8, 17, 1, 58, 47, 6, 17]);
+            f[start + 9] = upper;
+            if !rng.chance(5) {
+                f[start + 6] = if rng.chance(2) { 0x20 } else { 0 };
+                f[start + 7] = 0;
+            }
+            let total = ihl.max(5) * 4 + rng.below(80);
+            if !rng.chance(4) {
+                f[start + 2..start + 4].copy_from_slice(&(total as u16).to_be_bytes());
+            }
+        }
+        1 => {
+            f.extend_from_slice(&[0x86, 0xdd]);
+            let start = f.len();
+            f.push(if rng.chance(10) { 0x40 } else { 0x60 });
+            f.extend(rng.bytes(39));
+            let mut nh_at = start + 6;
+            for _ in 0..rng.below(10) {
+                let ext = *rng.pick(&[0u8, 43, 60, 44]);
+                f[nh_at] = ext;
+                let here = f.len();
+                if ext == 44 {
+                    f.extend(rng.bytes(8));
+                    if rng.chance(2) {
+                        f[here + 2] = 0;
+                        f[here + 3] &= 0x07;
+                    }
+                } else {
+                    let words = rng.below(3);
+                    f.extend(rng.bytes(8 + words * 8));
+                    f[here + 1] = words as u8;
+                }
+                nh_at = here;
+            }
+            upper = *rng.pick(&[6u8, 17, 58, 1, 59]);
+            f[nh_at] = upper;
+            let plen = f.len() - start - 40 + rng.below(60);
+            if !rng.chance(4) {
+                f[start + 4..start + 6].copy_from_slice(&(plen as u16).to_be_bytes());
+            }
+        }
+        2 => {
+            f.extend_from_slice(&[0x08, 0x06]);
+            f.extend(rng.bytes(28));
+            upper = 0;
+        }
+        _ => {
+            f.extend(rng.bytes(2));
+            upper = 0;
+        }
+    }
+    match upper {
+        6 => {
+            let here = f.len();
+            let doff = if rng.chance(6) {
+                rng.below(16)
+            } else {
+                5 + rng.below(3)
+            };
+            f.extend(rng.bytes(doff.max(5) * 4));
+            f[here + 12] = (doff as u8) << 4;
+        }
+        17 | 1 | 58 => f.extend(rng.bytes(8)),
+        _ => {}
+    }
+    let p = payload(rng);
+    f.extend(p);
+    let pad = rng.below(8);
+    f.extend(std::iter::repeat_n(0, pad));
+    f
+}
+
+fn mutate(rng: &mut Rng, frame: &[u8]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    for _ in 0..1 + rng.below(3) {
+        if f.is_empty() {
+            break;
+        }
+        let i = rng.below(f.len());
+        f[i] = rng.next() as u8;
+    }
+    if rng.chance(3) {
+        let n = rng.below(f.len() + 1);
+        f.truncate(n);
+    }
+    f
+}
+
+/// A value for `field`: half the time one a frame under test carries.
+fn value_for(rng: &mut Rng, field: Field, seen: &[Vec<u8>]) -> u128 {
+    let max = field.ty().max_value();
+    if rng.chance(2) && !seen.is_empty() {
+        if let Some(v) = Decoded::new(&seen[rng.below(seen.len())]).field(field) {
+            return v;
+        }
+    }
+    match rng.below(4) {
+        0 => 0,
+        1 => max,
+        _ => (u128::from(rng.next()) << 64 | u128::from(rng.next())) & max,
+    }
+}
+
+fn ranges_around(rng: &mut Rng, v: u128, max: u128) -> Vec<(u128, u128)> {
+    let mut ranges = Vec::new();
+    for i in 0..1 + rng.below(6) {
+        let centre = if i == 0 {
+            v
+        } else {
+            (u128::from(rng.next()) << 64 | u128::from(rng.next())) & max
+        };
+        let width = match rng.below(3) {
+            0 => 0,
+            1 => rng.below(16) as u128,
+            _ => (u128::from(rng.next()) & max) >> rng.below(64),
+        };
+        let lo = centre.saturating_sub(width / 2);
+        let hi = lo.saturating_add(width).min(max);
+        ranges.push((lo, hi));
+    }
+    normalise(ranges)
+}
+
+/// Sorted, disjoint, non-adjacent ranges (what lowering produces).
+fn normalise(mut ranges: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u128, u128)> = Vec::new();
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn random_atom(rng: &mut Rng, seen: &[Vec<u8>], ir: &mut Classifier) -> Atom {
+    match rng.below(12) {
+        0 | 1 => Atom::Proto(*rng.pick(&Proto::ALL)),
+        2 => Atom::InPort {
+            ranges: {
+                let v = rng.below(4) as u128;
+                ranges_around(rng, v, 7)
+            },
+        },
+        3 => {
+            let index = rng.below(12) as u16;
+            let v = seen
+                .first()
+                .and_then(|f| Decoded::new(f).payload()?.get(usize::from(index)).copied())
+                .unwrap_or(0);
+            Atom::PayloadByte {
+                index,
+                mask: rng.chance(3).then(|| rng.next() as u8),
+                ranges: ranges_around(rng, u128::from(v), 255),
+            }
+        }
+        4 => {
+            let lit = WORDS[rng.below(WORDS.len())].to_vec();
+            let n = match ir.literals.iter().position(|l| *l == lit) {
+                Some(n) => n,
+                None => {
+                    ir.literals.push(lit);
+                    ir.literals.len() - 1
+                }
+            };
+            Atom::Contains(n)
+        }
+        5 => Atom::StartsWith(WORDS[rng.below(WORDS.len())].to_vec()),
+        6 => {
+            let re = rng.pick(REGEXES).to_string();
+            let n = match ir.regexes.iter().position(|r| *r == re) {
+                Some(n) => n,
+                None => {
+                    ir.regexes.push(re);
+                    ir.regexes.len() - 1
+                }
+            };
+            Atom::Matches(n)
+        }
+        _ => {
+            let field = *rng.pick(Field::ALL);
+            let max = field.ty().max_value();
+            let v = value_for(rng, field, seen);
+            let mask = rng.chance(5).then(|| {
+                let m = (u128::from(rng.next()) << 64 | u128::from(rng.next())) & max;
+                if rng.chance(2) {
+                    // A prefix mask, as operators write them.
+                    let bits = field.ty().bits();
+                    let keep = rng.below(usize::from(bits) + 1) as u32;
+                    max & !(max.checked_shr(keep).unwrap_or(0))
+                } else {
+                    m
+                }
+            });
+            let v = v & mask.unwrap_or(u128::MAX);
+            Atom::Field {
+                field,
+                mask,
+                ranges: ranges_around(rng, v, max),
+            }
+        }
+    }
+}
+
+fn random_expr(rng: &mut Rng, atoms: usize, depth: u32) -> Expr {
+    if depth == 0 || rng.chance(3) {
+        return match rng.below(20) {
+            0 => Expr::Const(rng.chance(2)),
+            _ => Expr::Atom(rng.below(atoms)),
+        };
+    }
+    match rng.below(5) {
+        0 => Expr::Not(Box::new(random_expr(rng, atoms, depth - 1))),
+        1 | 2 => Expr::Or(
+            (0..2 + rng.below(2))
+                .map(|_| random_expr(rng, atoms, depth - 1))
+                .collect(),
+        ),
+        _ => Expr::And(
+            (0..2 + rng.below(3))
+                .map(|_| random_expr(rng, atoms, depth - 1))
+                .collect(),
+        ),
+    }
+}
+
+fn random_classifier(rng: &mut Rng, seen: &[Vec<u8>]) -> Classifier {
+    let mut ir = Classifier {
+        atoms: Vec::new(),
+        rules: Vec::new(),
+        literals: Vec::new(),
+        regexes: Vec::new(),
+    };
+    for _ in 0..1 + rng.below(16) {
+        let a = random_atom(rng, seen, &mut ir);
+        if !ir.atoms.contains(&a) {
+            ir.atoms.push(a);
+        }
+    }
+    let n = ir.atoms.len();
+    ir.rules = (0..1 + rng.below(10))
+        .map(|_| random_expr(rng, n, 3))
+        .collect();
+    ir
+}
+
+/// A frame built to satisfy the field atoms of one rule (best effort: the builder refuses
+/// fields of headers the stack does not have, and masks may move the value out again).
+fn hit_frame(rng: &mut Rng, ir: &Classifier, rule: &Expr) -> Option<Vec<u8>> {
+    let mut fields = Vec::new();
+    rule.for_each_atom(&mut |a| {
+        if let Atom::Field { field, ranges, .. } = &ir.atoms[a] {
+            fields.push((*field, ranges[0].0));
+        }
+    });
+    let base = if fields
+        .iter()
+        .any(|(f, _)| f.header() == FieldHeader::Proto(Proto::Icmp6))
+    {
+        BaseProto::Icmp6
+    } else if fields
+        .iter()
+        .any(|(f, _)| f.header() == FieldHeader::Proto(Proto::Icmp))
+    {
+        BaseProto::Icmp
+    } else if fields
+        .iter()
+        .any(|(f, _)| f.header() == FieldHeader::Proto(Proto::Udp))
+    {
+        BaseProto::Udp
+    } else {
+        *rng.pick(&[BaseProto::Tcp, BaseProto::Udp, BaseProto::Tcp])
+    };
+    let mut spec = PacketSpec::new(base);
+    for (f, v) in fields {
+        if !matches!(
+            f,
+            Field::PktLen | Field::PayloadLen | Field::IpLen | Field::EthType
+        ) {
+            spec.set(f, v);
+        }
+    }
+    spec.payload = Some(payload(rng));
+    spec.build().ok()
+}
+
+/// The first atom whose one-atom classifier the engines disagree on (for failure reports).
+fn differing_atom(ir: &Classifier, frame: &[u8], port: u32) -> Option<Atom> {
+    ir.atoms.iter().find_map(|a| {
+        let one = Classifier {
+            atoms: vec![a.clone()],
+            rules: vec![Expr::Atom(0)],
+            literals: ir.literals.clone(),
+            regexes: ir.regexes.clone(),
+        };
+        let j = Jit::compile_with(&one, Strategy::Linear).ok()?;
+        let i = Interpreter::new(one).ok()?;
+        (j.classify(frame, port) != i.classify(frame, port)).then(|| a.clone())
+    })
+}
+
+static COMPARISONS: AtomicU64 = AtomicU64::new(0);
+
+fn policies() -> u32 {
+    std::env::var("NETVM_DIFF_POLICIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
+
+fn check_seed(seed: u64, strategy: Strategy) {
+    let mut rng = Rng(seed);
+    let mut frames: Vec<Vec<u8>> = (0..8).map(|_| random_frame(&mut rng)).collect();
+    frames.extend((0..8).map(|_| handmade_frame(&mut rng)));
+    let ir = random_classifier(&mut rng, &frames);
+    for rule in &ir.rules {
+        if let Some(f) = hit_frame(&mut rng, &ir, rule) {
+            frames.push(f);
+        }
+    }
+    frames.push(Vec::new());
+    let n = rng.below(100);
+    frames.push(rng.bytes(n));
+    let jit = Jit::compile_with(&ir, strategy).expect("the JIT compiles every classifier");
+    let interp = Interpreter::new(ir.clone()).expect("regexes compile");
+    let check = |frame: &[u8], port: u32| {
+        for port in [NO_PORT, port] {
+            let want = interp.classify(frame, port);
+            let got = jit.classify(frame, port);
+            COMPARISONS.fetch_add(1, Ordering::Relaxed);
+            if got != want {
+                eprintln!(
+                    "first differing atom: {:?}",
+                    differing_atom(&ir, frame, port)
+                );
+            }
+            assert_eq!(
+                got, want,
+                "seed {seed:#x} strategy {strategy:?}\nclassifier {ir:#?}\nframe ({} bytes) {frame:02x?} in_port {port}",
+                frame.len()
+            );
+        }
+    };
+    let originals = frames.clone();
+    for frame in &originals {
+        check(frame, rng.below(5) as u32);
+        for _ in 0..4 {
+            let m = mutate(&mut rng, frame);
+            check(&m, rng.below(5) as u32);
+        }
+    }
+    // Every truncation of a few frames.
+    for frame in originals
+        .iter()
+        .take(3)
+        .chain(originals.iter().rev().take(2))
+    {
+        for n in 0..frame.len() {
+            check(&frame[..n], 2);
+        }
+    }
+    // The burst entry point agrees with the single-frame one.
+    let refs: Vec<&[u8]> = originals.iter().map(Vec::as_slice).take(64).collect();
+    let mut out = vec![0u32; refs.len()];
+    jit.classify_burst(&refs, 1, &mut out);
+    for (frame, got) in refs.iter().zip(&out) {
+        let want = interp.classify(frame, 1).unwrap_or(ir.rules.len());
+        assert_eq!(*got as usize, want, "burst, seed {seed:#x}");
+    }
+}
+
+fn run(strategy: Strategy) {
+    let before = COMPARISONS.load(Ordering::Relaxed);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: policies(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&any::<u64>(), |seed| {
+        check_seed(seed, strategy);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!(
+        "{strategy:?}: {} policies, {} comparisons, all equal",
+        policies(),
+        COMPARISONS.load(Ordering::Relaxed) - before
+    );
+}
+
+#[test]
+fn jit_agrees_with_the_interpreter_on_random_policies() {
+    run(Strategy::Linear);
+}
