@@ -31,24 +31,44 @@
 //! [`numa::Placement`] and typed errors for the binary to report.
 
 #[cfg(not(loom))]
+pub mod classify;
+#[cfg(not(loom))]
 pub mod layout;
 pub mod mpmc;
 #[cfg(not(loom))]
 pub mod numa;
 #[cfg(not(loom))]
+pub mod policy;
+#[cfg(not(loom))]
 pub mod pool;
+#[cfg(not(loom))]
+pub mod port;
 #[cfg(not(loom))]
 pub mod region;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod stats;
+#[cfg(not(loom))]
+pub mod switch;
 mod sync;
+#[cfg(not(loom))]
+pub mod vm;
 
+#[cfg(not(loom))]
+pub use classify::Classifier;
 #[cfg(not(loom))]
 pub use layout::{LayoutError, RegionConfig, RegionLayout};
 pub use mpmc::MpmcRing;
 #[cfg(not(loom))]
 pub use numa::{NumaError, Placement, PlacementRequest, Topology};
 #[cfg(not(loom))]
+pub use policy::{PolicyTable, Program, ProgramHandle, RuleAction};
+#[cfg(not(loom))]
 pub use pool::{PacketPool, PoolCache, PoolError};
 #[cfg(not(loom))]
 pub use region::{Backing, HugepagePolicy, RegionError, SharedRegion};
 pub use ring::{Ring, RingConsumer, RingEnd, RingError, RingProducer};
+#[cfg(not(loom))]
+pub use switch::{IdlePolicy, RunReport, Switch, SwitchConfig, SwitchError, VmMode};
+#[cfg(not(loom))]
+pub use vm::{NetworkFunction, Verdict};

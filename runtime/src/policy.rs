@@ -1,0 +1,269 @@
+//! The runtime's view of a policy: what to do with a packet once the classifier has
+//! named its rule, and the handle through which the switch reads it.
+//!
+//! [`PolicyTable`] is plain data built by the `netvm` binary from a checked
+//! `netvm_lang::Policy` (this crate does not depend on the language, so data flows one
+//! way: lang → compiler → binary → runtime). Ports, VMs, groups and counters are indices
+//! into the tables the binary lays out in the same order as the policy declares them.
+//!
+//! [`Program`] pairs a table with the [`Classifier`] compiled from the same policy;
+//! [`ProgramHandle`] holds it behind an [`arc_swap::ArcSwap`] so a hot reload can replace
+//! both at once while switch threads keep forwarding: the data path takes one lock-free
+//! `load` per burst and never waits. Validation ([`PolicyTable::validate`]) happens once,
+//! before a table is installed, so the data path can index without re-checking.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use netvm_packet::Field;
+
+use crate::classify::Classifier;
+
+/// How `balance` picks a group member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BalanceKey {
+    /// Symmetric 5-tuple Toeplitz hash (`netvm_packet::hash::flow_hash`).
+    Flow,
+    /// Hash of these fields' values (`netvm_packet::hash::fields_hash`).
+    Fields(Vec<Field>),
+}
+
+/// One step of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hop {
+    Vm(usize),
+    Balance { group: usize, key: BalanceKey },
+    Out(usize),
+    Drop,
+}
+
+/// Where a packet ends up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    Drop,
+    Out(usize),
+    To(usize),
+    /// Hops in order; running out of hops drops (reason `chain_end`).
+    Chain(Vec<Hop>),
+    Balance {
+        group: usize,
+        key: BalanceKey,
+    },
+}
+
+impl Fate {
+    /// The fate as a chain of hops, the one form the switch executes.
+    pub fn hops(&self) -> Vec<Hop> {
+        match self {
+            Fate::Drop => vec![Hop::Drop],
+            Fate::Out(p) => vec![Hop::Out(*p)],
+            Fate::To(v) => vec![Hop::Vm(*v)],
+            Fate::Chain(hops) => hops.clone(),
+            Fate::Balance { group, key } => vec![Hop::Balance {
+                group: *group,
+                key: key.clone(),
+            }],
+        }
+    }
+}
+
+/// What a rule (or the default) does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleAction {
+    pub name: String,
+    pub fate: Fate,
+    /// VMs that get a second reference to the packet (their verdict is ignored).
+    pub mirrors: Vec<usize>,
+    /// Named counters to bump.
+    pub counters: Vec<usize>,
+}
+
+/// Every rule's action, in rule order, plus the default (classifier result `n_rules`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTable {
+    pub rules: Vec<RuleAction>,
+    pub default: RuleAction,
+    pub port_names: Vec<String>,
+    pub vm_names: Vec<String>,
+    /// `trusted` per VM, in `vm_names` order.
+    pub vm_trusted: Vec<bool>,
+    /// Members of each group (VM indices).
+    pub groups: Vec<Vec<usize>>,
+    pub counter_names: Vec<String>,
+}
+
+/// A table that refers to something that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyTableError {
+    #[error("rule `{rule}` refers to {what} {index}, but the policy has {count}")]
+    Dangling {
+        rule: String,
+        what: &'static str,
+        index: usize,
+        count: usize,
+    },
+    #[error("group {0} has no members")]
+    EmptyGroup(usize),
+    #[error("vm_trusted has {found} entries for {expected} VMs")]
+    TrustedLen { expected: usize, found: usize },
+    #[error("the classifier reports {classifier} rules, the table has {table}")]
+    RuleCount { classifier: usize, table: usize },
+}
+
+impl PolicyTable {
+    /// The action for classifier result `rule` (`n_rules` or anything larger: default).
+    #[inline]
+    pub fn action(&self, rule: u32) -> &RuleAction {
+        self.rules.get(rule as usize).unwrap_or(&self.default)
+    }
+
+    /// Check every index once, so the switch can trust them.
+    pub fn validate(&self) -> Result<(), PolicyTableError> {
+        if self.vm_trusted.len() != self.vm_names.len() {
+            return Err(PolicyTableError::TrustedLen {
+                expected: self.vm_names.len(),
+                found: self.vm_trusted.len(),
+            });
+        }
+        for (g, members) in self.groups.iter().enumerate() {
+            if members.is_empty() {
+                return Err(PolicyTableError::EmptyGroup(g));
+            }
+            for &m in members {
+                self.check(&format!("group {g}"), "vm", m, self.vm_names.len())?;
+            }
+        }
+        for action in self.rules.iter().chain(std::iter::once(&self.default)) {
+            let rule = &action.name;
+            for hop in action.fate.hops() {
+                match hop {
+                    Hop::Vm(v) => self.check(rule, "vm", v, self.vm_names.len())?,
+                    Hop::Out(p) => self.check(rule, "port", p, self.port_names.len())?,
+                    Hop::Balance { group, .. } => {
+                        self.check(rule, "group", group, self.groups.len())?
+                    }
+                    Hop::Drop => {}
+                }
+            }
+            for &m in &action.mirrors {
+                self.check(rule, "vm", m, self.vm_names.len())?;
+            }
+            for &c in &action.counters {
+                self.check(rule, "counter", c, self.counter_names.len())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(
+        &self,
+        rule: &str,
+        what: &'static str,
+        index: usize,
+        count: usize,
+    ) -> Result<(), PolicyTableError> {
+        if index < count {
+            Ok(())
+        } else {
+            Err(PolicyTableError::Dangling {
+                rule: rule.to_string(),
+                what,
+                index,
+                count,
+            })
+        }
+    }
+}
+
+/// A classifier and the table of the policy it was compiled from.
+pub struct Program {
+    pub classifier: Box<dyn Classifier>,
+    pub table: PolicyTable,
+    /// Each rule's fate as hops, then the default's: what the switch walks.
+    chains: Vec<Vec<Hop>>,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("n_rules", &self.classifier.n_rules())
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl Program {
+    /// Pair them, checking that they describe the same rules.
+    pub fn new(
+        classifier: Box<dyn Classifier>,
+        table: PolicyTable,
+    ) -> Result<Program, PolicyTableError> {
+        table.validate()?;
+        if classifier.n_rules() != table.rules.len() {
+            return Err(PolicyTableError::RuleCount {
+                classifier: classifier.n_rules(),
+                table: table.rules.len(),
+            });
+        }
+        let chains = table
+            .rules
+            .iter()
+            .chain(std::iter::once(&table.default))
+            .map(|a| a.fate.hops())
+            .collect();
+        Ok(Program {
+            classifier,
+            table,
+            chains,
+        })
+    }
+
+    /// The hops of rule `rule` (`n_rules` or more: the default's).
+    #[inline]
+    pub fn chain(&self, rule: u32) -> &[Hop] {
+        let last = self.chains.len() - 1;
+        &self.chains[(rule as usize).min(last)]
+    }
+}
+
+/// The installed program, swappable atomically (hot reload) without locks on the data
+/// path. Cheap to clone; every clone sees the same program.
+#[derive(Clone, Debug)]
+pub struct ProgramHandle {
+    current: Arc<ArcSwap<Program>>,
+}
+
+impl ProgramHandle {
+    pub fn new(program: Program) -> ProgramHandle {
+        ProgramHandle {
+            current: Arc::new(ArcSwap::from_pointee(program)),
+        }
+    }
+
+    /// The program now installed. Hold the guard for one burst, not longer.
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Program>> {
+        self.current.load()
+    }
+
+    /// The program now installed, as an owned `Arc` (for setup, not per burst).
+    pub fn load_full(&self) -> Arc<Program> {
+        self.current.load_full()
+    }
+
+    /// Install a new program. Bursts already in flight finish with the old one. The
+    /// new table must keep the port and VM tables (the switch's rings are built from
+    /// them); a reload that changes them is refused.
+    pub fn swap(&self, program: Program) -> Result<(), PolicyTableError> {
+        let old = self.current.load();
+        let (o, n) = (&old.table, &program.table);
+        if o.port_names != n.port_names || o.vm_names != n.vm_names {
+            return Err(PolicyTableError::RuleCount {
+                classifier: program.classifier.n_rules(),
+                table: n.rules.len(),
+            });
+        }
+        self.current.store(Arc::new(program));
+        Ok(())
+    }
+}

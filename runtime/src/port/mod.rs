@@ -1,0 +1,169 @@
+//! Ports: where packets enter and leave the switch.
+//!
+//! A [`Port`] never touches the pool: on receive it pushes frame bytes into an
+//! [`RxBurst`], which allocates and fills buffers (and refuses when the burst is full or
+//! the pool is dry, so the port keeps the frame for the next poll); on transmit it is
+//! handed byte slices and the switch frees the buffers afterwards. Drivers:
+//! [`gen`] (synthetic traffic), [`null`] (a sink), [`pcap`] (files) and [`afpacket`]
+//! (a Linux raw socket). [`open`] builds one from a `--bind` argument, `DRIVER:ARGS`.
+
+pub mod afpacket;
+pub mod gen;
+pub mod null;
+pub mod pcap;
+
+use crate::layout::BUF_DATA_ROOM;
+use crate::pool::{PacketPool, PoolCache};
+
+/// Why a port could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("unknown port driver `{0}` (expected gen, null, pcap or afpacket)")]
+    UnknownDriver(String),
+    #[error("{driver}: {why}")]
+    BadArgs { driver: &'static str, why: String },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub(crate) fn bad_args(driver: &'static str, why: impl Into<String>) -> PortError {
+    PortError::BadArgs {
+        driver,
+        why: why.into(),
+    }
+}
+
+/// Parse `key=value,key=value`. Keys not in `allowed` are an error.
+pub(crate) fn parse_args<'a>(
+    driver: &'static str,
+    args: &'a str,
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, PortError> {
+    let mut out = Vec::new();
+    for kv in args.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| bad_args(driver, format!("expected KEY=VALUE, not `{kv}`")))?;
+        if !allowed.contains(&k) {
+            return Err(bad_args(
+                driver,
+                format!("unknown key `{k}` (expected one of {})", allowed.join(", ")),
+            ));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// A port. Polled by one switch thread.
+pub trait Port: Send {
+    /// Driver and arguments, for reports.
+    fn describe(&self) -> String;
+
+    /// Push up to `burst.room()` received frames. Frames `burst` refuses stay with the
+    /// port for the next call.
+    fn rx_burst(&mut self, burst: &mut RxBurst<'_>);
+
+    /// The port will never receive again (finite input drained, or no receive side).
+    fn rx_done(&self) -> bool;
+
+    /// Whether the port can transmit.
+    fn has_tx(&self) -> bool;
+
+    /// Transmit these frames; returns how many were sent (the rest are counted as
+    /// dropped with reason `tx_error`).
+    fn tx_burst(&mut self, frames: &[&[u8]]) -> usize;
+
+    /// Flush buffered output; called when the switch stops.
+    fn finish(&mut self) -> Result<(), PortError> {
+        Ok(())
+    }
+}
+
+/// Receive-side buffer allocation for one burst.
+pub struct RxBurst<'a> {
+    cache: &'a mut PoolCache,
+    out: &'a mut [u32],
+    len: usize,
+    port: u16,
+    pub(crate) oversize: u64,
+    pub(crate) pool_dry: bool,
+}
+
+impl<'a> RxBurst<'a> {
+    pub(crate) fn new(cache: &'a mut PoolCache, out: &'a mut [u32], port: u16) -> RxBurst<'a> {
+        RxBurst {
+            cache,
+            out,
+            len: 0,
+            port,
+            oversize: 0,
+            pool_dry: false,
+        }
+    }
+
+    /// Frames the burst can still take.
+    pub fn room(&self) -> usize {
+        if self.pool_dry {
+            0
+        } else {
+            self.out.len() - self.len
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Copy `frame` into a fresh buffer. `false`: not taken (burst full or pool dry),
+    /// keep it. Frames larger than a buffer's data room are consumed and counted
+    /// (`oversize`), never truncated.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        if self.room() == 0 {
+            return false;
+        }
+        if frame.len() > BUF_DATA_ROOM {
+            self.oversize += 1;
+            return true;
+        }
+        let Some(index) = self.cache.alloc() else {
+            self.pool_dry = true;
+            return false;
+        };
+        let pool: &PacketPool = self.cache.pool();
+        // SAFETY: we just allocated `index`, so ours is its only reference.
+        let written = unsafe { pool.write_data(index, frame) };
+        if written.is_err() || pool.set_port(index, self.port).is_err() {
+            // Cannot happen for a fresh in-range buffer and a frame within the data room;
+            // give the buffer back rather than forward garbage.
+            let _ = self.cache.free(index);
+            self.oversize += 1;
+            return true;
+        }
+        self.out[self.len] = index;
+        self.len += 1;
+        true
+    }
+}
+
+/// Open a port from `DRIVER:ARGS` (`gen:flows=4,count=1000`, `pcap:rx=in.pcap`, `null`).
+/// `port_index` seeds the generator so two generated ports differ.
+pub fn open(spec: &str, port_index: usize) -> Result<Box<dyn Port>, PortError> {
+    let (driver, args) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match driver {
+        "gen" => Box::new(gen::GenPort::new(
+            &gen::GenConfig::parse(args)?,
+            port_index,
+        )?),
+        "null" => Box::new(null::NullPort),
+        "pcap" => Box::new(pcap::PcapPort::open(args)?),
+        "afpacket" => Box::new(afpacket::AfPacketPort::open(args)?),
+        other => return Err(PortError::UnknownDriver(other.to_string())),
+    })
+}

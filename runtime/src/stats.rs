@@ -1,0 +1,208 @@
+//! Counters the switch keeps: per port, per VM, per rule, per named counter, and drops
+//! by reason.
+//!
+//! The switch thread is the only writer of every counter, so a bump is a relaxed load
+//! and store (a plain `mov` on x86), not a locked read-modify-write; other threads (the
+//! live display) read them relaxed and may see a value one burst old. The invariant the
+//! switch keeps and [`StatsSnapshot::balanced`] checks: every received packet is either
+//! transmitted or dropped for exactly one [`DropReason`]; mirror copies are counted apart
+//! (`mirrored` made, `mirrors_done` consumed) because they are extra references, not
+//! packets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a packet did not leave by a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The policy said `drop` (or the default did).
+    Policy,
+    /// A chain ran out of hops without `out` or `drop`.
+    ChainEnd,
+    /// A VM's verdict was `drop`.
+    Vm,
+    /// Sent to a port that cannot transmit (a generator, a read-only capture).
+    NoTx,
+    /// The port driver failed to send it.
+    TxError,
+    /// Larger than a buffer's data room.
+    Oversize,
+    /// A verdict named a port or VM that does not exist, or the packet visited too many
+    /// VMs (a `to` loop).
+    BadVerdict,
+    /// No buffer for a copy (copy-on-write for a writing VM, or an untrusted VM's copy).
+    NoBuffer,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Policy,
+        DropReason::ChainEnd,
+        DropReason::Vm,
+        DropReason::NoTx,
+        DropReason::TxError,
+        DropReason::Oversize,
+        DropReason::BadVerdict,
+        DropReason::NoBuffer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Policy => "policy",
+            DropReason::ChainEnd => "chain_end",
+            DropReason::Vm => "vm_verdict",
+            DropReason::NoTx => "port_cannot_tx",
+            DropReason::TxError => "tx_error",
+            DropReason::Oversize => "oversize",
+            DropReason::BadVerdict => "bad_verdict",
+            DropReason::NoBuffer => "no_buffer",
+        }
+    }
+}
+
+/// A counter with one writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Only the owning (switch) thread calls this.
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+}
+
+#[derive(Debug, Default)]
+pub struct VmCounters {
+    /// Packets handed to the VM on a chain (mirror copies not included).
+    pub packets_in: Counter,
+    /// Mirror copies handed to it.
+    pub mirrored_in: Counter,
+    /// Verdicts other than drop.
+    pub passed: Counter,
+    pub dropped: Counter,
+    /// Bytes copied into or out of its private region (untrusted VMs).
+    pub copied_bytes: Counter,
+}
+
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    pub packets: Counter,
+    pub bytes: Counter,
+}
+
+/// Every counter of one switch.
+#[derive(Debug)]
+pub struct Stats {
+    pub ports: Vec<PortCounters>,
+    pub vms: Vec<VmCounters>,
+    /// One per rule, then the default.
+    pub rules: Vec<RuleCounters>,
+    pub counters: Vec<Counter>,
+    pub drops: [Counter; DropReason::ALL.len()],
+    pub mirrored: Counter,
+    pub mirrors_done: Counter,
+}
+
+impl Stats {
+    pub fn new(ports: usize, vms: usize, rules_with_default: usize, counters: usize) -> Stats {
+        Stats {
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+            vms: (0..vms).map(|_| VmCounters::default()).collect(),
+            rules: (0..rules_with_default)
+                .map(|_| RuleCounters::default())
+                .collect(),
+            counters: (0..counters).map(|_| Counter::default()).collect(),
+            drops: Default::default(),
+            mirrored: Counter::default(),
+            mirrors_done: Counter::default(),
+        }
+    }
+
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].add(n);
+    }
+
+    pub fn rx_total(&self) -> u64 {
+        self.ports.iter().map(|p| p.rx_packets.get()).sum()
+    }
+
+    pub fn tx_total(&self) -> u64 {
+        self.ports.iter().map(|p| p.tx_packets.get()).sum()
+    }
+
+    pub fn drop_total(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+}
+
+/// A named row of the final report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRow {
+    pub name: String,
+    pub driver: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRow {
+    pub name: String,
+    pub function: String,
+    pub trusted: bool,
+    pub inline: bool,
+    pub packets_in: u64,
+    pub mirrored_in: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub copied_bytes: u64,
+    pub summary: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRow {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every counter, with names, at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub ports: Vec<PortRow>,
+    pub vms: Vec<VmRow>,
+    /// Rules then `default`.
+    pub rules: Vec<RuleRow>,
+    pub counters: Vec<(String, u64)>,
+    pub drops: Vec<(&'static str, u64)>,
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped: u64,
+    pub mirrored: u64,
+    pub mirrors_done: u64,
+}
+
+impl StatsSnapshot {
+    /// rx = tx + drops, and every mirror copy was consumed.
+    pub fn balanced(&self) -> bool {
+        self.rx == self.tx + self.dropped && self.mirrored == self.mirrors_done
+    }
+}

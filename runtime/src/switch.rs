@@ -1,0 +1,1213 @@
+//! The switch: ports → classifier → chains of VMs → ports, every packet accounted for.
+//!
+//! One switch thread (pinned to its core) runs a poll loop:
+//! 1. **RX**: each port fills a burst of up to `burst_len` buffers; the burst is
+//!    classified in one call; each packet's rule bumps its counters, mirrors get a second
+//!    reference (`clone_ref`) and go to their VMs, and the packet starts down its chain.
+//! 2. **VM output**: each VM thread's output ring is drained; every slot carries a buffer
+//!    index and the VM's [`Verdict`] (see [`vm::wire`]), which decides the next step:
+//!    the chain's next hop, drop, out PORT, or to another VM.
+//! 3. **TX**: per-port batches are flushed to the drivers and the buffers freed.
+//!
+//! VMs run either on their own threads (SPSC rings both ways) or inline on the switch
+//! core, run to completion ([`VmMode`]); the packet path is the same code. The switch
+//! remembers what each in-flight packet was doing in a per-VM FIFO (VMs answer in order,
+//! one answer per packet), so a VM never has to carry the chain position and an
+//! untrusted VM never sees a shared-pool index: it gets an index into its *private*
+//! region, the switch copies the frame in before and out after. A VM that writes is
+//! never handed a buffer another reference can see (the switch copies a mirrored buffer
+//! first). Backpressure, not loss: a VM with a full queue gets a backlog, and RX pauses
+//! while any backlog is non-empty.
+//!
+//! At exit (inputs drained, `duration` elapsed, or the stop flag raised) RX stops, every
+//! in-flight packet is finished, the VM threads are joined, and [`RunReport`] says
+//! whether every buffer is back in every pool and whether rx = tx + drops.
+//!
+//! What it does not do yet: more than one switch thread (RX and TX are stages of one
+//! thread), and hot reload of the port or VM tables (a swapped [`Program`] must keep
+//! them; in-flight packets finish on the new program's chains, clamped).
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netvm_packet::hash::{fields_hash, flow_hash};
+use netvm_packet::Decoded;
+
+use crate::layout::RegionConfig;
+use crate::numa::{self, Placement, PlacementRequest, Topology};
+use crate::policy::{BalanceKey, Hop, Program, ProgramHandle};
+use crate::pool::{PacketPool, PoolCache};
+use crate::port::{Port, RxBurst};
+use crate::region::{Backing, HugepagePolicy, RegionError, SharedRegion};
+use crate::ring::{RingConsumer, RingError, RingProducer};
+use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsSnapshot, VmRow};
+use crate::vm::{self, Frame, NetworkFunction, Verdict};
+
+/// Largest RX burst.
+pub const MAX_BURST: usize = 64;
+/// Most VMs a packet may visit on one trip (bounds `to` loops).
+pub const MAX_VISITS: usize = 32;
+
+/// Where built-in VMs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmMode {
+    /// On the switch core, run to completion.
+    Inline,
+    /// Each on its own pinned thread, fed by SPSC rings.
+    Thread,
+}
+
+/// What polling threads do when there is no work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Spin (lowest latency, one core at 100%).
+    Busy,
+    /// Back off with growing sleeps up to 1 ms (laptops, CI).
+    Sleep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchConfig {
+    pub burst_len: usize,
+    pub ring_slots: usize,
+    pub buffer_count: usize,
+    pub hugepages: HugepagePolicy,
+    pub idle: IdlePolicy,
+    pub vm_mode: VmMode,
+    /// `--cores`; `None`: every core this process may use.
+    pub cores: Option<Vec<usize>>,
+    /// Stop after this long even if inputs are not drained.
+    pub duration: Option<Duration>,
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            burst_len: 32,
+            ring_slots: 1024,
+            buffer_count: 8192,
+            hugepages: HugepagePolicy::Prefer,
+            idle: IdlePolicy::Busy,
+            vm_mode: VmMode::Inline,
+            cores: None,
+            duration: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("the policy declares {expected} {what}, {found} were bound")]
+    Count {
+        what: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("burst_len must be 1..={MAX_BURST}, not {0}")]
+    BadBurst(usize),
+    #[error("at most {max} {what} (a verdict names them in 8 bits)")]
+    TooMany { what: &'static str, max: u32 },
+    #[error("the shared region")]
+    Region(#[from] RegionError),
+    #[error("a VM ring")]
+    Ring(#[from] RingError),
+    #[error("the packet pool")]
+    Pool(#[from] crate::pool::PoolError),
+    #[error("placing threads")]
+    Numa(#[from] crate::numa::NumaError),
+    #[error("a VM thread panicked")]
+    VmPanicked,
+}
+
+/// An untrusted VM's own memory: a region holding only its private buffers and rings.
+struct Private {
+    region: Arc<SharedRegion>,
+    pool: PacketPool,
+}
+
+/// A switch ready to run.
+pub struct Switch {
+    config: SwitchConfig,
+    program: ProgramHandle,
+    ports: Vec<Box<dyn Port>>,
+    vms: Vec<Box<dyn NetworkFunction>>,
+    region: Arc<SharedRegion>,
+    pool: PacketPool,
+    private: Vec<Option<Private>>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    placement: Placement,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub stats: StatsSnapshot,
+    pub elapsed: Duration,
+    pub buffers: usize,
+    /// Buffers back in the shared pool at exit (must equal `buffers`).
+    pub buffers_returned: usize,
+    /// Untrusted VMs whose private pool is missing buffers at exit: (vm, missing).
+    pub private_leaks: Vec<(String, usize)>,
+    /// Problems that did not stop the run (pinning refused, a file not flushed).
+    pub warnings: Vec<String>,
+}
+
+impl RunReport {
+    /// Every buffer back and every packet accounted for.
+    pub fn clean(&self) -> bool {
+        self.buffers_returned == self.buffers
+            && self.private_leaks.is_empty()
+            && self.stats.balanced()
+    }
+}
+
+impl Switch {
+    /// Lay out memory, plan placement and check that the bindings match the program.
+    /// `ports` and `vms` are in the program table's order.
+    pub fn new(
+        config: SwitchConfig,
+        program: ProgramHandle,
+        ports: Vec<Box<dyn Port>>,
+        vms: Vec<Box<dyn NetworkFunction>>,
+    ) -> Result<Switch, SwitchError> {
+        let loaded = program.load();
+        let table = &loaded.table;
+        if ports.len() != table.port_names.len() {
+            return Err(SwitchError::Count {
+                what: "ports",
+                expected: table.port_names.len(),
+                found: ports.len(),
+            });
+        }
+        if vms.len() != table.vm_names.len() {
+            return Err(SwitchError::Count {
+                what: "VMs",
+                expected: table.vm_names.len(),
+                found: vms.len(),
+            });
+        }
+        if ports.len() > vm::wire::MAX_OUT_PORTS as usize {
+            return Err(SwitchError::TooMany {
+                what: "ports",
+                max: vm::wire::MAX_OUT_PORTS,
+            });
+        }
+        if vms.len() > vm::wire::MAX_TO_VMS as usize {
+            return Err(SwitchError::TooMany {
+                what: "VMs",
+                max: vm::wire::MAX_TO_VMS,
+            });
+        }
+        if !(1..=MAX_BURST).contains(&config.burst_len) {
+            return Err(SwitchError::BadBurst(config.burst_len));
+        }
+        let region = SharedRegion::create(
+            RegionConfig {
+                buffer_count: config.buffer_count,
+                ring_count: (2 * vms.len()).max(1),
+                ring_slots: config.ring_slots,
+                counter_count: 0,
+            },
+            config.hugepages,
+        )?;
+        let pool = PacketPool::new(region.clone())?;
+        let mut private = Vec::with_capacity(vms.len());
+        for &trusted in &table.vm_trusted {
+            private.push(if trusted {
+                None
+            } else {
+                let region = SharedRegion::create(
+                    RegionConfig {
+                        buffer_count: config.ring_slots + 4 * MAX_BURST,
+                        ring_count: 2,
+                        ring_slots: config.ring_slots,
+                        counter_count: 0,
+                    },
+                    // A private region that cannot get huge pages is slower, not wrong.
+                    match config.hugepages {
+                        HugepagePolicy::Off => HugepagePolicy::Off,
+                        _ => HugepagePolicy::Prefer,
+                    },
+                )?;
+                let pool = PacketPool::new(region.clone())?;
+                Some(Private { region, pool })
+            });
+        }
+        let topology =
+            Topology::detect().or_else(|_| numa::allowed_cpus().map(Topology::single_node))?;
+        let cores = match &config.cores {
+            Some(c) => Some(c.clone()),
+            None => Some(numa::allowed_cpus()?),
+        };
+        let placement = numa::plan(
+            &topology,
+            &PlacementRequest {
+                cores,
+                switch_threads: 1,
+                vm_threads: if config.vm_mode == VmMode::Thread {
+                    vms.len()
+                } else {
+                    0
+                },
+                pool_node: None,
+            },
+        )?;
+        let stats = Arc::new(Stats::new(
+            ports.len(),
+            vms.len(),
+            table.rules.len() + 1,
+            table.counter_names.len(),
+        ));
+        drop(loaded);
+        Ok(Switch {
+            config,
+            program,
+            ports,
+            vms,
+            region,
+            pool,
+            private,
+            stats,
+            stop: Arc::new(AtomicBool::new(false)),
+            placement,
+        })
+    }
+
+    /// What backs the shared region (print it at start-up).
+    pub fn backing(&self) -> &Backing {
+        self.region.backing()
+    }
+
+    /// Where the threads will run (print it at start-up).
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Live counters, readable while [`Switch::run`] runs on another thread.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Raise it to stop the run (Ctrl-C); in-flight packets are still finished.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Addresses of the shared region in this process.
+    pub fn shared_region_range(&self) -> Range<usize> {
+        let base = self.region.base_addr();
+        base..base + self.region.len_bytes()
+    }
+
+    /// Addresses of VM `vm`'s private region (untrusted VMs only).
+    pub fn private_region_range(&self, vm: usize) -> Option<Range<usize>> {
+        let private = self.private.get(vm)?.as_ref()?;
+        let base = private.region.base_addr();
+        Some(base..base + private.region.len_bytes())
+    }
+
+    /// Names for the report, in table order.
+    fn snapshot(&self, summaries: &[Option<String>], inline: bool) -> StatsSnapshot {
+        snapshot(
+            &self.stats,
+            &self.program.load(),
+            &self.ports,
+            &self.vms,
+            summaries,
+            inline,
+        )
+    }
+
+    /// Run until the inputs are drained, `duration` passes or the stop flag is raised.
+    pub fn run(mut self) -> Result<RunReport, SwitchError> {
+        let start = Instant::now();
+        let mut warnings = Vec::new();
+        let switch_core = self.placement.threads.first().map(|t| t.core);
+        if let Some(core) = switch_core {
+            if let Err(e) = numa::pin_current_thread(core) {
+                warnings.push(format!("{e}: {}", source_text(&e)));
+            }
+        }
+        let program = self.program.load_full();
+        let inline = self.config.vm_mode == VmMode::Inline;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut slots = Vec::with_capacity(self.vms.len());
+        let mut workers = Vec::new();
+        let vms = std::mem::take(&mut self.vms);
+        for (i, nf) in vms.into_iter().enumerate() {
+            let trusted = program.table.vm_trusted[i];
+            let private = self.private[i]
+                .as_ref()
+                .map(|p| (p.pool.clone(), p.region.clone()));
+            let writes = nf.writes();
+            let hold = nf.hold();
+            let copy_cache = match &private {
+                Some((pool, _)) => Some(pool.cache(MAX_BURST)?),
+                None => None,
+            };
+            let link = if inline {
+                Link::Inline(nf)
+            } else {
+                let (ring_in, ring_out) = match &private {
+                    Some((_, region)) => (region.ring(0)?, region.ring(1)?),
+                    None => (self.region.ring(2 * i)?, self.region.ring(2 * i + 1)?),
+                };
+                let worker = VmWorker {
+                    nf,
+                    // An untrusted VM's worker holds its private pool and nothing else.
+                    pool: match &private {
+                        Some((pool, _)) => pool.clone(),
+                        None => self.pool.clone(),
+                    },
+                    rx: ring_in.consumer()?,
+                    tx: ring_out.producer()?,
+                    shutdown: shutdown.clone(),
+                    idle: self.config.idle,
+                    core: self.placement.threads.get(1 + i).map(|t| t.core),
+                };
+                workers.push(
+                    thread::Builder::new()
+                        .name(format!("netvm-vm{i}"))
+                        .spawn(move || worker.run())
+                        .map_err(|_| SwitchError::VmPanicked)?,
+                );
+                Link::Thread {
+                    tx: ring_in.producer()?,
+                    rx: ring_out.consumer()?,
+                    fifo: VecDeque::with_capacity(self.config.ring_slots),
+                    backlog: VecDeque::new(),
+                }
+            };
+            slots.push(VmSlot {
+                trusted,
+                writes,
+                hold,
+                copy_cache,
+                link,
+            });
+        }
+        let mut engine = Engine {
+            pool: self.pool.clone(),
+            cache: self.pool.cache(2 * MAX_BURST)?,
+            ports: std::mem::take(&mut self.ports),
+            tx_batches: Vec::new(),
+            vms: slots,
+            stats: self.stats.clone(),
+            burst_len: self.config.burst_len,
+            ring_slots: self.config.ring_slots,
+        };
+        engine.tx_batches = (0..engine.ports.len())
+            .map(|_| Vec::with_capacity(MAX_BURST))
+            .collect();
+        engine.poll_until_done(
+            &self.program,
+            &self.stop,
+            self.config.duration,
+            self.config.idle,
+            start,
+        );
+
+        shutdown.store(true, Ordering::Release);
+        let mut nfs: Vec<Option<Box<dyn NetworkFunction>>> = Vec::new();
+        let mut joined = workers.into_iter();
+        for slot in engine.vms.drain(..) {
+            match slot.link {
+                Link::Inline(nf) => nfs.push(Some(nf)),
+                Link::Thread { .. } => match joined.next().map(|w| w.join()) {
+                    Some(Ok(nf)) => nfs.push(Some(nf)),
+                    _ => nfs.push(None),
+                },
+            }
+        }
+        let mut summaries = Vec::new();
+        for nf in nfs.iter_mut() {
+            match nf {
+                Some(nf) => {
+                    if let Err(e) = nf.finish() {
+                        warnings.push(e);
+                    }
+                    summaries.push(nf.summary());
+                }
+                None => {
+                    warnings.push("a VM thread panicked".into());
+                    summaries.push(None);
+                }
+            }
+        }
+        for port in engine.ports.iter_mut() {
+            if let Err(e) = port.finish() {
+                warnings.push(format!("{e}"));
+            }
+        }
+        self.ports = std::mem::take(&mut engine.ports);
+        self.vms = nfs.into_iter().flatten().collect();
+        drop(engine);
+        let stats = self.snapshot(&summaries, inline);
+        let private_leaks = self
+            .private
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let p = p.as_ref()?;
+                let missing = p.pool.capacity() - p.pool.available();
+                (missing > 0).then(|| (stats.vms[i].name.clone(), missing))
+            })
+            .collect();
+        Ok(RunReport {
+            stats,
+            elapsed: start.elapsed(),
+            buffers: self.pool.capacity(),
+            buffers_returned: self.pool.available(),
+            private_leaks,
+            warnings,
+        })
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    e.source().map_or(String::new(), |s| s.to_string())
+}
+
+fn snapshot(
+    stats: &Stats,
+    program: &Program,
+    ports: &[Box<dyn Port>],
+    vms: &[Box<dyn NetworkFunction>],
+    summaries: &[Option<String>],
+    inline: bool,
+) -> StatsSnapshot {
+    let t = &program.table;
+    StatsSnapshot {
+        ports: stats
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, c)| PortRow {
+                name: t.port_names.get(i).cloned().unwrap_or_default(),
+                driver: ports.get(i).map(|p| p.describe()).unwrap_or_default(),
+                rx_packets: c.rx_packets.get(),
+                rx_bytes: c.rx_bytes.get(),
+                tx_packets: c.tx_packets.get(),
+                tx_bytes: c.tx_bytes.get(),
+            })
+            .collect(),
+        vms: stats
+            .vms
+            .iter()
+            .enumerate()
+            .map(|(i, c)| VmRow {
+                name: t.vm_names.get(i).cloned().unwrap_or_default(),
+                function: vms.get(i).map(|v| v.describe()).unwrap_or_default(),
+                trusted: t.vm_trusted.get(i).copied().unwrap_or(false),
+                inline,
+                packets_in: c.packets_in.get(),
+                mirrored_in: c.mirrored_in.get(),
+                passed: c.passed.get(),
+                dropped: c.dropped.get(),
+                copied_bytes: c.copied_bytes.get(),
+                summary: summaries.get(i).cloned().flatten(),
+            })
+            .collect(),
+        rules: stats
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, c)| RuleRow {
+                name: t
+                    .rules
+                    .get(i)
+                    .map_or_else(|| t.default.name.clone(), |r| r.name.clone()),
+                packets: c.packets.get(),
+                bytes: c.bytes.get(),
+            })
+            .collect(),
+        counters: t
+            .counter_names
+            .iter()
+            .zip(&stats.counters)
+            .map(|(n, c)| (n.clone(), c.get()))
+            .collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|&r| (r.name(), stats.drops[r as usize].get()))
+            .collect(),
+        rx: stats.rx_total(),
+        tx: stats.tx_total(),
+        dropped: stats.drop_total(),
+        mirrored: stats.mirrored.get(),
+        mirrors_done: stats.mirrors_done.get(),
+    }
+}
+
+/// What the switch remembers about a packet a VM thread holds.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The packet's buffer in the shared pool.
+    shared: u32,
+    /// The index the VM was given: `shared` for trusted VMs, a private one otherwise.
+    given: u32,
+    rule: u32,
+    /// Next hop of the chain once the VM is done.
+    pos: u32,
+    mirror: bool,
+}
+
+enum Link {
+    Inline(Box<dyn NetworkFunction>),
+    Thread {
+        tx: RingProducer,
+        rx: RingConsumer,
+        /// Packets the VM holds, in the order it will answer.
+        fifo: VecDeque<Pending>,
+        /// Packets waiting for room in the VM's queue.
+        backlog: VecDeque<Pending>,
+    },
+}
+
+struct VmSlot {
+    trusted: bool,
+    writes: bool,
+    hold: Duration,
+    /// Allocation cache over the VM's private pool (untrusted VMs).
+    copy_cache: Option<PoolCache>,
+    link: Link,
+}
+
+impl VmSlot {
+    fn in_flight(&self) -> usize {
+        match &self.link {
+            Link::Inline(_) => 0,
+            Link::Thread { fifo, backlog, .. } => fifo.len() + backlog.len(),
+        }
+    }
+}
+
+/// The switch thread's state.
+struct Engine {
+    pool: PacketPool,
+    cache: PoolCache,
+    ports: Vec<Box<dyn Port>>,
+    tx_batches: Vec<Vec<u32>>,
+    vms: Vec<VmSlot>,
+    stats: Arc<Stats>,
+    burst_len: usize,
+    ring_slots: usize,
+}
+
+/// Copy `len` bytes of buffer `from` (in `src`) into buffer `to` (in `dst`), which must
+/// be exclusively held.
+fn copy_buffer(src: &PacketPool, from: u32, dst: &PacketPool, to: u32) -> usize {
+    // SAFETY: the switch holds a reference to `from` (nobody writes a buffer with more
+    // than one reference, and a VM that holds it is not running on it: the switch only
+    // copies buffers it has been handed back or has not sent yet), and `to` was just
+    // allocated or returned to the switch, so it holds the only reference.
+    unsafe {
+        let Ok(bytes) = src.buf_data(from) else {
+            return 0;
+        };
+        if dst.write_data(to, bytes).is_err() {
+            return 0;
+        }
+        bytes.len()
+    }
+}
+
+impl Engine {
+    fn poll_until_done(
+        &mut self,
+        program: &ProgramHandle,
+        stop: &AtomicBool,
+        duration: Option<Duration>,
+        idle: IdlePolicy,
+        start: Instant,
+    ) {
+        let mut idle_rounds = 0u32;
+        let mut round = 0u64;
+        let mut stopping = false;
+        loop {
+            round += 1;
+            if !stopping && round % 256 == 0 {
+                let expired = duration.is_some_and(|d| start.elapsed() >= d);
+                stopping = expired || stop.load(Ordering::Relaxed);
+            }
+            let prog = program.load();
+            let mut work = 0;
+            let backlog: usize = self
+                .vms
+                .iter()
+                .map(|v| match &v.link {
+                    Link::Thread { backlog, .. } => backlog.len(),
+                    Link::Inline(_) => 0,
+                })
+                .sum();
+            if !stopping && backlog == 0 {
+                for port in 0..self.ports.len() {
+                    work += self.rx(&prog, port);
+                }
+            }
+            for vm in 0..self.vms.len() {
+                work += self.drain_vm(&prog, vm);
+            }
+            for port in 0..self.ports.len() {
+                self.flush(port);
+            }
+            if work == 0 {
+                let inputs_done = stopping || self.ports.iter().all(|p| p.rx_done());
+                let in_flight: usize = self.vms.iter().map(VmSlot::in_flight).sum();
+                if inputs_done && in_flight == 0 {
+                    return;
+                }
+                if !stopping {
+                    stopping = stop.load(Ordering::Relaxed)
+                        || duration.is_some_and(|d| start.elapsed() >= d);
+                }
+                idle_rounds = idle_rounds.saturating_add(1);
+                match idle {
+                    IdlePolicy::Busy => std::hint::spin_loop(),
+                    IdlePolicy::Sleep => {
+                        let us = 1u64 << idle_rounds.min(10);
+                        thread::sleep(Duration::from_micros(us.min(1000)));
+                    }
+                }
+            } else {
+                idle_rounds = 0;
+            }
+        }
+    }
+
+    /// One RX burst from `port`; returns packets received.
+    fn rx(&mut self, prog: &Program, port: usize) -> usize {
+        let mut indices = [0u32; MAX_BURST];
+        let (n, oversize) = {
+            let mut burst =
+                RxBurst::new(&mut self.cache, &mut indices[..self.burst_len], port as u16);
+            self.ports[port].rx_burst(&mut burst);
+            (burst.len(), burst.oversize)
+        };
+        let stats = self.stats.clone();
+        let counters = &stats.ports[port];
+        if oversize > 0 {
+            counters.rx_packets.add(oversize);
+            self.stats.count_drop(DropReason::Oversize, oversize);
+        }
+        if n == 0 {
+            return oversize as usize;
+        }
+        let mut rules = [0u32; MAX_BURST];
+        let mut lens = [0usize; MAX_BURST];
+        {
+            let mut frames: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
+            for (i, &index) in indices[..n].iter().enumerate() {
+                // SAFETY: we allocated these buffers in this burst and hold their only
+                // reference; nothing writes them until the frames array is dropped.
+                frames[i] = unsafe { self.pool.buf_data(index) }.unwrap_or(&[]);
+                lens[i] = frames[i].len();
+            }
+            prog.classifier
+                .classify_burst(&frames[..n], port as u32, &mut rules[..n]);
+        }
+        let mut bytes = 0u64;
+        for i in 0..n {
+            bytes += lens[i] as u64;
+            let rule = rules[i].min(prog.table.rules.len() as u32);
+            let rc = &self.stats.rules[rule as usize];
+            rc.packets.add(1);
+            rc.bytes.add(lens[i] as u64);
+            let action = prog.table.action(rule);
+            for &c in &action.counters {
+                self.stats.counters[c].add(1);
+            }
+            for &m in &action.mirrors {
+                if self.pool.clone_ref(indices[i]).is_ok() {
+                    self.stats.mirrored.add(1);
+                    self.visit(m, indices[i], rule, 0, true);
+                }
+            }
+            self.steer(prog, indices[i], rule, 0, None);
+        }
+        counters.rx_packets.add(n as u64);
+        counters.rx_bytes.add(bytes);
+        n + oversize as usize
+    }
+
+    /// Walk the packet down its chain from hop `pos` (or first into `to_vm`) until it
+    /// leaves, is dropped or is queued to a VM thread.
+    fn steer(
+        &mut self,
+        prog: &Program,
+        mut index: u32,
+        rule: u32,
+        mut pos: u32,
+        mut to_vm: Option<usize>,
+    ) {
+        let mut visits = 0;
+        loop {
+            let vm = match to_vm.take() {
+                Some(vm) => vm,
+                None => match prog.chain(rule).get(pos as usize) {
+                    None => return self.drop(index, DropReason::ChainEnd),
+                    Some(Hop::Drop) => return self.drop(index, DropReason::Policy),
+                    Some(Hop::Out(port)) => return self.tx(*port, index),
+                    Some(Hop::Vm(vm)) => {
+                        pos += 1;
+                        *vm
+                    }
+                    Some(Hop::Balance { group, key }) => {
+                        pos += 1;
+                        self.pick(prog, *group, key, index)
+                    }
+                },
+            };
+            visits += 1;
+            if visits > MAX_VISITS || vm >= self.vms.len() {
+                return self.drop(index, DropReason::BadVerdict);
+            }
+            let Some((back, verdict)) = self.visit(vm, index, rule, pos, false) else {
+                return;
+            };
+            index = back;
+            match verdict {
+                Verdict::Next => {}
+                Verdict::Drop => return self.drop(index, DropReason::Vm),
+                Verdict::Out(port) => return self.tx(port as usize, index),
+                Verdict::To(vm) => to_vm = Some(vm as usize),
+            }
+        }
+    }
+
+    /// The group member for this packet: a symmetric hash of its flow or fields.
+    fn pick(&self, prog: &Program, group: usize, key: &BalanceKey, index: u32) -> usize {
+        let members = &prog.table.groups[group];
+        // SAFETY: the switch holds a reference to `index` and no VM is running on it
+        // (it is between hops); we only read.
+        let frame = unsafe { self.pool.buf_data(index) }.unwrap_or(&[]);
+        let decoded = Decoded::new(frame);
+        let hash = match key {
+            BalanceKey::Flow => flow_hash(&decoded),
+            BalanceKey::Fields(fields) => {
+                let mut values = [None; 8];
+                for (v, f) in values.iter_mut().zip(fields) {
+                    *v = decoded.field(*f);
+                }
+                fields_hash(&values[..fields.len().min(8)])
+            }
+        };
+        members[hash as usize % members.len()]
+    }
+
+    fn drop(&mut self, index: u32, reason: DropReason) {
+        self.stats.count_drop(reason, 1);
+        let _ = self.cache.free(index);
+    }
+
+    fn tx(&mut self, port: usize, index: u32) {
+        if port >= self.ports.len() {
+            return self.drop(index, DropReason::BadVerdict);
+        }
+        if !self.ports[port].has_tx() {
+            return self.drop(index, DropReason::NoTx);
+        }
+        self.tx_batches[port].push(index);
+        if self.tx_batches[port].len() >= self.burst_len {
+            self.flush(port);
+        }
+    }
+
+    fn flush(&mut self, port: usize) {
+        let batch = std::mem::take(&mut self.tx_batches[port]);
+        if batch.is_empty() {
+            self.tx_batches[port] = batch;
+            return;
+        }
+        let (sent, bytes) = {
+            let mut frames: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
+            let mut sent = 0;
+            let mut bytes = 0;
+            for chunk in batch.chunks(MAX_BURST) {
+                for (slot, &index) in frames.iter_mut().zip(chunk) {
+                    // SAFETY: the switch holds a reference to every batched buffer and
+                    // nobody writes one with more than one reference.
+                    *slot = unsafe { self.pool.buf_data(index) }.unwrap_or(&[]);
+                }
+                let n = self.ports[port]
+                    .tx_burst(&frames[..chunk.len()])
+                    .min(chunk.len());
+                bytes += frames[..n].iter().map(|f| f.len() as u64).sum::<u64>();
+                sent += n;
+                if n < chunk.len() {
+                    self.stats
+                        .count_drop(DropReason::TxError, (chunk.len() - n) as u64);
+                }
+            }
+            (sent, bytes)
+        };
+        let counters = &self.stats.ports[port];
+        counters.tx_packets.add(sent as u64);
+        counters.tx_bytes.add(bytes);
+        let _ = self.cache.free_burst(&batch);
+        let mut batch = batch;
+        batch.clear();
+        self.tx_batches[port] = batch;
+    }
+
+    /// A private copy of `index` in the shared pool (for a VM that writes a buffer
+    /// someone else also references). Frees our reference to the original.
+    fn unshare(&mut self, index: u32) -> Option<u32> {
+        let copy = self.cache.alloc()?;
+        copy_buffer(&self.pool, index, &self.pool, copy);
+        let _ = self.cache.free(index);
+        Some(copy)
+    }
+
+    /// Hand the packet to VM `vm`. Inline: run it and return the buffer and verdict.
+    /// Thread: queue it and return `None` (the answer comes through `drain_vm`).
+    fn visit(
+        &mut self,
+        vm: usize,
+        mut index: u32,
+        rule: u32,
+        pos: u32,
+        mirror: bool,
+    ) -> Option<(u32, Verdict)> {
+        let counters = &self.stats.vms[vm];
+        if mirror {
+            counters.mirrored_in.add(1);
+        } else {
+            counters.packets_in.add(1);
+        }
+        let slot = &self.vms[vm];
+        if slot.trusted && slot.writes && self.pool.refcount(index).unwrap_or(0) > 1 {
+            match self.unshare(index) {
+                Some(copy) => index = copy,
+                None => {
+                    let _ = self.cache.free(index);
+                    if mirror {
+                        // A mirror copy is an extra reference, not a packet: settle it.
+                        self.stats.mirrors_done.add(1);
+                    } else {
+                        self.stats.count_drop(DropReason::NoBuffer, 1);
+                    }
+                    return None;
+                }
+            }
+        }
+        let pending = Pending {
+            shared: index,
+            given: index,
+            rule,
+            pos,
+            mirror,
+        };
+        if matches!(self.vms[vm].link, Link::Inline(_)) {
+            let (index, verdict) = self.run_inline(vm, index, mirror);
+            let pending = Pending {
+                shared: index,
+                given: index,
+                ..pending
+            };
+            return self.answered(vm, pending, verdict);
+        }
+        let fits = match &self.vms[vm].link {
+            Link::Thread { backlog, .. } => backlog.is_empty(),
+            Link::Inline(_) => false,
+        };
+        if !(fits && self.send(vm, pending)) {
+            if let Link::Thread { backlog, .. } = &mut self.vms[vm].link {
+                backlog.push_back(pending);
+            }
+        }
+        None
+    }
+
+    /// Run an inline VM on buffer `index`; an untrusted VM works on a private copy,
+    /// copied back unless this is a mirror visit. Returns the packet's buffer (a fresh
+    /// one when the original was shared and had to be copied) and the verdict.
+    fn run_inline(&mut self, vm: usize, index: u32, mirror: bool) -> (u32, Option<Verdict>) {
+        let slot = &mut self.vms[vm];
+        let Link::Inline(nf) = &mut slot.link else {
+            return (index, None);
+        };
+        let deadline = (!slot.hold.is_zero()).then(|| Instant::now() + slot.hold);
+        let mut index = index;
+        let verdict = match &mut slot.copy_cache {
+            None => {
+                let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
+                // SAFETY: the switch holds a reference to `index`; when it is the only
+                // one the VM may write (exclusive), otherwise it only reads.
+                unsafe {
+                    if exclusive {
+                        self.pool
+                            .buf_data_mut(index)
+                            .ok()
+                            .map(|bytes| nf.process(&mut Frame::exclusive(bytes)))
+                    } else {
+                        self.pool
+                            .buf_data(index)
+                            .ok()
+                            .map(|bytes| nf.process(&mut Frame::shared(bytes)))
+                    }
+                }
+            }
+            Some(cache) => match cache.alloc() {
+                None => None,
+                Some(copy) => {
+                    let private = cache.pool().clone();
+                    let mut copied = copy_buffer(&self.pool, index, &private, copy);
+                    // SAFETY: `copy` was just allocated from the VM's private pool; the
+                    // switch holds its only reference.
+                    let verdict = unsafe { private.buf_data_mut(copy) }
+                        .ok()
+                        .map(|bytes| nf.process(&mut Frame::exclusive(bytes)));
+                    if !mirror {
+                        if self.pool.refcount(index).unwrap_or(0) > 1 {
+                            if let Some(fresh) = self.cache.alloc() {
+                                let _ = self.cache.free(index);
+                                index = fresh;
+                            }
+                        }
+                        if self.pool.refcount(index).unwrap_or(0) == 1 {
+                            copied += copy_buffer(&private, copy, &self.pool, index);
+                        }
+                    }
+                    let _ = cache.free(copy);
+                    self.stats.vms[vm].copied_bytes.add(copied as u64);
+                    verdict
+                }
+            },
+        };
+        if let Some(deadline) = deadline {
+            while Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+        }
+        (index, verdict)
+    }
+
+    /// Queue a pending packet on a VM thread's ring; `false` when there is no room.
+    fn send(&mut self, vm: usize, mut pending: Pending) -> bool {
+        let ring_slots = self.ring_slots;
+        let slot = &mut self.vms[vm];
+        let Link::Thread { tx, fifo, .. } = &mut slot.link else {
+            return false;
+        };
+        if fifo.len() >= ring_slots {
+            return false;
+        }
+        if let Some(cache) = &mut slot.copy_cache {
+            let Some(copy) = cache.alloc() else {
+                return false;
+            };
+            let bytes = copy_buffer(&self.pool, pending.shared, cache.pool(), copy);
+            self.stats.vms[vm].copied_bytes.add(bytes as u64);
+            pending.given = copy;
+        }
+        if !tx.enqueue(pending.given) {
+            if let Some(cache) = &mut slot.copy_cache {
+                let _ = cache.free(pending.given);
+            }
+            return false;
+        }
+        fifo.push_back(pending);
+        true
+    }
+
+    /// Take a VM thread's answers; returns how many.
+    fn drain_vm(&mut self, prog: &Program, vm: usize) -> usize {
+        let mut answers = [0u32; MAX_BURST];
+        let n = match &mut self.vms[vm].link {
+            Link::Thread { rx, .. } => rx.dequeue_burst(&mut answers),
+            Link::Inline(_) => 0,
+        };
+        for &answer in &answers[..n] {
+            let (given, verdict) = vm::wire::decode(answer);
+            let Link::Thread { fifo, .. } = &mut self.vms[vm].link else {
+                break;
+            };
+            let Some(pending) = fifo.pop_front() else {
+                // An answer for nothing we sent: ignore it rather than free a stranger.
+                continue;
+            };
+            // The FIFO, not the VM, says which buffer this is; a VM that answers with
+            // another index has its verdict ignored.
+            let verdict = (given == pending.given).then_some(verdict);
+            if let Some((index, verdict)) = self.answered(vm, pending, verdict) {
+                self.apply(prog, index, pending, verdict);
+            }
+        }
+        // Room freed: move the backlog in.
+        loop {
+            let next = match &self.vms[vm].link {
+                Link::Thread { backlog, .. } => backlog.front().copied(),
+                Link::Inline(_) => None,
+            };
+            let Some(pending) = next else { break };
+            if !self.send(vm, pending) {
+                break;
+            }
+            if let Link::Thread { backlog, .. } = &mut self.vms[vm].link {
+                backlog.pop_front();
+            }
+        }
+        n
+    }
+
+    /// A VM is done with `pending`: copy an untrusted VM's private frame back, settle
+    /// mirrors and count the verdict. Returns the shared buffer and verdict to act on.
+    fn answered(
+        &mut self,
+        vm: usize,
+        pending: Pending,
+        verdict: Option<Verdict>,
+    ) -> Option<(u32, Verdict)> {
+        let mut index = pending.shared;
+        let thread = matches!(self.vms[vm].link, Link::Thread { .. });
+        if thread && pending.given != pending.shared {
+            // Untrusted: copy the (possibly rewritten) frame back, then free the copy.
+            if let Some(cache) = &mut self.vms[vm].copy_cache {
+                let private = cache.pool().clone();
+                if !pending.mirror {
+                    if self.pool.refcount(index).unwrap_or(0) > 1 {
+                        if let Some(copy) = self.cache.alloc() {
+                            let _ = self.cache.free(index);
+                            index = copy;
+                        }
+                    }
+                    if self.pool.refcount(index).unwrap_or(0) == 1 {
+                        let bytes = copy_buffer(&private, pending.given, &self.pool, index);
+                        self.stats.vms[vm].copied_bytes.add(bytes as u64);
+                    }
+                }
+                let _ = cache.free(pending.given);
+            }
+        }
+        let counters = &self.stats.vms[vm];
+        let verdict = verdict.unwrap_or(Verdict::Drop);
+        if verdict == Verdict::Drop {
+            counters.dropped.add(1);
+        } else {
+            counters.passed.add(1);
+        }
+        if pending.mirror {
+            self.stats.mirrors_done.add(1);
+            let _ = self.cache.free(index);
+            return None;
+        }
+        Some((index, verdict))
+    }
+
+    fn apply(&mut self, prog: &Program, index: u32, pending: Pending, verdict: Verdict) {
+        match verdict {
+            Verdict::Next => self.steer(prog, index, pending.rule, pending.pos, None),
+            Verdict::Drop => self.drop(index, DropReason::Vm),
+            Verdict::Out(port) => self.tx(port as usize, index),
+            Verdict::To(vm) => {
+                self.steer(prog, index, pending.rule, pending.pos, Some(vm as usize))
+            }
+        }
+    }
+}
+
+/// A VM on its own thread: read indices, run the function, answer in order.
+struct VmWorker {
+    nf: Box<dyn NetworkFunction>,
+    /// The shared pool for a trusted VM, the VM's private pool for an untrusted one.
+    pool: PacketPool,
+    rx: RingConsumer,
+    tx: RingProducer,
+    shutdown: Arc<AtomicBool>,
+    idle: IdlePolicy,
+    core: Option<usize>,
+}
+
+impl VmWorker {
+    fn run(mut self) -> Box<dyn NetworkFunction> {
+        if let Some(core) = self.core {
+            // Running unpinned is slower, not wrong; the switch reports its own pinning.
+            let _ = numa::pin_current_thread(core);
+        }
+        let hold = self.nf.hold();
+        let mut indices = [0u32; MAX_BURST];
+        let mut held: VecDeque<(u32, Instant)> = VecDeque::new();
+        let mut answers = [0u32; MAX_BURST];
+        let mut idle_rounds = 0u32;
+        loop {
+            let n = self.rx.dequeue_burst(&mut indices);
+            let now = Instant::now();
+            let mut ready = 0;
+            for &index in &indices[..n] {
+                let verdict = self.process(index);
+                let answer = vm::wire::encode(index, verdict);
+                if hold.is_zero() {
+                    answers[ready] = answer;
+                    ready += 1;
+                } else {
+                    held.push_back((answer, now + hold));
+                }
+            }
+            self.answer(&answers[..ready]);
+            let mut released = 0;
+            while let Some(&(answer, due)) = held.front() {
+                if due > now || released == MAX_BURST {
+                    break;
+                }
+                answers[released] = answer;
+                released += 1;
+                held.pop_front();
+            }
+            self.answer(&answers[..released]);
+            if n == 0 && released == 0 {
+                if held.is_empty() && self.shutdown.load(Ordering::Acquire) {
+                    return self.nf;
+                }
+                idle_rounds = idle_rounds.saturating_add(1);
+                match self.idle {
+                    IdlePolicy::Busy if idle_rounds < 4096 => std::hint::spin_loop(),
+                    // Even busy VM threads yield after a while: on this machine they
+                    // share cores with the switch.
+                    IdlePolicy::Busy => thread::yield_now(),
+                    IdlePolicy::Sleep => thread::sleep(Duration::from_micros(
+                        (1u64 << idle_rounds.min(10)).min(1000),
+                    )),
+                }
+            } else {
+                idle_rounds = 0;
+            }
+        }
+    }
+
+    fn process(&mut self, index: u32) -> Verdict {
+        let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
+        // SAFETY: the switch handed us `index` through our ring and will not touch it
+        // until we answer; with one reference nobody else reads it, so we may write.
+        unsafe {
+            if exclusive {
+                match self.pool.buf_data_mut(index) {
+                    Ok(bytes) => self.nf.process(&mut Frame::exclusive(bytes)),
+                    Err(_) => Verdict::Drop,
+                }
+            } else {
+                match self.pool.buf_data(index) {
+                    Ok(bytes) => self.nf.process(&mut Frame::shared(bytes)),
+                    Err(_) => Verdict::Drop,
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, answers: &[u32]) {
+        let mut sent = 0;
+        while sent < answers.len() {
+            // The switch never has more packets out with us than the ring holds, so
+            // this only waits while the switch is draining.
+            sent += self.tx.enqueue_burst(&answers[sent..]);
+            if sent < answers.len() {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}

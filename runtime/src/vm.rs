@@ -1,0 +1,469 @@
+//! Network functions ("VMs") and the verdicts they return.
+//!
+//! In this issue a VM is a [`NetworkFunction`] run by the switch, either on its own
+//! pinned thread (fed through an SPSC ring, answering through another) or inline on the
+//! switch core, run to completion. Either way it sees one [`Frame`] at a time and returns
+//! a [`Verdict`]. What it may touch is decided by the switch, not by the function:
+//! a *trusted* VM's frame is the packet's buffer in the shared pool; an *untrusted* VM's
+//! frame is a copy in the VM's private region, so it never holds a shared-pool index. A
+//! function that declares [`NetworkFunction::writes`] is only ever handed a frame nobody
+//! else references (the switch copies a mirrored buffer first), and gets it through
+//! [`Frame::data_mut`].
+//!
+//! Built-ins ([`builtin`]): `forward`, `counter`, `drop-every:N`, `pcap-tap:FILE`,
+//! `rewrite:dscp=N`, `delay:us=N`.
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufWriter;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a VM wants done with the packet it was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Continue with the next hop of the packet's chain.
+    Next,
+    Drop,
+    /// Leave by this port now, skipping the rest of the chain.
+    Out(u16),
+    /// Visit this VM, then continue the chain where it was.
+    To(u16),
+}
+
+/// Verdicts travel with the buffer index in one ring slot: index in the low 24 bits
+/// (a region has at most 2^24 buffers), verdict code in the high 8.
+pub mod wire {
+    use super::Verdict;
+
+    pub const INDEX_BITS: u32 = 24;
+    pub const INDEX_MASK: u32 = (1 << INDEX_BITS) - 1;
+    const NEXT: u32 = 0;
+    const DROP: u32 = 1;
+    const OUT_BASE: u32 = 2;
+    /// Ports a verdict can name.
+    pub const MAX_OUT_PORTS: u32 = 64;
+    const TO_BASE: u32 = OUT_BASE + MAX_OUT_PORTS;
+    /// VMs a verdict can name.
+    pub const MAX_TO_VMS: u32 = 256 - TO_BASE;
+
+    /// Pack; a verdict naming a port or VM beyond the limits becomes `Drop`.
+    #[inline]
+    pub fn encode(index: u32, verdict: Verdict) -> u32 {
+        let code = match verdict {
+            Verdict::Next => NEXT,
+            Verdict::Drop => DROP,
+            Verdict::Out(p) if u32::from(p) < MAX_OUT_PORTS => OUT_BASE + u32::from(p),
+            Verdict::To(v) if u32::from(v) < MAX_TO_VMS => TO_BASE + u32::from(v),
+            _ => DROP,
+        };
+        (code << INDEX_BITS) | (index & INDEX_MASK)
+    }
+
+    #[inline]
+    pub fn decode(slot: u32) -> (u32, Verdict) {
+        let code = slot >> INDEX_BITS;
+        let verdict = match code {
+            NEXT => Verdict::Next,
+            DROP => Verdict::Drop,
+            c if c < TO_BASE => Verdict::Out((c - OUT_BASE) as u16),
+            c => Verdict::To((c - TO_BASE) as u16),
+        };
+        (slot & INDEX_MASK, verdict)
+    }
+}
+
+/// The bytes a VM is handed: read-only, or writable when nobody else references them.
+pub struct Frame<'a> {
+    data: FrameData<'a>,
+}
+
+enum FrameData<'a> {
+    Shared(&'a [u8]),
+    Exclusive(&'a mut [u8]),
+}
+
+impl<'a> Frame<'a> {
+    pub fn shared(bytes: &'a [u8]) -> Frame<'a> {
+        Frame {
+            data: FrameData::Shared(bytes),
+        }
+    }
+
+    pub fn exclusive(bytes: &'a mut [u8]) -> Frame<'a> {
+        Frame {
+            data: FrameData::Exclusive(bytes),
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        match &self.data {
+            FrameData::Shared(b) => b,
+            FrameData::Exclusive(b) => b,
+        }
+    }
+
+    /// Writable bytes; `None` when other references to the buffer exist.
+    pub fn data_mut(&mut self) -> Option<&mut [u8]> {
+        match &mut self.data {
+            FrameData::Shared(_) => None,
+            FrameData::Exclusive(b) => Some(b),
+        }
+    }
+}
+
+/// A network function. One instance per VM; it runs on one thread at a time.
+pub trait NetworkFunction: Send {
+    /// The built-in's name and arguments, for reports.
+    fn describe(&self) -> String;
+
+    /// Whether it writes packets (it then only ever gets exclusive frames).
+    fn writes(&self) -> bool {
+        false
+    }
+
+    /// How long each packet must stay with the VM before it leaves (`delay`).
+    fn hold(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn process(&mut self, frame: &mut Frame<'_>) -> Verdict;
+
+    /// Called once when the switch stops (flush files).
+    fn finish(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A line for the final report (e.g. what `counter` saw).
+    fn summary(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Why a `--vm` argument was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuiltinError {
+    #[error("unknown built-in VM `{0}` (expected forward, counter, drop-every:N, pcap-tap:FILE, rewrite:dscp=N or delay:us=N)")]
+    Unknown(String),
+    #[error("built-in `{builtin}`: {why}")]
+    BadArgs { builtin: String, why: String },
+}
+
+fn bad(builtin: &str, why: impl Into<String>) -> BuiltinError {
+    BuiltinError::BadArgs {
+        builtin: builtin.to_string(),
+        why: why.into(),
+    }
+}
+
+/// `key=value` or a bare value for the built-in's main key.
+fn arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
+    args.split(',').find_map(|kv| match kv.split_once('=') {
+        Some((k, v)) if k.trim() == key => Some(v.trim()),
+        None if !kv.trim().is_empty() => Some(kv.trim()),
+        _ => None,
+    })
+}
+
+fn number(builtin: &str, args: &str, key: &str) -> Result<u64, BuiltinError> {
+    let text = arg(args, key).ok_or_else(|| bad(builtin, format!("needs `{key}=N`")))?;
+    text.parse()
+        .map_err(|_| bad(builtin, format!("`{text}` is not a number")))
+}
+
+/// Build a built-in from `NAME[:ARGS]` (`drop-every:3`, `rewrite:dscp=46`).
+pub fn builtin(spec: &str) -> Result<Box<dyn NetworkFunction>, BuiltinError> {
+    let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match name {
+        "forward" => Box::new(Forward),
+        "counter" => Box::new(Counter::default()),
+        "drop-every" => {
+            let every = number(name, args, "n")?;
+            if every == 0 {
+                return Err(bad(name, "N must be at least 1"));
+            }
+            Box::new(DropEvery { every, seen: 0 })
+        }
+        "pcap-tap" => {
+            let path = arg(args, "file").ok_or_else(|| bad(name, "needs a FILE"))?;
+            Box::new(PcapTap::create(path).map_err(|e| bad(name, e))?)
+        }
+        "rewrite" => {
+            let dscp = number(name, args, "dscp")?;
+            if dscp > 63 {
+                return Err(bad(name, "dscp must be 0..=63"));
+            }
+            Box::new(Rewrite { dscp: dscp as u8 })
+        }
+        "delay" => Box::new(Delay {
+            hold: Duration::from_micros(number(name, args, "us")?),
+        }),
+        other => return Err(BuiltinError::Unknown(other.to_string())),
+    })
+}
+
+/// Returns every packet unchanged.
+#[derive(Debug, Default)]
+pub struct Forward;
+
+impl NetworkFunction for Forward {
+    fn describe(&self) -> String {
+        "forward".into()
+    }
+
+    fn process(&mut self, _frame: &mut Frame<'_>) -> Verdict {
+        Verdict::Next
+    }
+}
+
+/// Counts packets and bytes, forwards everything.
+#[derive(Debug, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl NetworkFunction for Counter {
+    fn describe(&self) -> String {
+        "counter".into()
+    }
+
+    fn process(&mut self, frame: &mut Frame<'_>) -> Verdict {
+        self.packets += 1;
+        self.bytes += frame.data().len() as u64;
+        Verdict::Next
+    }
+
+    fn summary(&self) -> Option<String> {
+        Some(format!("{} packets, {} bytes", self.packets, self.bytes))
+    }
+}
+
+/// Drops the N-th, 2N-th, ... packet it sees.
+#[derive(Debug)]
+pub struct DropEvery {
+    every: u64,
+    seen: u64,
+}
+
+impl NetworkFunction for DropEvery {
+    fn describe(&self) -> String {
+        format!("drop-every:{}", self.every)
+    }
+
+    fn process(&mut self, _frame: &mut Frame<'_>) -> Verdict {
+        self.seen += 1;
+        if self.seen % self.every == 0 {
+            Verdict::Drop
+        } else {
+            Verdict::Next
+        }
+    }
+}
+
+/// Records every packet it sees to a pcap file, forwards everything.
+pub struct PcapTap {
+    path: String,
+    writer: Option<pcap_file::pcap::PcapWriter<BufWriter<File>>>,
+    error: Option<String>,
+}
+
+impl fmt::Debug for PcapTap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PcapTap").field("path", &self.path).finish()
+    }
+}
+
+impl PcapTap {
+    pub fn create(path: &str) -> Result<PcapTap, String> {
+        let file = File::create(path).map_err(|e| format!("creating {path}: {e}"))?;
+        let writer = pcap_file::pcap::PcapWriter::new(BufWriter::new(file))
+            .map_err(|e| format!("writing the pcap header of {path}: {e}"))?;
+        Ok(PcapTap {
+            path: path.to_string(),
+            writer: Some(writer),
+            error: None,
+        })
+    }
+}
+
+/// Seconds since the epoch, as a pcap timestamp.
+pub(crate) fn now_timestamp() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl NetworkFunction for PcapTap {
+    fn describe(&self) -> String {
+        format!("pcap-tap:{}", self.path)
+    }
+
+    fn process(&mut self, frame: &mut Frame<'_>) -> Verdict {
+        if let Some(w) = &mut self.writer {
+            let data = frame.data();
+            let packet = pcap_file::pcap::PcapPacket::new(now_timestamp(), data.len() as u32, data);
+            if let Err(e) = w.write_packet(&packet) {
+                self.error.get_or_insert(e.to_string());
+            }
+        }
+        Verdict::Next
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        if let Some(w) = self.writer.take() {
+            use std::io::Write;
+            w.into_writer()
+                .flush()
+                .map_err(|e| format!("flushing {}: {e}", self.path))?;
+        }
+        self.error
+            .take()
+            .map_or(Ok(()), |e| Err(format!("{}: {e}", self.path)))
+    }
+}
+
+/// Sets the DSCP of IPv4 (fixing the header checksum) and IPv6 packets.
+#[derive(Debug)]
+pub struct Rewrite {
+    dscp: u8,
+}
+
+/// Offset of the IP header behind Ethernet and any 802.1Q/802.1ad tags, and its version.
+fn ip_header(frame: &[u8]) -> Option<(usize, u16)> {
+    let mut offset = 12;
+    loop {
+        let ethertype = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
+        match ethertype {
+            0x8100 | 0x88a8 | 0x9100 => offset += 4,
+            0x0800 | 0x86dd => return Some((offset + 2, ethertype)),
+            _ => return None,
+        }
+    }
+}
+
+/// RFC 1624 incremental checksum update for one 16-bit word changing `old` → `new`.
+fn checksum_update(checksum: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!checksum) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl NetworkFunction for Rewrite {
+    fn describe(&self) -> String {
+        format!("rewrite:dscp={}", self.dscp)
+    }
+
+    fn writes(&self) -> bool {
+        true
+    }
+
+    fn process(&mut self, frame: &mut Frame<'_>) -> Verdict {
+        let Some((l3, ethertype)) = ip_header(frame.data()) else {
+            return Verdict::Next;
+        };
+        let Some(data) = frame.data_mut() else {
+            return Verdict::Next;
+        };
+        match ethertype {
+            0x0800 if data.len() >= l3 + 20 => {
+                let old = u16::from_be_bytes([data[l3], data[l3 + 1]]);
+                data[l3 + 1] = (self.dscp << 2) | (data[l3 + 1] & 0x03);
+                let new = u16::from_be_bytes([data[l3], data[l3 + 1]]);
+                let sum = u16::from_be_bytes([data[l3 + 10], data[l3 + 11]]);
+                let sum = checksum_update(sum, old, new);
+                data[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
+            }
+            0x86dd if data.len() >= l3 + 40 => {
+                // Traffic class is bits 4..12 of the first word; DSCP is its top six.
+                let word = u16::from_be_bytes([data[l3], data[l3 + 1]]);
+                let word = (word & 0xf03f) | (u16::from(self.dscp) << 6);
+                data[l3..l3 + 2].copy_from_slice(&word.to_be_bytes());
+            }
+            _ => {}
+        }
+        Verdict::Next
+    }
+}
+
+/// Holds every packet for a fixed time, then forwards it (a latency emulator).
+#[derive(Debug)]
+pub struct Delay {
+    hold: Duration,
+}
+
+impl NetworkFunction for Delay {
+    fn describe(&self) -> String {
+        format!("delay:us={}", self.hold.as_micros())
+    }
+
+    fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    fn process(&mut self, _frame: &mut Frame<'_>) -> Verdict {
+        Verdict::Next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_round_trip_through_a_ring_slot() {
+        for v in [
+            Verdict::Next,
+            Verdict::Drop,
+            Verdict::Out(0),
+            Verdict::Out(63),
+            Verdict::To(0),
+            Verdict::To(189),
+        ] {
+            assert_eq!(wire::decode(wire::encode(0xabcdef, v)), (0xabcdef, v));
+        }
+        assert_eq!(
+            wire::decode(wire::encode(1, Verdict::Out(64))).1,
+            Verdict::Drop
+        );
+    }
+
+    #[test]
+    fn rewrite_sets_dscp_and_keeps_the_ipv4_checksum_valid() {
+        let mut spec = netvm_packet::PacketSpec::new(netvm_packet::BaseProto::Tcp);
+        spec.set(netvm_packet::Field::VlanId, 7);
+        let mut frame = spec.build().unwrap();
+        let mut nf = builtin("rewrite:dscp=46").unwrap();
+        assert_eq!(nf.process(&mut Frame::exclusive(&mut frame)), Verdict::Next);
+        let d = netvm_packet::Decoded::new(&frame);
+        assert_eq!(d.field(netvm_packet::Field::IpDscp), Some(46));
+        let l3 = d.offsets().l3.unwrap() as usize;
+        let header = etherparse::Ipv4HeaderSlice::from_slice(&frame[l3..]).unwrap();
+        assert_eq!(
+            header.header_checksum(),
+            header.to_header().calc_header_checksum()
+        );
+    }
+
+    #[test]
+    fn builtins_parse_their_arguments_and_refuse_bad_ones() {
+        assert_eq!(builtin("drop-every:3").unwrap().describe(), "drop-every:3");
+        assert_eq!(
+            builtin("delay:us=5").unwrap().hold(),
+            Duration::from_micros(5)
+        );
+        assert!(builtin("drop-every:0").is_err());
+        assert!(builtin("rewrite:dscp=64").is_err());
+        assert!(matches!(builtin("nat"), Err(BuiltinError::Unknown(_))));
+        let mut nf = builtin("drop-every:2").unwrap();
+        let bytes = [0u8; 60];
+        let verdicts: Vec<Verdict> = (0..4)
+            .map(|_| nf.process(&mut Frame::shared(&bytes[..])))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Next, Verdict::Drop, Verdict::Next, Verdict::Drop]
+        );
+    }
+}
