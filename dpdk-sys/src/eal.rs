@@ -1,0 +1,159 @@
+//! The Environment Abstraction Layer: DPDK's process-wide init, which probes devices, maps
+//! memory and loads the drivers. It can run once per process; [`init`] enforces that and hands
+//! out the [`Eal`] token every other type of this crate asks for as proof.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{ffi, Error, Result};
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// Proof that the EAL is initialised in this process.
+#[derive(Debug)]
+pub struct Eal {
+    _private: (),
+}
+
+/// Initialises the EAL with `args` (as on a DPDK application's command line, without the
+/// program name), e.g. `["--no-pci", "--in-memory", "--no-huge", "-m", "256",
+/// "--vdev=net_null0"]`.
+///
+/// Fails with [`Error::EalAlreadyInitialised`] on a second call after a success.
+pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Eal> {
+    if INITIALISED.swap(true, Ordering::AcqRel) {
+        return Err(Error::EalAlreadyInitialised);
+    }
+    let result = init_once(args);
+    if result.is_err() {
+        // DPDK resets its own run-once flag on most failures; let the caller retry.
+        INITIALISED.store(false, Ordering::Release);
+    }
+    result
+}
+
+fn init_once<S: AsRef<str>>(args: &[S]) -> Result<Eal> {
+    let mut argv: Vec<*mut c_char> = Vec::with_capacity(args.len() + 2);
+    for arg in std::iter::once("netvm").chain(args.iter().map(AsRef::as_ref)) {
+        let arg = CString::new(arg).map_err(|_| Error::Nul {
+            what: "an EAL argument",
+            value: arg.into(),
+        })?;
+        // Leaked on purpose: the EAL may keep pointers into argv (getopt permutes it and
+        // some options are kept as given), and this runs once per process.
+        argv.push(CString::into_raw(arg));
+    }
+    let argc = c_int::try_from(argv.len()).map_err(|_| Error::Config {
+        port: 0,
+        message: "too many EAL arguments".into(),
+    })?;
+    argv.push(std::ptr::null_mut());
+    let argv = argv.leak();
+    // SAFETY: argv holds argc valid, NUL-terminated strings followed by NULL, all leaked so
+    // they outlive the process's use of them; `INITIALISED` makes this the only call in
+    // flight.
+    let parsed = unsafe { ffi::rte_eal_init(argc, argv.as_mut_ptr()) };
+    if parsed < 0 {
+        return Err(call_error("rte_eal_init", errno()));
+    }
+    Ok(Eal { _private: () })
+}
+
+impl Eal {
+    /// Releases the EAL's resources (huge pages, drivers, threads).
+    ///
+    /// # Safety
+    /// Every [`crate::Port`], [`crate::Mempool`] and [`crate::Mbuf`] must be gone, and no
+    /// DPDK call may run in this process afterwards (the EAL cannot be initialised again).
+    pub unsafe fn cleanup(self) -> Result<()> {
+        // SAFETY: the caller promises no DPDK object or call outlives this.
+        let ret = unsafe { ffi::rte_eal_cleanup() };
+        check("rte_eal_cleanup", ret)
+    }
+
+    /// Whether the EAL runs on huge pages (false under `--no-huge`).
+    pub fn has_hugepages(&self) -> bool {
+        // SAFETY: the EAL is initialised (`self` exists); a read-only query.
+        unsafe { ffi::rte_eal_has_hugepages() != 0 }
+    }
+
+    /// Number of usable ethdev ports.
+    pub fn port_count(&self) -> u16 {
+        // SAFETY: the EAL is initialised; a read-only query.
+        unsafe { ffi::rte_eth_dev_count_avail() }
+    }
+
+    /// The port id of a probed device (`net_null0`, `0000:01:00.0`, ...).
+    pub fn port_by_name(&self, name: &str) -> Result<u16> {
+        let c_name = CString::new(name).map_err(|_| Error::Nul {
+            what: "a port name",
+            value: name.into(),
+        })?;
+        let mut port_id = 0u16;
+        // SAFETY: c_name is a valid C string and port_id a valid out pointer for the call.
+        let ret = unsafe { ffi::rte_eth_dev_get_port_by_name(c_name.as_ptr(), &mut port_id) };
+        if ret != 0 {
+            return Err(Error::NoSuchPort(name.into()));
+        }
+        Ok(port_id)
+    }
+
+    /// Creates a virtual device after init, like `--vdev=NAME,ARGS` does at init
+    /// (`("net_pcap0", "rx_pcap=in.pcap,tx_pcap=out.pcap")`).
+    pub fn vdev_init(&self, name: &str, args: &str) -> Result<()> {
+        let c_name = CString::new(name).map_err(|_| Error::Nul {
+            what: "a vdev name",
+            value: name.into(),
+        })?;
+        let c_args = CString::new(args).map_err(|_| Error::Nul {
+            what: "vdev arguments",
+            value: args.into(),
+        })?;
+        // SAFETY: both are valid C strings, copied by DPDK.
+        let ret = unsafe { ffi::rte_vdev_init(c_name.as_ptr(), c_args.as_ptr()) };
+        check("rte_vdev_init", ret)
+    }
+
+    /// NUMA node of the calling thread's lcore (0 on one-node machines and non-EAL threads
+    /// that DPDK cannot place).
+    pub fn socket_id(&self) -> u32 {
+        // SAFETY: the EAL is initialised; reads the calling thread's lcore variables.
+        unsafe { ffi::rte_socket_id() }
+    }
+}
+
+/// The calling thread's lcore id, or `None` for a thread the EAL did not create.
+pub fn lcore_id() -> Option<u32> {
+    // SAFETY: reads a thread-local, valid on any thread (LCORE_ID_ANY when unset).
+    let id = unsafe { ffi::netvm_rte_lcore_id() };
+    (id != u32::MAX).then_some(id)
+}
+
+/// The calling thread's `rte_errno`.
+pub(crate) fn errno() -> i32 {
+    // SAFETY: reads a thread-local.
+    unsafe { ffi::netvm_rte_errno() }
+}
+
+/// An [`Error::Call`] for a DPDK error code (positive or negative errno).
+pub(crate) fn call_error(call: &'static str, code: i32) -> Error {
+    let code = code.abs();
+    // SAFETY: rte_strerror returns a pointer to a static or thread-local string for any code.
+    let message = unsafe { CStr::from_ptr(ffi::rte_strerror(code)) }
+        .to_string_lossy()
+        .into_owned();
+    Error::Call {
+        call,
+        code,
+        message,
+    }
+}
+
+/// `Ok` for a DPDK return value of 0 or more, the error otherwise.
+pub(crate) fn check(call: &'static str, ret: c_int) -> Result<()> {
+    if ret < 0 {
+        Err(call_error(call, ret))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,230 @@
+//! Packet buffer pools ([`Mempool`], DPDK's `rte_pktmbuf_pool_create`) and the buffers
+//! themselves ([`Mbuf`]).
+//!
+//! An [`Mbuf`] owns one DPDK packet buffer and returns it to its pool on drop; handing it to
+//! [`crate::TxQueue::tx_burst`] passes ownership to the driver. A pool is freed when its last
+//! [`Mempool`] handle goes and no buffer is out; with buffers still out (held by the program
+//! or a driver's rings) it is leaked instead, so that no buffer outlives its memory.
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use crate::eal::{call_error, errno};
+use crate::{ffi, Eal, Error, Result};
+
+/// A pool of packet buffers, cheap to clone (the handles share one DPDK mempool).
+#[derive(Debug, Clone)]
+pub struct Mempool {
+    inner: Arc<PoolHandle>,
+}
+
+#[derive(Debug)]
+struct PoolHandle(NonNull<ffi::rte_mempool>);
+
+// SAFETY: DPDK mempools are multi-producer/multi-consumer (the default ring ops); get and put
+// are safe from any thread, and the per-lcore caches are only used by EAL threads, each its own.
+unsafe impl Send for PoolHandle {}
+// SAFETY: as above; every method takes the pool by shared reference and DPDK synchronises.
+unsafe impl Sync for PoolHandle {}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from rte_pktmbuf_pool_create and is still live (this is the
+        // last handle); in_use_count only reads counters.
+        let in_use = unsafe { ffi::rte_mempool_in_use_count(self.0.as_ptr()) };
+        if in_use == 0 {
+            // SAFETY: no buffer is out, so no live Mbuf or driver ring points into the pool.
+            unsafe { ffi::rte_mempool_free(self.0.as_ptr()) };
+        }
+    }
+}
+
+impl Mempool {
+    /// Creates a pool of `mbufs` buffers of `data_room_bytes` each (including the
+    /// `RTE_PKTMBUF_HEADROOM` of 128 bytes; `ffi::RTE_MBUF_DEFAULT_BUF_SIZE` fits a 1518-byte
+    /// frame), with a per-lcore cache of `cache_mbufs`, on NUMA node `socket_id` (`None`: any).
+    /// `name` must be unique in the process (and across processes sharing a file prefix).
+    pub fn pktmbuf(
+        _eal: &Eal,
+        name: &str,
+        mbufs: u32,
+        cache_mbufs: u32,
+        data_room_bytes: u16,
+        socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        let c_name = CString::new(name).map_err(|_| Error::Nul {
+            what: "a mempool name",
+            value: name.into(),
+        })?;
+        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        // SAFETY: c_name is a valid C string (DPDK copies it); the EAL is initialised.
+        let raw = unsafe {
+            ffi::rte_pktmbuf_pool_create(
+                c_name.as_ptr(),
+                mbufs,
+                cache_mbufs,
+                0,
+                data_room_bytes,
+                socket,
+            )
+        };
+        let raw =
+            NonNull::new(raw).ok_or_else(|| call_error("rte_pktmbuf_pool_create", errno()))?;
+        Ok(Mempool {
+            inner: Arc::new(PoolHandle(raw)),
+        })
+    }
+
+    /// One buffer, empty (length 0, default headroom), or `None` when the pool is exhausted.
+    pub fn alloc(&self) -> Option<Mbuf> {
+        // SAFETY: the pool is live while `self` is.
+        let raw = unsafe { ffi::netvm_rte_pktmbuf_alloc(self.as_ptr()) };
+        NonNull::new(raw).map(Mbuf)
+    }
+
+    /// Buffers free in the pool (including per-lcore caches).
+    pub fn available(&self) -> u32 {
+        // SAFETY: the pool is live; reads counters.
+        unsafe { ffi::rte_mempool_avail_count(self.as_ptr()) }
+    }
+
+    /// Buffers taken from the pool and not yet returned.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the pool is live; reads counters.
+        unsafe { ffi::rte_mempool_in_use_count(self.as_ptr()) }
+    }
+
+    /// The DPDK mempool, for calls this layer does not wrap. Valid while any handle lives.
+    pub fn as_ptr(&self) -> *mut ffi::rte_mempool {
+        self.inner.0.as_ptr()
+    }
+}
+
+/// One packet buffer, owned. Single-segment buffers are the norm for netvm's pools (the data
+/// room fits a frame); [`Mbuf::data`] is the first segment.
+#[derive(Debug)]
+#[repr(transparent)]
+pub struct Mbuf(NonNull<ffi::rte_mbuf>);
+
+// SAFETY: an Mbuf is the only owner of its buffer; DPDK buffers may move between threads and
+// are freed to a thread-safe pool.
+unsafe impl Send for Mbuf {}
+// SAFETY: shared access only reads the buffer's header and data.
+unsafe impl Sync for Mbuf {}
+
+impl Mbuf {
+    /// Length of the whole packet (all segments).
+    pub fn len(&self) -> usize {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_pkt_len(self.0.as_ptr()) as usize }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of segments (1 for everything this crate allocates).
+    pub fn segments(&self) -> u16 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_nb_segs(self.0.as_ptr()) }
+    }
+
+    /// The bytes of the first segment.
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: mtod points to data_len initialised bytes of the first segment, owned by
+        // self and not mutated while the shared borrow lives.
+        unsafe {
+            let len = ffi::netvm_rte_pktmbuf_data_len(self.0.as_ptr()) as usize;
+            std::slice::from_raw_parts(
+                ffi::netvm_rte_pktmbuf_mtod(self.0.as_ptr()).cast::<u8>(),
+                len,
+            )
+        }
+    }
+
+    /// The bytes of the first segment, writable in place.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `data`, and `&mut self` makes this borrow exclusive.
+        unsafe {
+            let len = ffi::netvm_rte_pktmbuf_data_len(self.0.as_ptr()) as usize;
+            std::slice::from_raw_parts_mut(
+                ffi::netvm_rte_pktmbuf_mtod(self.0.as_ptr()).cast::<u8>(),
+                len,
+            )
+        }
+    }
+
+    /// Grows the packet by `bytes` at the tail and returns the new bytes (zeroed), or `None`
+    /// when the last segment has no room for them.
+    pub fn append(&mut self, bytes: u16) -> Option<&mut [u8]> {
+        // SAFETY: self owns a live mbuf; append checks tailroom and returns NULL without it.
+        let tail = unsafe { ffi::netvm_rte_pktmbuf_append(self.0.as_ptr(), bytes) };
+        let tail = NonNull::new(tail.cast::<u8>())?;
+        // SAFETY: append returned `bytes` writable bytes inside the buffer owned by self; they
+        // may be uninitialised, so zero them before handing out a slice.
+        unsafe {
+            std::ptr::write_bytes(tail.as_ptr(), 0, bytes as usize);
+            Some(std::slice::from_raw_parts_mut(
+                tail.as_ptr(),
+                bytes as usize,
+            ))
+        }
+    }
+
+    /// Appends a copy of `bytes`; `false` (and no change) when they do not fit.
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) -> bool {
+        let Ok(n) = u16::try_from(bytes.len()) else {
+            return false;
+        };
+        match self.append(n) {
+            Some(tail) => {
+                tail.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes free before the data (for prepending headers).
+    pub fn headroom(&self) -> u16 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_headroom(self.0.as_ptr()) }
+    }
+
+    /// Bytes free after the data in the last segment.
+    pub fn tailroom(&self) -> u16 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_tailroom(self.0.as_ptr()) }
+    }
+
+    /// IO address of the first data byte (what a device DMAs to or from).
+    pub fn iova(&self) -> u64 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_iova(self.0.as_ptr()) }
+    }
+
+    /// Gives up ownership; the caller must free the buffer (or hand it to DPDK).
+    pub fn into_raw(self) -> *mut ffi::rte_mbuf {
+        std::mem::ManuallyDrop::new(self).0.as_ptr()
+    }
+
+    /// Takes ownership of a buffer.
+    ///
+    /// # Safety
+    /// `raw` must be a live mbuf that nothing else owns or will free.
+    pub unsafe fn from_raw(raw: NonNull<ffi::rte_mbuf>) -> Mbuf {
+        Mbuf(raw)
+    }
+
+    pub fn as_ptr(&self) -> *mut ffi::rte_mbuf {
+        self.0.as_ptr()
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: self is the only owner; the buffer (and its chain) goes back to its pool.
+        unsafe { ffi::netvm_rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}

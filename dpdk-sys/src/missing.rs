@@ -1,0 +1,185 @@
+//! The API of a build without DPDK: the same types and signatures as the real layer, none of
+//! them constructible. [`eal::init`] returns [`Error::DpdkMissing`]; every other entry point
+//! needs an [`Eal`], so its body is unreachable (`match` on an empty enum). The raw-pointer
+//! accessors (`as_ptr`, `into_raw`, `from_raw`) exist only with DPDK, beside [`crate::ffi`].
+
+use crate::{Error, PortConfig, PortInfo, PortStats, Result};
+
+/// No value: the types below hold one, so none of them can exist.
+#[derive(Debug, Clone, Copy)]
+enum Never {}
+
+fn missing() -> Error {
+    Error::DpdkMissing {
+        reason: crate::missing_reason().unwrap_or("dpdk-sys was built without DPDK"),
+    }
+}
+
+pub mod eal {
+    use super::{missing, Never};
+    use crate::Result;
+
+    /// Proof that the EAL is initialised; never exists in a build without DPDK.
+    #[derive(Debug)]
+    pub struct Eal {
+        pub(super) never: Never,
+    }
+
+    /// Always [`crate::Error::DpdkMissing`] in this build.
+    pub fn init<S: AsRef<str>>(_args: &[S]) -> Result<Eal> {
+        Err(missing())
+    }
+
+    /// Always `None` in this build.
+    pub fn lcore_id() -> Option<u32> {
+        None
+    }
+
+    impl Eal {
+        /// # Safety
+        /// Unreachable in this build (no `Eal` exists).
+        pub unsafe fn cleanup(self) -> Result<()> {
+            match self.never {}
+        }
+        pub fn has_hugepages(&self) -> bool {
+            match self.never {}
+        }
+        pub fn port_count(&self) -> u16 {
+            match self.never {}
+        }
+        pub fn port_by_name(&self, _name: &str) -> Result<u16> {
+            match self.never {}
+        }
+        pub fn vdev_init(&self, _name: &str, _args: &str) -> Result<()> {
+            match self.never {}
+        }
+        pub fn socket_id(&self) -> u32 {
+            match self.never {}
+        }
+    }
+}
+pub use eal::Eal;
+
+/// A pool of packet buffers; never exists in a build without DPDK.
+#[derive(Debug, Clone)]
+pub struct Mempool {
+    never: Never,
+}
+
+impl Mempool {
+    pub fn pktmbuf(
+        eal: &Eal,
+        _name: &str,
+        _mbufs: u32,
+        _cache_mbufs: u32,
+        _data_room_bytes: u16,
+        _socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        match eal.never {}
+    }
+    pub fn alloc(&self) -> Option<Mbuf> {
+        match self.never {}
+    }
+    pub fn available(&self) -> u32 {
+        match self.never {}
+    }
+    pub fn in_use(&self) -> u32 {
+        match self.never {}
+    }
+}
+
+/// One packet buffer; never exists in a build without DPDK.
+#[derive(Debug)]
+pub struct Mbuf {
+    never: Never,
+}
+
+impl Mbuf {
+    pub fn len(&self) -> usize {
+        match self.never {}
+    }
+    pub fn is_empty(&self) -> bool {
+        match self.never {}
+    }
+    pub fn segments(&self) -> u16 {
+        match self.never {}
+    }
+    pub fn data(&self) -> &[u8] {
+        match self.never {}
+    }
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        match self.never {}
+    }
+    pub fn append(&mut self, _bytes: u16) -> Option<&mut [u8]> {
+        match self.never {}
+    }
+    pub fn extend_from_slice(&mut self, _bytes: &[u8]) -> bool {
+        match self.never {}
+    }
+    pub fn headroom(&self) -> u16 {
+        match self.never {}
+    }
+    pub fn tailroom(&self) -> u16 {
+        match self.never {}
+    }
+    pub fn iova(&self) -> u64 {
+        match self.never {}
+    }
+}
+
+/// A started port; never exists in a build without DPDK.
+#[derive(Debug)]
+pub struct Port {
+    never: Never,
+}
+
+impl Port {
+    pub fn start(eal: &Eal, _name: &str, _config: &PortConfig, _pool: &Mempool) -> Result<Port> {
+        match eal.never {}
+    }
+    pub fn id(&self) -> u16 {
+        match self.never {}
+    }
+    pub fn info(&self) -> Result<PortInfo> {
+        match self.never {}
+    }
+    pub fn stats(&self) -> Result<PortStats> {
+        match self.never {}
+    }
+    pub fn rx_queue(&self, _queue: u16) -> Result<RxQueue> {
+        match self.never {}
+    }
+    pub fn tx_queue(&self, _queue: u16) -> Result<TxQueue> {
+        match self.never {}
+    }
+}
+
+/// One RX queue; never exists in a build without DPDK.
+#[derive(Debug)]
+pub struct RxQueue {
+    never: Never,
+}
+
+impl RxQueue {
+    pub fn rx_burst(&mut self, _out: &mut Vec<Mbuf>, _max: u16) -> usize {
+        match self.never {}
+    }
+    pub fn queue(&self) -> u16 {
+        match self.never {}
+    }
+}
+
+/// One TX queue; never exists in a build without DPDK.
+#[derive(Debug)]
+pub struct TxQueue {
+    never: Never,
+}
+
+impl TxQueue {
+    pub fn tx_burst(&mut self, _pkts: &mut Vec<Mbuf>) -> usize {
+        match self.never {}
+    }
+    pub fn queue(&self) -> u16 {
+        match self.never {}
+    }
+}
