@@ -4,6 +4,7 @@
 //! flags, unreadable files).
 
 mod commands;
+mod policy_table;
 mod report;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Fmt(commands::fmt::Args),
     /// Convert a rule set of another tool into a policy (printed on stdout).
     Import(commands::import::Args),
+    /// Run the switch: bind ports and VMs, forward packets, print per-port/VM/rule counters.
+    Run(commands::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Fmt(args) => commands::fmt::run(args),
         Command::Import(args) => commands::import::run(args),
+        Command::Run(args) => commands::run::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,447 @@
+//! `netvm run POLICY --bind PORT=DRIVER:ARGS... --vm VM=BUILTIN[:ARGS]...`: start the
+//! switch and report what it did.
+//!
+//! With no `--bind`, ports use the binding written in the policy (`port lan =
+//! afpacket("veth0")`) or else the embedded default: the first port a generator, the
+//! others sinks; VMs without `--vm` run `forward`. An unbounded generator with no
+//! `--duration` runs for 3 seconds. Live rates go to stderr (a spinner on a terminal,
+//! plain lines otherwise); the final table goes to stdout, the same numbers as JSON to
+//! `--stats-json`. Exit 0 when every buffer came back and rx = tx + drops, 1 when not,
+//! 2 on usage errors.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netvm_runtime::numa::parse_cpulist;
+use netvm_runtime::port::{self, Port};
+use netvm_runtime::region::HugepagePolicy;
+use netvm_runtime::stats::StatsSnapshot;
+use netvm_runtime::{
+    vm, IdlePolicy, NetworkFunction, Program, ProgramHandle, RunReport, Switch, SwitchConfig,
+    VmMode,
+};
+
+use crate::policy_table;
+use crate::report::{self, Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The policy to run.
+    policy: String,
+    /// Bind a port: `PORT=gen:flows=N,size=B,count=N`, `PORT=pcap:rx=IN,tx=OUT`,
+    /// `PORT=null`, `PORT=afpacket:IFACE`.
+    #[arg(long = "bind", value_name = "PORT=DRIVER:ARGS")]
+    binds: Vec<String>,
+    /// Run a VM as a built-in: forward, counter, drop-every:N, pcap-tap:FILE,
+    /// rewrite:dscp=N, delay:us=N.
+    #[arg(long = "vm", value_name = "VM=BUILTIN[:ARGS]")]
+    vms: Vec<String>,
+    /// Stop after this many seconds (default: when inputs drain; 3 s for a generator
+    /// without count).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Write the final counters as JSON.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<String>,
+    /// Huge pages for the shared region.
+    #[arg(long, value_enum, default_value = "prefer")]
+    hugepages: Hugepages,
+    /// Cores for the switch and VM threads (cpulist: `0-3,8`).
+    #[arg(long)]
+    cores: Option<String>,
+    /// What idle polling threads do.
+    #[arg(long, value_enum, default_value = "busy")]
+    idle: Idle,
+    /// Where VMs run: inline on the switch core, on their own threads, or auto (threads
+    /// when there is a core for each, inline otherwise).
+    #[arg(long, value_enum, default_value = "auto")]
+    vm_mode: Mode,
+    /// Packets per RX burst.
+    #[arg(long, default_value_t = 32)]
+    burst: usize,
+    /// Buffers in the shared pool.
+    #[arg(long, default_value_t = 8192)]
+    buffers: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Hugepages {
+    Require,
+    Prefer,
+    Off,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Idle {
+    Busy,
+    Sleep,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Auto,
+    Inline,
+    Thread,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn split_binding<'a>(what: &str, arg: &'a str) -> Result<(&'a str, &'a str), String> {
+    arg.split_once('=')
+        .ok_or_else(|| format!("--{what} {arg}: expected NAME=VALUE"))
+}
+
+pub fn run(args: Args) -> Result<ExitCode, String> {
+    let checked = report::check_root(&args.policy)?;
+    report::diagnostics(&checked, Format::Text);
+    let Some(policy) = &checked.policy else {
+        eprintln!("{}: not run, the policy has errors", args.policy);
+        return Ok(ExitCode::from(1));
+    };
+    let table = policy_table::policy_table(policy);
+    let (classifier, engine) = policy_table::compile(policy)?;
+
+    let mut bound: Vec<Option<String>> = vec![None; policy.ports.len()];
+    for b in &args.binds {
+        let (name, spec) = split_binding("bind", b)?;
+        let i = policy
+            .port_index(name)
+            .ok_or_else(|| format!("--bind {b}: the policy declares no port `{name}`"))?;
+        bound[i] = Some(spec.to_string());
+    }
+    let mut unbounded_gen = false;
+    let mut ports: Vec<Box<dyn Port>> = Vec::new();
+    let mut binding_lines = Vec::new();
+    for (i, p) in policy.ports.iter().enumerate() {
+        let spec = match (&bound[i], &p.binding) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some((driver, arg))) => format!("{driver}:{arg}"),
+            (None, None) if i == 0 => "gen:flows=64,size=64,dpi=10".to_string(),
+            (None, None) => "null".to_string(),
+        };
+        let port = port::open(&spec, i).map_err(|e| format!("port `{}`: {e}", p.name))?;
+        if spec.starts_with("gen") && !port.rx_done() && !spec.contains("count=") {
+            unbounded_gen = true;
+        }
+        binding_lines.push(format!("  port {:<12} {}", p.name, port.describe()));
+        ports.push(port);
+    }
+    let mut vm_specs: Vec<Option<String>> = vec![None; policy.vms.len()];
+    for v in &args.vms {
+        let (name, spec) = split_binding("vm", v)?;
+        let i = policy
+            .vms
+            .iter()
+            .position(|vm| vm.name == name)
+            .ok_or_else(|| format!("--vm {v}: the policy declares no VM `{name}`"))?;
+        vm_specs[i] = Some(spec.to_string());
+    }
+    let mut vms: Vec<Box<dyn NetworkFunction>> = Vec::new();
+    for (i, v) in policy.vms.iter().enumerate() {
+        let spec = vm_specs[i].clone().unwrap_or_else(|| "forward".to_string());
+        let nf = vm::builtin(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
+        binding_lines.push(format!(
+            "  vm   {:<12} {} ({})",
+            v.name,
+            nf.describe(),
+            if v.trusted {
+                "trusted, zero-copy"
+            } else {
+                "untrusted, private copies"
+            }
+        ));
+        vms.push(nf);
+    }
+
+    let cores = match &args.cores {
+        Some(list) => Some(parse_cpulist(list).map_err(|e| format!("--cores: {e}"))?),
+        None => None,
+    };
+    let available = cores.as_ref().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Vec::len,
+    );
+    let vm_mode = match args.vm_mode {
+        Mode::Inline => VmMode::Inline,
+        Mode::Thread => VmMode::Thread,
+        Mode::Auto if available > vms.len() => VmMode::Thread,
+        Mode::Auto => VmMode::Inline,
+    };
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => {
+            return Err(format!(
+                "--duration {s}: expected a positive number of seconds"
+            ))
+        }
+        None if unbounded_gen => Some(Duration::from_secs(3)),
+        None => None,
+    };
+    let config = SwitchConfig {
+        burst_len: args.burst,
+        buffer_count: args.buffers,
+        hugepages: match args.hugepages {
+            Hugepages::Require => HugepagePolicy::Require,
+            Hugepages::Prefer => HugepagePolicy::Prefer,
+            Hugepages::Off => HugepagePolicy::Off,
+        },
+        idle: match args.idle {
+            Idle::Busy => IdlePolicy::Busy,
+            Idle::Sleep => IdlePolicy::Sleep,
+        },
+        vm_mode,
+        cores,
+        duration,
+        ..SwitchConfig::default()
+    };
+    let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
+    let switch = Switch::new(config, ProgramHandle::new(program), ports, vms)
+        .map_err(|e| error_chain(&e))?;
+
+    eprintln!("netvm run {}", args.policy);
+    eprintln!("  classifier: {engine}, {} rules", policy.rules.len());
+    eprintln!("  {}", switch.backing());
+    eprintln!(
+        "  VMs: {}",
+        match vm_mode {
+            VmMode::Inline => "inline on the switch core (run to completion)",
+            VmMode::Thread => "one thread each",
+        }
+    );
+    for line in &binding_lines {
+        eprintln!("{line}");
+    }
+    for line in switch.placement().to_string().lines() {
+        eprintln!("  {line}");
+    }
+    if let Some(d) = duration {
+        eprintln!(
+            "  running for {:.1} s (Ctrl-C stops early)",
+            d.as_secs_f64()
+        );
+    }
+
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+    let stats = switch.stats();
+    let stop = switch.stop_flag();
+    let done = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let done = done.clone();
+        std::thread::Builder::new()
+            .name("netvm-switch".into())
+            .spawn(move || {
+                let r = switch.run();
+                done.store(true, Ordering::Release);
+                r
+            })
+            .map_err(|e| format!("starting the switch thread: {e}"))?
+    };
+    live_rates(&stats, &done, &stop);
+    let report = runner
+        .join()
+        .map_err(|_| "the switch thread panicked".to_string())?
+        .map_err(|e| error_chain(&e))?;
+
+    print_report(&report);
+    if let Some(path) = &args.stats_json {
+        let json = serde_json::to_string_pretty(&to_json(&report, &args.policy))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("writing {path}: {e}"))?;
+    }
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Print rates once a second until the switch finishes; forward Ctrl-C to it.
+fn live_rates(stats: &netvm_runtime::stats::Stats, done: &AtomicBool, stop: &AtomicBool) {
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let (mut last_rx, mut last_tx, mut last) = (0u64, 0u64, Instant::now());
+    let start = Instant::now();
+    while !done.load(Ordering::Acquire) {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(50));
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if done.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        let (rx, tx, drops) = (stats.rx_total(), stats.tx_total(), stats.drop_total());
+        let secs = last.elapsed().as_secs_f64().max(1e-9);
+        let line = format!(
+            "{:5.1} s  rx {:8.3} Mpps  tx {:8.3} Mpps  total rx {rx}  tx {tx}  dropped {drops}",
+            start.elapsed().as_secs_f64(),
+            (rx - last_rx) as f64 / secs / 1e6,
+            (tx - last_tx) as f64 / secs / 1e6,
+        );
+        (last_rx, last_tx, last) = (rx, tx, Instant::now());
+        match &bar {
+            Some(bar) => bar.set_message(line),
+            None => eprintln!("{line}"),
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+}
+
+fn mpps(packets: u64, elapsed: Duration) -> f64 {
+    packets as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+fn print_report(report: &RunReport) {
+    let s: &StatsSnapshot = &report.stats;
+    let t = report.elapsed;
+    println!(
+        "\n{:<14} {:<34} {:>12} {:>12} {:>12} {:>12}",
+        "port", "driver", "rx pkts", "rx bytes", "tx pkts", "tx bytes"
+    );
+    for p in &s.ports {
+        println!(
+            "{:<14} {:<34} {:>12} {:>12} {:>12} {:>12}",
+            p.name,
+            truncate(&p.driver, 34),
+            p.rx_packets,
+            p.rx_bytes,
+            p.tx_packets,
+            p.tx_bytes
+        );
+    }
+    if !s.vms.is_empty() {
+        println!(
+            "\n{:<14} {:<24} {:<10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+            "vm", "function", "kind", "in", "mirrored", "passed", "dropped", "copied B"
+        );
+        for v in &s.vms {
+            println!(
+                "{:<14} {:<24} {:<10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+                v.name,
+                truncate(&v.function, 24),
+                if v.trusted { "trusted" } else { "untrusted" },
+                v.packets_in,
+                v.mirrored_in,
+                v.passed,
+                v.dropped,
+                v.copied_bytes
+            );
+            if let Some(summary) = &v.summary {
+                println!("{:<14} {summary}", "");
+            }
+        }
+    }
+    println!("\n{:<20} {:>12} {:>14}", "rule", "packets", "bytes");
+    for r in &s.rules {
+        println!("{:<20} {:>12} {:>14}", r.name, r.packets, r.bytes);
+    }
+    if !s.counters.is_empty() {
+        println!("\n{:<20} {:>12}", "counter", "packets");
+        for (name, n) in &s.counters {
+            println!("{name:<20} {n:>12}");
+        }
+    }
+    println!("\n{:<20} {:>12}", "drop reason", "packets");
+    for (reason, n) in s.drops.iter().filter(|d| d.1 > 0) {
+        println!("{reason:<20} {n:>12}");
+    }
+    println!(
+        "\n{:.3} s: rx {} ({:.3} Mpps), tx {}, dropped {}, mirrored {}",
+        t.as_secs_f64(),
+        s.rx,
+        mpps(s.rx, t),
+        s.tx,
+        s.dropped,
+        s.mirrored
+    );
+    println!(
+        "accounting: rx = tx + dropped {}; mirror copies consumed {}/{}; buffers back {}/{}{}",
+        if s.rx == s.tx + s.dropped {
+            "holds"
+        } else {
+            "DOES NOT HOLD"
+        },
+        s.mirrors_done,
+        s.mirrored,
+        report.buffers_returned,
+        report.buffers,
+        if report.private_leaks.is_empty() {
+            String::new()
+        } else {
+            format!("; private pools missing {:?}", report.private_leaks)
+        }
+    );
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let cut: String = s.chars().take(n - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+fn to_json(report: &RunReport, policy: &str) -> serde_json::Value {
+    use serde_json::json;
+    let s = &report.stats;
+    json!({
+        "policy": policy,
+        "elapsed_s": report.elapsed.as_secs_f64(),
+        "rx": s.rx,
+        "tx": s.tx,
+        "dropped": s.dropped,
+        "rx_mpps": mpps(s.rx, report.elapsed),
+        "mirrored": s.mirrored,
+        "mirrors_done": s.mirrors_done,
+        "balanced": s.balanced(),
+        "buffers": report.buffers,
+        "buffers_returned": report.buffers_returned,
+        "private_leaks": report.private_leaks.iter().map(|(vm, n)| json!({"vm": vm, "missing": n})).collect::<Vec<_>>(),
+        "drops": s.drops.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "ports": s.ports.iter().map(|p| json!({
+            "name": p.name, "driver": p.driver,
+            "rx_packets": p.rx_packets, "rx_bytes": p.rx_bytes,
+            "tx_packets": p.tx_packets, "tx_bytes": p.tx_bytes,
+        })).collect::<Vec<_>>(),
+        "vms": s.vms.iter().map(|v| json!({
+            "name": v.name, "function": v.function, "trusted": v.trusted, "inline": v.inline,
+            "packets_in": v.packets_in, "mirrored_in": v.mirrored_in, "passed": v.passed,
+            "dropped": v.dropped, "copied_bytes": v.copied_bytes, "summary": v.summary,
+        })).collect::<Vec<_>>(),
+        "rules": s.rules.iter().map(|r| json!({"name": r.name, "packets": r.packets, "bytes": r.bytes})).collect::<Vec<_>>(),
+        "counters": s.counters.iter().map(|(n, c)| (n.clone(), json!(c))).collect::<serde_json::Map<_, _>>(),
+        "warnings": report.warnings,
+    })
+}
