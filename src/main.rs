@@ -34,6 +34,10 @@ enum Command {
     Fmt(commands::fmt::Args),
     /// Convert a rule set of another tool into a policy (printed on stdout).
     Import(commands::import::Args),
+    /// Classify a ClassBench trace: one line per packet, the rule's name or `default`.
+    Classify(commands::classify::Args),
+    /// Measure classification throughput (JIT and interpreter) on a trace or a capture.
+    Bench(commands::bench::Args),
     /// Run the switch: bind ports and VMs, forward packets, print per-port/VM/rule counters.
     Run(commands::run::Args),
 }
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Fmt(args) => commands::fmt::run(args),
         Command::Import(args) => commands::import::run(args),
+        Command::Classify(args) => commands::classify::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),
     };
     match result {

@@ -8,6 +8,7 @@
 //! This crate knows nothing of rings, ports or threads: the runtime takes a classifier from
 //! here as an opaque function from frames to rule indices.
 
+pub mod classbench;
 pub mod explain;
 pub mod interp;
 pub mod ir;

@@ -9,7 +9,7 @@
 //! extension chains, short TCP data offsets, bogus lengths), plus every truncation of some and
 //! random byte mutations of all. Each (policy, frame, in_port) triple is one comparison.
 //!
-//! Scale: `NETVM_DIFF_POLICIES` (default 50) policies per strategy. The default runs well over
+//! Scale: `NETVM_DIFF_POLICIES` (default 200) policies per strategy. The default runs well over
 //! 100,000 comparisons in a debug build in well under a minute; the long run is
 //! `NETVM_DIFF_POLICIES=20000 cargo test --release -p netvm-compiler --test differential`
 //! (recorded in BENCHMARKS.md). A failure prints the seed, the classifier and the frame.
@@ -85,7 +85,11 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
     let mut spec = PacketSpec::new(base);
     for _ in 0..rng.below(4) {
         let f = *rng.pick(Field::ALL);
-        let v = u128::from(rng.next()) & f.ty().max_value();
+        let mut v = u128::from(rng.next()) & f.ty().max_value();
+        if matches!(f, Field::PktLen | Field::PayloadLen | Field::IpLen) {
+            // Keep frames small: every truncation of some is classified.
+            v %= 300;
+        }
         spec.set(f, v);
     }
     if rng.chance(2) {
@@ -426,21 +430,97 @@ fn differing_atom(ir: &Classifier, frame: &[u8], port: u32) -> Option<Atom> {
     })
 }
 
-static COMPARISONS: AtomicU64 = AtomicU64::new(0);
+/// Per strategy: comparisons made and classifiers compiled as trees.
+struct Counts {
+    comparisons: AtomicU64,
+    trees: AtomicU64,
+}
 
 fn policies() -> u32 {
     std::env::var("NETVM_DIFF_POLICIES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50)
+        .unwrap_or(200)
 }
 
-fn check_seed(seed: u64, strategy: Strategy) {
+/// A header-only rule set of the shape the decision tree takes: conjunctions of protocol tests
+/// and unmasked comparisons on fields of at most 48 bits, many rules, some always or never
+/// matching.
+fn random_tuple_classifier(rng: &mut Rng, seen: &[Vec<u8>]) -> Classifier {
+    let fields: Vec<Field> = Field::ALL
+        .iter()
+        .copied()
+        .filter(|f| f.ty().bits() <= 48)
+        .collect();
+    let dims: Vec<Field> = (0..1 + rng.below(5)).map(|_| *rng.pick(&fields)).collect();
+    let mut ir = Classifier {
+        atoms: Vec::new(),
+        rules: Vec::new(),
+        literals: Vec::new(),
+        regexes: Vec::new(),
+    };
+    let atom = |ir: &mut Classifier, a: Atom| match ir.atoms.iter().position(|x| *x == a) {
+        Some(i) => Expr::Atom(i),
+        None => {
+            ir.atoms.push(a);
+            Expr::Atom(ir.atoms.len() - 1)
+        }
+    };
+    for _ in 0..1 + rng.below(150) {
+        if rng.chance(40) {
+            ir.rules.push(Expr::Const(rng.chance(3)));
+            continue;
+        }
+        let mut items = Vec::new();
+        for &field in &dims {
+            if rng.chance(3) {
+                continue;
+            }
+            let max = field.ty().max_value();
+            let v = value_for(rng, field, seen);
+            let ranges = if rng.chance(3) {
+                ranges_around(rng, v, max)
+            } else if rng.chance(2) {
+                // A prefix, as ClassBench writes addresses.
+                let bits = field.ty().bits();
+                let keep = rng.below(usize::from(bits) + 1) as u32;
+                let host = max.checked_shr(keep).unwrap_or(0);
+                vec![(v & !host, (v & !host) | host)]
+            } else {
+                vec![(v, v)]
+            };
+            items.push(atom(
+                &mut ir,
+                Atom::Field {
+                    field,
+                    mask: None,
+                    ranges,
+                },
+            ));
+        }
+        if rng.chance(4) {
+            let p = *rng.pick(&Proto::ALL);
+            items.push(atom(&mut ir, Atom::Proto(p)));
+        }
+        ir.rules.push(match items.len() {
+            0 => Expr::Const(true),
+            1 => items.remove(0),
+            _ => Expr::And(items),
+        });
+    }
+    ir
+}
+
+fn check_seed(seed: u64, strategy: Strategy, counts: &Counts) {
     let mut rng = Rng(seed);
     let mut frames: Vec<Vec<u8>> = (0..8).map(|_| random_frame(&mut rng)).collect();
     frames.extend((0..8).map(|_| handmade_frame(&mut rng)));
-    let ir = random_classifier(&mut rng, &frames);
-    for rule in &ir.rules {
+    let ir = if strategy == Strategy::Tree {
+        random_tuple_classifier(&mut rng, &frames)
+    } else {
+        random_classifier(&mut rng, &frames)
+    };
+    for rule in ir.rules.iter().take(24) {
         if let Some(f) = hit_frame(&mut rng, &ir, rule) {
             frames.push(f);
         }
@@ -449,12 +529,18 @@ fn check_seed(seed: u64, strategy: Strategy) {
     let n = rng.below(100);
     frames.push(rng.bytes(n));
     let jit = Jit::compile_with(&ir, strategy).expect("the JIT compiles every classifier");
+    if jit.strategy() == Strategy::Tree {
+        counts.trees.fetch_add(1, Ordering::Relaxed);
+    }
+    if netvm_compiler::jit::tree::qualifies(&ir) || strategy == Strategy::Linear {
+        assert_eq!(jit.strategy(), strategy, "seed {seed:#x}");
+    }
     let interp = Interpreter::new(ir.clone()).expect("regexes compile");
     let check = |frame: &[u8], port: u32| {
         for port in [NO_PORT, port] {
             let want = interp.classify(frame, port);
             let got = jit.classify(frame, port);
-            COMPARISONS.fetch_add(1, Ordering::Relaxed);
+            counts.comparisons.fetch_add(1, Ordering::Relaxed);
             if got != want {
                 eprintln!(
                     "first differing atom: {:?}",
@@ -497,27 +583,38 @@ fn check_seed(seed: u64, strategy: Strategy) {
 }
 
 fn run(strategy: Strategy) {
-    let before = COMPARISONS.load(Ordering::Relaxed);
+    let counts = Counts {
+        comparisons: AtomicU64::new(0),
+        trees: AtomicU64::new(0),
+    };
+    let started = std::time::Instant::now();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: policies(),
         failure_persistence: None,
         ..ProptestConfig::default()
     });
     let result = runner.run(&any::<u64>(), |seed| {
-        check_seed(seed, strategy);
+        check_seed(seed, strategy, &counts);
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
     eprintln!(
-        "{strategy:?}: {} policies, {} comparisons, all equal",
+        "{strategy:?}: {} policies ({} compiled as decision trees), {} comparisons, all equal ({:.1?})",
         policies(),
-        COMPARISONS.load(Ordering::Relaxed) - before
+        counts.trees.load(Ordering::Relaxed),
+        counts.comparisons.load(Ordering::Relaxed),
+        started.elapsed()
     );
 }
 
 #[test]
 fn jit_agrees_with_the_interpreter_on_random_policies() {
     run(Strategy::Linear);
+}
+
+#[test]
+fn decision_tree_agrees_with_the_interpreter_on_random_header_rule_sets() {
+    run(Strategy::Tree);
 }

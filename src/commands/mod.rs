@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod check;
+pub mod classify;
 pub mod explain;
 pub mod fmt;
 pub mod import;
