@@ -144,11 +144,12 @@ fn build() -> Result<String, Missing> {
         .cargo_metadata(false)
         .env_metadata(true)
         .probe("libdpdk")
-        .map_err(|e| {
-            missing(
-                format!("pkg-config did not find libdpdk >= {MIN_VERSION}: {e}"),
+        .map_err(|e| match e {
+            pkg_config::Error::Command { .. } => missing("pkg-config is not installed", false),
+            _ => missing(
+                format!("pkg-config found no libdpdk >= {MIN_VERSION}"),
                 false,
-            )
+            ),
         })?;
     let cflags = dpdk_cflags()?;
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
