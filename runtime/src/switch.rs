@@ -1065,8 +1065,10 @@ impl Engine {
         verdict: Option<Verdict>,
     ) -> Option<(u32, Verdict)> {
         let mut index = pending.shared;
+        // Only a VM thread holds a private copy here (inline visits copied back already).
+        // Compare kinds, not indices: a private index may equal a shared one.
         let thread = matches!(self.vms[vm].link, Link::Thread { .. });
-        if thread && pending.given != pending.shared {
+        if thread && self.vms[vm].copy_cache.is_some() {
             // Untrusted: copy the (possibly rewritten) frame back, then free the copy.
             if let Some(cache) = &mut self.vms[vm].copy_cache {
                 let private = cache.pool().clone();
