@@ -56,11 +56,14 @@ fn frame(kind: Kind, flow: u32, seq: u8, dscp: Option<u128>) -> Vec<u8> {
     spec.build().expect("test frames build")
 }
 
-/// Input frames and, per flow (source address), the frames expected out.
-fn traffic() -> (Vec<Vec<u8>>, BTreeMap<u32, Vec<Vec<u8>>>) {
+/// Frames of each flow (keyed by the low bits of the source address), in order.
+type PerFlow = BTreeMap<u32, Vec<Vec<u8>>>;
+
+/// Input frames and, per flow, the frames expected out.
+fn traffic() -> (Vec<Vec<u8>>, PerFlow) {
     let kinds = [Kind::Ssh, Kind::Web, Kind::Dns, Kind::Tls, Kind::Icmp];
     let mut input = Vec::new();
-    let mut expected: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut expected = PerFlow::new();
     for seq in 0..40u8 {
         for flow in 0..10u32 {
             let kind = kinds[flow as usize % kinds.len()];
@@ -179,7 +182,7 @@ fn check_run(mode: &str, pcapng: bool) {
     let stats = run_switch(dir.path(), name, &["--vm-mode", mode]);
 
     let got = read_pcap(&dir.path().join("out.pcap"));
-    let mut per_flow: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut per_flow = PerFlow::new();
     for f in got {
         per_flow.entry(flow_of(&f)).or_default().push(f);
     }
