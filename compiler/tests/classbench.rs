@@ -39,6 +39,8 @@ fn check_set(name: &str) {
     let trace = parse_trace(&read(format!("{name}_trace"))).expect("parses");
     let expected = parse_expected(&read(format!("{name}_trace.expected"))).expect("parses");
     assert_eq!(trace.len(), expected.len());
+    let tree = netvm_compiler::jit::tree::Tree::build(&lower(&policy));
+    let (mut depth, mut scanned) = (0, 0);
     let mut portless = std::collections::BTreeMap::<u8, usize>::new();
     for (line, (h, &want)) in trace.iter().zip(&expected).enumerate() {
         let frame = h.frame();
@@ -54,6 +56,12 @@ fn check_set(name: &str) {
             line + 1,
             h.proto
         );
+        if let Some(t) = &tree {
+            let (r, d, s) = t.lookup(&frame);
+            assert_eq!(r.map_or(0, |r| r + 1), want);
+            depth += d;
+            scanned += s;
+        }
         if !h.has_ports() {
             *portless.entry(h.proto).or_default() += 1;
         }
@@ -63,6 +71,14 @@ fn check_set(name: &str) {
         trace.len(),
         jit.strategy()
     );
+    if let Some(t) = &tree {
+        eprintln!(
+            "{name}: tree {:?} (node words, leaf boxes); per packet: depth {:.2}, boxes scanned {:.2}",
+            t.size(),
+            depth as f64 / trace.len() as f64,
+            scanned as f64 / trace.len() as f64
+        );
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `netvm bench POLICY --trace TRACE | --pcap FILE`: classification throughput of the JIT and
+//! `netvm bench POLICY --trace TRACE | --pcap FILE | --tests [--in-port PORT]`: classification throughput of the JIT and
 //! the interpreter on one core.
 //!
 //! Frames are built (or read) into memory first; each engine then classifies them in bursts
@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use netvm_compiler::classbench::parse_trace;
+use netvm_compiler::testing::case_frame;
 use netvm_compiler::{Interpreter, Jit, NO_PORT};
 
 use super::classify::load_policy;
@@ -22,11 +23,17 @@ pub struct Args {
     /// The policy file (or `std.NAME`).
     policy: String,
     /// A ClassBench trace (one frame is built per line).
-    #[arg(long, conflicts_with = "pcap", required_unless_present = "pcap")]
+    #[arg(long, conflicts_with_all = ["pcap", "tests"], required_unless_present_any = ["pcap", "tests"])]
     trace: Option<String>,
     /// A pcap or pcapng capture.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tests")]
     pcap: Option<String>,
+    /// The frames of the policy's own test cases.
+    #[arg(long)]
+    tests: bool,
+    /// The port every frame arrives on (default: unknown, so `in_port` tests are false).
+    #[arg(long)]
+    in_port: Option<String>,
     /// Timed runs per engine (the median is reported).
     #[arg(long, default_value_t = 7)]
     runs: usize,
@@ -75,6 +82,12 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     };
     let checked = started.elapsed();
     let frames: Vec<Vec<u8>> = match (&args.trace, &args.pcap) {
+        _ if args.tests => policy
+            .tests
+            .iter()
+            .flat_map(|t| &t.cases)
+            .filter_map(|c| case_frame(c).ok())
+            .collect(),
         (Some(trace), _) => {
             let text = std::fs::read_to_string(trace)
                 .map_err(|e| format!("cannot read `{trace}`: {e}"))?;
@@ -86,6 +99,15 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         }
         (None, Some(pcap)) => super::explain::read_capture(pcap)?,
         (None, None) => return Err("give --trace or --pcap".into()),
+    };
+    let in_port = match &args.in_port {
+        None => NO_PORT,
+        Some(name) => policy
+            .ports
+            .iter()
+            .position(|p| p.name == *name)
+            .ok_or_else(|| format!("the policy has no port `{name}`"))?
+            as u32,
     };
     if frames.is_empty() {
         return Err("no packets to classify".into());
@@ -109,7 +131,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     let run = Duration::from_millis(args.run_ms);
     let mut out = [0u32; BURST];
     let jit_rate = measure(&frames, args.runs, run, |burst| {
-        jit.classify_burst(burst, NO_PORT, &mut out);
+        jit.classify_burst(burst, in_port, &mut out);
         std::hint::black_box(&out);
     });
     let report = |name: &str, rate: f64| {

@@ -31,7 +31,12 @@
 //! **What the JIT specialises.** The emitted code computes the key from the parsed headers
 //! (only the fields the rule set uses), walks the node table, and scans the leaf with a loop
 //! unrolled over the D dimensions with the key in registers: per box, D subtract-and-compare
-//! pairs and one branch.
+//! pairs and one branch. Leaves list box offsets into one shared box table rather than
+//! copying boxes, so the tables stay small (acl1_10k: about 1.7 MB).
+//!
+//! **Measured** (acl1_10k, 9,831 rules): built in ~60 ms, depth 7.2 and 3.6 boxes scanned per
+//! trace packet on average. Larger cuts or leaves made it slower (cache misses dominate).
+//! Not done yet: interleaving the walks of a burst so that their cache misses overlap.
 
 use std::collections::HashMap;
 
@@ -94,9 +99,12 @@ pub struct Tree {
     /// Node words: internal `dim | shift << 8 | mask << 16 | children << 32` (children is the
     /// index of the first child word here), or a leaf `1 << 63 | count << 32 | first`.
     nodes: Vec<u64>,
-    /// Leaf entries, `1 + 2 × dims` words each: the rule index, then `(lo, hi - lo)` per
-    /// dimension.
-    entries: Vec<u64>,
+    /// Leaf lists: byte offsets into `boxes`, in rule order.
+    entries: Vec<u32>,
+    /// Every box once, `1 + 2 × dims` words each: the rule index, then `(lo, hi - lo)` per
+    /// dimension. Leaves refer to boxes rather than copying them, which keeps the tables
+    /// small enough to stay in cache (a box is replicated into many leaves).
+    boxes: Vec<u64>,
 }
 
 /// Whether a classifier's rules can all be expressed as boxes (see the module doc).
@@ -210,7 +218,7 @@ struct Builder<'a> {
     boxes: &'a [(u32, Vec<(u64, u64)>)],
     dims: &'a [Dim],
     nodes: Vec<u64>,
-    entries: Vec<u64>,
+    entries: Vec<u32>,
     leaves: HashMap<Vec<u32>, u64>,
 }
 
@@ -221,16 +229,9 @@ impl Builder<'_> {
         if let Some(&w) = self.leaves.get(list) {
             return w;
         }
-        let stride = 1 + 2 * self.dims.len();
-        let first = (self.entries.len() / stride) as u64;
-        for &b in list {
-            let (rule, ranges) = &self.boxes[b as usize];
-            self.entries.push(u64::from(*rule));
-            for &(lo, hi) in ranges {
-                self.entries.push(lo);
-                self.entries.push(hi - lo);
-            }
-        }
+        let stride = (1 + 2 * self.dims.len()) as u32 * 8;
+        let first = self.entries.len() as u64;
+        self.entries.extend(list.iter().map(|&b| b * stride));
         let w = LEAF | (list.len() as u64) << 32 | first;
         self.leaves.insert(list.to_vec(), w);
         w
@@ -340,11 +341,20 @@ impl Tree {
         };
         let root = builder.node((0..boxes.len() as u32).collect(), &region, 0);
         let (nodes, entries) = (builder.nodes, builder.entries);
+        let mut table = Vec::with_capacity(boxes.len() * (1 + 2 * dims.len()));
+        for (rule, ranges) in &boxes {
+            table.push(u64::from(*rule));
+            for &(lo, hi) in ranges {
+                table.push(lo);
+                table.push(hi - lo);
+            }
+        }
         Some(Tree {
             dims,
             root,
             nodes,
             entries,
+            boxes: table,
         })
     }
 
@@ -357,12 +367,52 @@ impl Tree {
             .unwrap_or(Level::Eth)
     }
 
-    /// Table sizes, for reports: (node words, leaf entries).
-    pub fn size(&self) -> (usize, usize) {
+    /// Table sizes, for reports: (node words, leaf entries, boxes).
+    pub fn size(&self) -> (usize, usize, usize) {
         (
             self.nodes.len(),
-            self.entries.len() / (1 + 2 * self.dims.len()),
+            self.entries.len(),
+            self.boxes.len() / (1 + 2 * self.dims.len()),
         )
+    }
+
+    /// The tree walk done in Rust on a decoded frame: the rule (or `None`), the depth reached
+    /// and the boxes scanned. For tests and for tuning the build parameters.
+    pub fn lookup(&self, frame: &[u8]) -> (Option<usize>, usize, usize) {
+        let d = netvm_packet::Decoded::new(frame);
+        let key: Vec<u64> = self
+            .dims
+            .iter()
+            .map(|dim| match *dim {
+                Dim::Proto(p) => u64::from(d.has(p)),
+                Dim::Field(f) => d.field(f).map_or(1u64 << f.ty().bits(), |v| v as u64),
+            })
+            .collect();
+        let mut node = self.root;
+        let mut depth = 0;
+        while node & LEAF == 0 {
+            let dim = (node & 0xff) as usize;
+            let shift = (node >> 8) & 0xff;
+            let mask = (node >> 16) & 0xffff;
+            let idx = (node >> 32) + ((key[dim] >> shift) & mask);
+            node = self.nodes[idx as usize];
+            depth += 1;
+        }
+        let stride = 1 + 2 * self.dims.len();
+        let first = (node & 0xffff_ffff) as usize;
+        let count = ((node >> 32) & 0x7fff_ffff) as usize;
+        for i in 0..count {
+            let at = self.entries[first + i] as usize / 8;
+            let e = &self.boxes[at..at + stride];
+            if key
+                .iter()
+                .enumerate()
+                .all(|(k, &v)| v.wrapping_sub(e[1 + 2 * k]) <= e[2 + 2 * k])
+            {
+                return (Some(e[0] as usize), depth, i + 1);
+            }
+        }
+        (None, depth, count)
     }
 
     /// Emits the key computation, the walk and the leaf scan; returns the rule index.
@@ -403,6 +453,7 @@ impl Tree {
         let table = MemFlagsData::trusted().with_readonly();
         let nodes = fb.ins().iconst(i64t, self.nodes.as_ptr() as i64);
         let entries = fb.ins().iconst(i64t, self.entries.as_ptr() as i64);
+        let boxes = fb.ins().iconst(i64t, self.boxes.as_ptr() as i64);
         let key_base = fb.ins().stack_addr(i64t, slot, 0);
 
         let walk = fb.create_block();
@@ -419,8 +470,10 @@ impl Tree {
         // SAFETY (of the loads below, which Cranelift cannot check): `dim` < dims.len() by
         // construction of every internal word, so the key load stays in the stack slot;
         // `children + ((key >> shift) & mask)` < nodes.len() because the builder reserved
-        // `mask + 1` child words at `children`; the tables live in this `Tree`, which the
-        // `Jit` keeps alive as long as the code.
+        // `mask + 1` child words at `children`; a leaf's `count` u32 offsets at `first` lie in
+        // `entries`, and each offset plus the box size lies in `boxes` (the builder writes
+        // them so); the tables live in this `Tree`, which the `Jit` keeps alive as long as
+        // the code and never mutates.
         fb.switch_to_block(inner);
         let dim = fb.ins().band_imm_u(node, 0xff);
         let key_off = fb.ins().ishl_imm_u(dim, 3);
@@ -441,13 +494,12 @@ impl Tree {
 
         // The leaf: boxes in rule order, first containing box wins.
         fb.switch_to_block(leaf);
-        let stride = (1 + 2 * self.dims.len()) as i64 * 8;
         let first = fb.ins().band_imm_u(node, 0xffff_ffff);
         let count = fb.ins().ushr_imm_u(node, 32);
         let count = fb.ins().band_imm_u(count, 0x7fff_ffff);
-        let start = fb.ins().imul_imm_u(first, stride);
+        let start = fb.ins().ishl_imm_u(first, 2);
         let start = fb.ins().iadd(entries, start);
-        let len = fb.ins().imul_imm_u(count, stride);
+        let len = fb.ins().ishl_imm_u(count, 2);
         let end = fb.ins().iadd(start, len);
         let scan = fb.create_block();
         let at = fb.append_block_param(scan, i64t);
@@ -462,10 +514,13 @@ impl Tree {
         fb.ins().brif(done, miss, &[], test, &[]);
 
         fb.switch_to_block(test);
+        let off = fb.ins().load(types::I32, table, at, 0);
+        let off = fb.ins().uextend(i64t, off);
+        let b = fb.ins().iadd(boxes, off);
         let mut all = None;
         for (i, &k) in keys.iter().enumerate() {
-            let lo = fb.ins().load(i64t, table, at, (8 + 16 * i) as i32);
-            let width = fb.ins().load(i64t, table, at, (16 + 16 * i) as i32);
+            let lo = fb.ins().load(i64t, table, b, (8 + 16 * i) as i32);
+            let width = fb.ins().load(i64t, table, b, (16 + 16 * i) as i32);
             let d = fb.ins().isub(k, lo);
             let inside = fb.ins().icmp(IntCC::UnsignedLessThanOrEqual, d, width);
             all = Some(match all {
@@ -482,11 +537,11 @@ impl Tree {
             }
         }
         fb.switch_to_block(next_box);
-        let after = fb.ins().iadd_imm_u(at, stride);
+        let after = fb.ins().iadd_imm_u(at, 4);
         fb.ins().jump(scan, &[BlockArg::Value(after)]);
 
         fb.switch_to_block(hit);
-        let rule = fb.ins().load(i64t, table, at, 0);
+        let rule = fb.ins().load(i64t, table, b, 0);
         let rule = fb.ins().ireduce(types::I32, rule);
         fb.ins().return_(&[rule]);
 
