@@ -2,8 +2,10 @@
 //!
 //! The stages, in order: [`lower`] (policy → [`ir::Classifier`]: numbered atoms, payload
 //! literals and regexes), [`ir`], [`interp`] (the reference interpreter, the oracle every
-//! other engine is tested against). Beside them, what runs on top of an engine:
-//! [`testing`] (a policy's `test` blocks) and [`explain`] (`netvm explain`).
+//! other engine is tested against), [`jit`] (the Cranelift JIT: native code over raw frames,
+//! linear short-circuit code or a decision tree for large header-only rule sets). Beside
+//! them, what runs on top of an engine: [`testing`] (a policy's `test` blocks), [`explain`] (`netvm explain`) and [`classbench`]
+//! (ClassBench traces as frames, for `netvm classify`/`netvm bench`).
 //!
 //! This crate knows nothing of rings, ports or threads: the runtime takes a classifier from
 //! here as an opaque function from frames to rule indices.

@@ -1,13 +1,13 @@
 //! The Cranelift JIT: a whole [`Classifier`] compiled into one native function over raw frames.
 //!
 //! Stages, in the order the compiler runs them:
-//! - [`parse`]: emitted header parsing with the absent-header rules of
+//! - `parse`: emitted header parsing with the absent-header rules of
 //!   [`netvm_packet::Decoded`], only down to the deepest layer the policy's atoms read, every
 //!   load dominated by a bounds check against the frame length.
 //! - [`tree`]: for large header-only rule sets (ClassBench), a HiCuts-style decision tree built
 //!   at compile time; the emitted code computes the tree's key from the parsed headers and walks
 //!   its tables, so the cost per packet does not grow linearly with the rules.
-//! - [`codegen`]: the function itself — parse, then the rules in order as short-circuit
+//! - `codegen`: the function itself — parse, then the rules in order as short-circuit
 //!   branches (the linear strategy) or the tree walk.
 //! - [`payload`]: the Rust side of payload matching (one Aho-Corasick automaton for every
 //!   `contains` literal, a lazy DFA per regex), called through a narrow `extern "C"` ABI, each
