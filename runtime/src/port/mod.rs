@@ -121,6 +121,12 @@ impl<'a> RxBurst<'a> {
         self.len
     }
 
+    /// Consume a frame that cannot be forwarded whole (truncated by the driver, or
+    /// larger than a buffer): it is counted as received and dropped as `oversize`.
+    pub fn count_oversize(&mut self) {
+        self.oversize += 1;
+    }
+
     /// Copy `frame` into a fresh buffer. `false`: not taken (burst full or pool dry),
     /// keep it. Frames larger than a buffer's data room are consumed and counted
     /// (`oversize`), never truncated.
