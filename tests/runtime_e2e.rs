@@ -277,3 +277,60 @@ fn the_embedded_default_runs_quickstart_with_no_arguments() {
     assert!(json["rx"].as_u64().unwrap() > 0);
     assert_eq!(json["balanced"], true);
 }
+
+/// `gen:...,prefilled=1` resends recycled buffers without rewriting them; through an
+/// untrusted VM (copy in, copy back) and a DSCP-rewriting trusted one, what leaves must
+/// still be exactly the generator's templates with the DSCP set, every packet counted.
+#[test]
+fn prefilled_generator_frames_stay_exact_through_copies_and_rewrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("prefilled.nvr");
+    std::fs::write(
+        &policy,
+        "port src\nport dst\nvm ids\nvm fw trusted\nvm mark trusted\n\
+         rule ssh : tcp and tcp.dport == 22 => chain ids -> mark -> out dst\n\
+         default => chain ids -> fw -> out dst\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.pcap");
+    let gen = "gen:flows=16,size=200,count=3000,prefilled=1";
+    for mode in ["inline", "thread"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_netvm"))
+            .arg("run")
+            .arg(&policy)
+            .args(["--bind", &format!("src={gen}")])
+            .args(["--bind", &format!("dst=pcap:tx={}", out.display())])
+            .args(["--vm", "mark=rewrite:dscp=46", "--vm-mode", mode])
+            .args(["--idle", "sleep", "--buffers", "256"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let templates = netvm_runtime::port::gen::GenPort::new(
+            &netvm_runtime::port::gen::GenConfig::parse(&gen[4..]).unwrap(),
+            0,
+        )
+        .unwrap()
+        .templates()
+        .to_vec();
+        let frames = read_pcap(&out);
+        assert_eq!(frames.len(), 3000, "{mode}");
+        let mut marked = 0;
+        for f in &frames {
+            let d = Decoded::new(f);
+            if d.field(Field::TcpDport) == Some(22) {
+                assert_eq!(f[15] >> 2, 46, "{mode}: ssh frames are marked");
+                marked += 1;
+            } else {
+                assert!(
+                    templates.contains(f),
+                    "{mode}: a frame that is not a template"
+                );
+            }
+        }
+        assert!(marked > 0, "{mode}: the generator sent no ssh");
+    }
+}

@@ -33,7 +33,7 @@ use crate::ring::{ring_bytes, CACHE_LINE, MAX_RING_SLOTS};
 /// First eight bytes of every region.
 pub const MAGIC: [u8; 8] = *b"NETVMRGN";
 /// Bumped whenever any offset or structure in this file changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes of the region header.
 pub const HEADER_BYTES: usize = 128;
 /// Huge page size the region is rounded up to, huge pages or not.
@@ -70,6 +70,14 @@ pub struct BufHeader {
     pub data_len: AtomicU16,
     /// Port the packet arrived on (or is bound for).
     pub port: AtomicU16,
+    /// What the bytes from the start of the data room hold, when a port knows: 0 for
+    /// unknown, otherwise an id the port chose when it wrote them (the generator's
+    /// prefilled mode names a template). Allocation keeps it; every write through the
+    /// pool ([`write_data`], or a VM writing its frame) sets it back to 0, so a nonzero
+    /// tag always describes the bytes as they are.
+    ///
+    /// [`write_data`]: crate::pool::PacketPool::write_data
+    pub content_tag: AtomicU32,
 }
 
 const _: () = assert!(std::mem::size_of::<BufHeader>() == BUF_HEADER_BYTES);

@@ -266,6 +266,26 @@ impl PacketPool {
         Ok(())
     }
 
+    /// The buffer's content tag (see [`BufHeader::content_tag`]); 0: unknown.
+    pub fn content_tag(&self, index: u32) -> Result<u32, PoolError> {
+        Ok(self.header(index)?.content_tag.load(Ordering::Relaxed))
+    }
+
+    /// Name what the data room holds, right after writing it (the caller holds the only
+    /// reference).
+    pub fn set_content_tag(&self, index: u32, tag: u32) -> Result<(), PoolError> {
+        self.header(index)?
+            .content_tag
+            .store(tag, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The bytes changed: whoever writes through [`buf_data_mut`](Self::buf_data_mut)
+    /// calls this ([`write_data`](Self::write_data) does it itself).
+    pub fn forget_content(&self, index: u32) -> Result<(), PoolError> {
+        self.set_content_tag(index, 0)
+    }
+
     /// The data window as (offset from the start of the headroom, length), clamped so a
     /// header scribbled on by a peer still yields an in-bounds window.
     pub fn data_window(&self, index: u32) -> Result<(usize, usize), PoolError> {
@@ -328,7 +348,7 @@ impl PacketPool {
     /// # Safety
     /// The caller holds the *only* reference to `index` (refcount 1, not shared with a
     /// mirror), keeps it for the returned lifetime, and takes no other slice of the same
-    /// buffer meanwhile.
+    /// buffer meanwhile. A caller that writes calls [`forget_content`](Self::forget_content).
     // The buffer lives in shared memory, not in `self`: exclusivity is the caller's
     // contract (as with `UnsafeCell::get`), which is why this is an `unsafe fn`.
     #[allow(clippy::mut_from_ref)]
@@ -345,6 +365,7 @@ impl PacketPool {
     /// As for [`buf_data_mut`](Self::buf_data_mut).
     pub unsafe fn write_data(&self, index: u32, bytes: &[u8]) -> Result<(), PoolError> {
         self.set_data(index, BUF_HEADROOM, bytes.len())?;
+        self.forget_content(index)?;
         // SAFETY: forwarded from our caller.
         unsafe { self.buf_data_mut(index) }?.copy_from_slice(bytes);
         Ok(())

@@ -941,10 +941,14 @@ impl Engine {
                 // one the VM may write (exclusive), otherwise it only reads.
                 unsafe {
                     if exclusive {
-                        self.pool
-                            .buf_data_mut(index)
-                            .ok()
-                            .map(|bytes| nf.process(&mut Frame::exclusive(bytes)))
+                        self.pool.buf_data_mut(index).ok().map(|bytes| {
+                            let mut frame = Frame::exclusive(bytes);
+                            let verdict = nf.process(&mut frame);
+                            if frame.written() {
+                                let _ = self.pool.forget_content(index);
+                            }
+                            verdict
+                        })
                     } else {
                         self.pool
                             .buf_data(index)
@@ -957,12 +961,17 @@ impl Engine {
                 None => None,
                 Some(copy) => {
                     let private = cache.pool().clone();
+                    let tag = self.pool.content_tag(index).unwrap_or(0);
                     let mut copied = copy_buffer(&self.pool, index, &private, copy);
+                    let mut written = false;
                     // SAFETY: `copy` was just allocated from the VM's private pool; the
                     // switch holds its only reference.
-                    let verdict = unsafe { private.buf_data_mut(copy) }
-                        .ok()
-                        .map(|bytes| nf.process(&mut Frame::exclusive(bytes)));
+                    let verdict = unsafe { private.buf_data_mut(copy) }.ok().map(|bytes| {
+                        let mut frame = Frame::exclusive(bytes);
+                        let verdict = nf.process(&mut frame);
+                        written = frame.written();
+                        verdict
+                    });
                     if !mirror {
                         if self.pool.refcount(index).unwrap_or(0) > 1 {
                             if let Some(fresh) = self.cache.alloc() {
@@ -971,7 +980,13 @@ impl Engine {
                             }
                         }
                         if self.pool.refcount(index).unwrap_or(0) == 1 {
-                            copied += copy_buffer(&private, copy, &self.pool, index);
+                            let back = copy_buffer(&private, copy, &self.pool, index);
+                            copied += back;
+                            if !written && back > 0 {
+                                // The copy brought back the very bytes it took, so
+                                // what the tag said of them still holds.
+                                let _ = self.pool.set_content_tag(index, tag);
+                            }
                         }
                     }
                     let _ = cache.free(copy);
@@ -1189,7 +1204,14 @@ impl VmWorker {
         unsafe {
             if exclusive {
                 match self.pool.buf_data_mut(index) {
-                    Ok(bytes) => self.nf.process(&mut Frame::exclusive(bytes)),
+                    Ok(bytes) => {
+                        let mut frame = Frame::exclusive(bytes);
+                        let verdict = self.nf.process(&mut frame);
+                        if frame.written() {
+                            let _ = self.pool.forget_content(index);
+                        }
+                        verdict
+                    }
                     Err(_) => Verdict::Drop,
                 }
             } else {

@@ -75,6 +75,7 @@ pub mod wire {
 /// The bytes a VM is handed: read-only, or writable when nobody else references them.
 pub struct Frame<'a> {
     data: FrameData<'a>,
+    written: bool,
 }
 
 enum FrameData<'a> {
@@ -86,12 +87,14 @@ impl<'a> Frame<'a> {
     pub fn shared(bytes: &'a [u8]) -> Frame<'a> {
         Frame {
             data: FrameData::Shared(bytes),
+            written: false,
         }
     }
 
     pub fn exclusive(bytes: &'a mut [u8]) -> Frame<'a> {
         Frame {
             data: FrameData::Exclusive(bytes),
+            written: false,
         }
     }
 
@@ -106,8 +109,16 @@ impl<'a> Frame<'a> {
     pub fn data_mut(&mut self) -> Option<&mut [u8]> {
         match &mut self.data {
             FrameData::Shared(_) => None,
-            FrameData::Exclusive(b) => Some(b),
+            FrameData::Exclusive(b) => {
+                self.written = true;
+                Some(b)
+            }
         }
+    }
+
+    /// Whether the VM asked for writable bytes (and so may have changed them).
+    pub fn written(&self) -> bool {
+        self.written
     }
 }
 

@@ -8,11 +8,22 @@
 //! `UNION SELECT`), `count` the packets to send (0: until stopped), `size` the frame
 //! size in bytes (60..=2048, default 64). Flows run 10.x / 93.184.216.x → 203.0.113.x,
 //! TCP to ports 80, 443, 8080, 22; UDP to 53, 123; deterministic per port index.
+//!
+//! `prefilled=1` takes the generator's own memcpy out of the measurement, as a NIC
+//! writing by DMA or an mmap ring would: a buffer is written once, tagged with its
+//! template, and when it comes back to the pool untouched (no VM wrote it) and is
+//! allocated again it is sent as it is ([`RxBurst::push_prefilled`]). Each packet is
+//! still a fresh allocation, classified and accounted for; only the bytes are not
+//! rewritten. The flow order then follows buffer recycling rather than round robin (the
+//! mix is that of the templates first written), so use it for throughput, not for tests
+//! that expect an order.
 
 use netvm_packet::{BaseProto, Field, PacketSpec};
 
 use super::{bad_args, parse_args, Port, PortError, RxBurst};
 use crate::layout::BUF_DATA_ROOM;
+#[cfg(test)]
+use crate::pool::PacketPool;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenConfig {
@@ -24,6 +35,8 @@ pub struct GenConfig {
     pub udp_pct: u32,
     pub icmp_pct: u32,
     pub dpi_pct: u32,
+    /// Send recycled buffers without rewriting them (see the module doc).
+    pub prefilled: bool,
 }
 
 impl Default for GenConfig {
@@ -36,6 +49,7 @@ impl Default for GenConfig {
             udp_pct: 25,
             icmp_pct: 5,
             dpi_pct: 0,
+            prefilled: false,
         }
     }
 }
@@ -43,7 +57,16 @@ impl Default for GenConfig {
 impl GenConfig {
     pub fn parse(args: &str) -> Result<GenConfig, PortError> {
         let mut c = GenConfig::default();
-        let keys = ["flows", "size", "count", "tcp", "udp", "icmp", "dpi"];
+        let keys = [
+            "flows",
+            "size",
+            "count",
+            "tcp",
+            "udp",
+            "icmp",
+            "dpi",
+            "prefilled",
+        ];
         for (k, v) in parse_args("gen", args, &keys)? {
             let n: u64 = v
                 .parse()
@@ -55,6 +78,8 @@ impl GenConfig {
                 "tcp" => c.tcp_pct = n as u32,
                 "udp" => c.udp_pct = n as u32,
                 "icmp" => c.icmp_pct = n as u32,
+                "prefilled" if n <= 1 => c.prefilled = n == 1,
+                "prefilled" => return Err(bad_args("gen", "prefilled is 0 or 1")),
                 _ => c.dpi_pct = n as u32,
             }
         }
@@ -163,20 +188,36 @@ impl Port for GenPort {
     fn describe(&self) -> String {
         let c = &self.config;
         format!(
-            "gen:flows={},size={},count={},tcp={},udp={},icmp={},dpi={}",
-            c.flows, c.size_bytes, c.count, c.tcp_pct, c.udp_pct, c.icmp_pct, c.dpi_pct
+            "gen:flows={},size={},count={},tcp={},udp={},icmp={},dpi={}{}",
+            c.flows,
+            c.size_bytes,
+            c.count,
+            c.tcp_pct,
+            c.udp_pct,
+            c.icmp_pct,
+            c.dpi_pct,
+            if c.prefilled { ",prefilled=1" } else { "" }
         )
     }
 
     fn rx_burst(&mut self, burst: &mut RxBurst<'_>) {
         while !self.rx_done() {
-            if !burst.push(&self.templates[self.next_flow]) {
+            let written_next = if self.config.prefilled {
+                match burst.push_prefilled(&self.templates, self.next_flow) {
+                    Some(t) => t == self.next_flow,
+                    None => break,
+                }
+            } else if burst.push(&self.templates[self.next_flow]) {
+                true
+            } else {
                 break;
-            }
+            };
             self.sent += 1;
-            self.next_flow += 1;
-            if self.next_flow == self.templates.len() {
-                self.next_flow = 0;
+            if written_next {
+                self.next_flow += 1;
+                if self.next_flow == self.templates.len() {
+                    self.next_flow = 0;
+                }
             }
         }
     }
@@ -210,6 +251,58 @@ mod tests {
             .count();
         assert!((60..140).contains(&tcp), "{tcp} TCP flows of 200");
         assert!(GenConfig::parse("size=10").is_err());
+        assert!(GenConfig::parse("prefilled=2").is_err());
         assert!(GenConfig::parse("colour=red").is_err());
+    }
+
+    #[test]
+    fn prefilled_buffers_are_resent_unwritten_until_someone_writes_them() {
+        use crate::layout::RegionConfig;
+        use crate::region::{HugepagePolicy, SharedRegion};
+        let config = RegionConfig {
+            buffer_count: 8,
+            ring_count: 1,
+            ring_slots: 16,
+            counter_count: 0,
+        };
+        let pool =
+            PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap();
+        let mut cache = pool.cache(4).unwrap();
+        let c = GenConfig::parse("flows=4,size=300,prefilled=1").unwrap();
+        let mut gen = GenPort::new(&c, 2).unwrap();
+        let burst = |gen: &mut GenPort, cache: &mut crate::pool::PoolCache| {
+            let mut out = [0u32; 8];
+            let n = {
+                let mut b = RxBurst::new(cache, &mut out, 2);
+                gen.rx_burst(&mut b);
+                b.len()
+            };
+            out[..n].to_vec()
+        };
+        let first = burst(&mut gen, &mut cache);
+        assert_eq!(first.len(), 8);
+        let frame = |i: u32| unsafe { pool.buf_data(i) }.unwrap().to_vec();
+        let sent: Vec<Vec<u8>> = first.iter().map(|&i| frame(i)).collect();
+        for (k, f) in sent.iter().enumerate() {
+            assert_eq!(f, &gen.templates()[k % 4]);
+        }
+        // A VM wrote buffer 0 (and said so): its bytes are unknown and get rewritten.
+        // Buffer 1 is scribbled on behind the pool's back: being resent with the
+        // scribble proves the generator did not rewrite it.
+        // SAFETY (test): we hold every buffer of the burst.
+        unsafe { pool.buf_data_mut(first[0]).unwrap()[0] ^= 0xff };
+        pool.forget_content(first[0]).unwrap();
+        unsafe { pool.buf_data_mut(first[1]).unwrap()[0] ^= 0xff };
+        cache.free_burst(&first).unwrap();
+        let second = burst(&mut gen, &mut cache);
+        assert_eq!(second.len(), 8, "the same 8 buffers, all of the pool");
+        assert_ne!(frame(first[1]), gen.templates()[1]);
+        for &i in &second {
+            assert_eq!(pool.port(i).unwrap(), 2);
+            if i != first[1] {
+                assert!(gen.templates().contains(&frame(i)));
+            }
+        }
+        cache.free_burst(&second).unwrap();
     }
 }

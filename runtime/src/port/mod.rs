@@ -12,7 +12,7 @@ pub mod gen;
 pub mod null;
 pub mod pcap;
 
-use crate::layout::BUF_DATA_ROOM;
+use crate::layout::{BUF_DATA_ROOM, BUF_HEADROOM};
 use crate::pool::{PacketPool, PoolCache};
 
 /// Why a port could not be opened or used.
@@ -155,6 +155,56 @@ impl<'a> RxBurst<'a> {
         self.out[self.len] = index;
         self.len += 1;
         true
+    }
+}
+
+/// Content tags of prefilled frames: port `p`'s template `t` is `(p + 1) << 17 | (t + 1)`
+/// (at most 65,536 templates a port, 256 ports).
+const TAG_PORT_SHIFT: u32 = 17;
+
+impl RxBurst<'_> {
+    /// Emit a buffer that may still hold one of this port's `templates` from an earlier
+    /// trip (its content tag says which, and every write since would have cleared it):
+    /// such a buffer is sent as it is, without touching its bytes; any other buffer gets
+    /// `templates[next]` written and tagged. Returns the template sent, or `None` when
+    /// the burst refused (full, or the pool dry). Every template must fit a buffer.
+    pub fn push_prefilled(&mut self, templates: &[Vec<u8>], next: usize) -> Option<usize> {
+        if self.room() == 0 || next >= templates.len() {
+            return None;
+        }
+        let Some(index) = self.cache.alloc() else {
+            self.pool_dry = true;
+            return None;
+        };
+        let pool: &PacketPool = self.cache.pool();
+        let base = ((u32::from(self.port) & 0xff) + 1) << TAG_PORT_SHIFT;
+        let tag = pool.content_tag(index).unwrap_or(0);
+        let held = (tag >> TAG_PORT_SHIFT == base >> TAG_PORT_SHIFT)
+            .then_some((tag & ((1 << TAG_PORT_SHIFT) - 1)) as usize)
+            .filter(|&t| (1..=templates.len()).contains(&t))
+            .map(|t| t - 1);
+        let sent = match held {
+            Some(t) => pool
+                .set_data(index, BUF_HEADROOM, templates[t].len())
+                .map(|()| t),
+            // SAFETY: we just allocated `index`, so ours is its only reference.
+            None => unsafe { pool.write_data(index, &templates[next]) }
+                .and_then(|()| pool.set_content_tag(index, base | (next as u32 + 1)))
+                .map(|()| next),
+        };
+        match sent.and_then(|t| pool.set_port(index, self.port).map(|()| t)) {
+            Ok(t) => {
+                self.out[self.len] = index;
+                self.len += 1;
+                Some(t)
+            }
+            Err(_) => {
+                // Only a template larger than the data room gets here.
+                let _ = self.cache.free(index);
+                self.oversize += 1;
+                Some(next)
+            }
+        }
     }
 }
 
