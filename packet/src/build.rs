@@ -381,14 +381,10 @@ impl PacketSpec {
         match self.base {
             BaseProto::Tcp => {
                 let mut flags = get(Field::TcpFlags, 0x02) as u8;
-                for (field, bit) in [
-                    (Field::TcpFlagFin, 0x01),
-                    (Field::TcpFlagSyn, 0x02),
-                    (Field::TcpFlagRst, 0x04),
-                    (Field::TcpFlagPsh, 0x08),
-                    (Field::TcpFlagAck, 0x10),
-                    (Field::TcpFlagUrg, 0x20),
-                ] {
+                for (field, bit) in Field::TCP_FLAGS
+                    .iter()
+                    .filter_map(|&f| Some((f, f.tcp_flag_mask()?)))
+                {
                     match self.get(field) {
                         Some(1) => flags |= bit,
                         Some(_) => flags &= !bit,

@@ -403,12 +403,9 @@ impl<'a> Decoded<'a> {
             TcpSport | UdpSport | L4Sport => uint(f, l4, 2),
             TcpDport | UdpDport | L4Dport => uint(f, l4 + 2, 2),
             TcpFlags => uint(f, l4 + TCP_FLAGS, 1),
-            TcpFlagFin => flag(0x01),
-            TcpFlagSyn => flag(0x02),
-            TcpFlagRst => flag(0x04),
-            TcpFlagPsh => flag(0x08),
-            TcpFlagAck => flag(0x10),
-            TcpFlagUrg => flag(0x20),
+            TcpFlagFin | TcpFlagSyn | TcpFlagRst | TcpFlagPsh | TcpFlagAck | TcpFlagUrg => {
+                flag(field.tcp_flag_mask().unwrap_or(0))
+            }
             IcmpType | Icmp6Type => uint(f, l4, 1),
             IcmpCode | Icmp6Code => uint(f, l4 + 1, 1),
             PktLen => Some(f.len().min(usize::from(u16::MAX)) as u128),

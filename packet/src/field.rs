@@ -188,6 +188,29 @@ impl Field {
     pub fn from_name(name: &str) -> Option<Field> {
         Field::ALL.iter().copied().find(|f| f.name() == name)
     }
+
+    /// The single-flag fields `tcp.flags.*`.
+    pub const TCP_FLAGS: [Field; 6] = [
+        Field::TcpFlagFin,
+        Field::TcpFlagSyn,
+        Field::TcpFlagRst,
+        Field::TcpFlagPsh,
+        Field::TcpFlagAck,
+        Field::TcpFlagUrg,
+    ];
+
+    /// For a `tcp.flags.*` field, its bit in the TCP flags byte (byte 13 of the header).
+    pub fn tcp_flag_mask(self) -> Option<u8> {
+        match self {
+            Field::TcpFlagFin => Some(0x01),
+            Field::TcpFlagSyn => Some(0x02),
+            Field::TcpFlagRst => Some(0x04),
+            Field::TcpFlagPsh => Some(0x08),
+            Field::TcpFlagAck => Some(0x10),
+            Field::TcpFlagUrg => Some(0x20),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
