@@ -31,7 +31,7 @@ use crate::report::{self, Format};
 pub struct Args {
     /// The policy to run.
     policy: String,
-    /// Bind a port: `PORT=gen:flows=N,size=B,count=N`, `PORT=pcap:rx=IN,tx=OUT`,
+    /// Bind a port: `PORT=gen:flows=N,size=B,count=N[,prefilled=1]`, `PORT=pcap:rx=IN,tx=OUT`,
     /// `PORT=null`, `PORT=afpacket:IFACE`.
     #[arg(long = "bind", value_name = "PORT=DRIVER:ARGS")]
     binds: Vec<String>,
