@@ -39,6 +39,22 @@ fn check_set(name: &str) {
     let trace = parse_trace(&read(format!("{name}_trace"))).expect("parses");
     let expected = parse_expected(&read(format!("{name}_trace.expected"))).expect("parses");
     assert_eq!(trace.len(), expected.len());
+    // The burst entry point (what `netvm bench` and the switch call) gives the same lines.
+    let frames: Vec<Vec<u8>> = trace.iter().map(|h| h.frame()).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    let mut out = [0u32; 32];
+    for (b, burst) in refs.chunks(32).enumerate() {
+        jit.classify_burst(burst, NO_PORT, &mut out);
+        for (k, &got) in out[..burst.len()].iter().enumerate() {
+            let line = b * 32 + k;
+            let got = if got as usize >= jit.rule_count() {
+                0
+            } else {
+                got as usize + 1
+            };
+            assert_eq!(got, expected[line], "{name} line {}: burst", line + 1);
+        }
+    }
     let tree = netvm_compiler::jit::tree::Tree::build(&lower(&policy));
     let (mut depth, mut scanned) = (0, 0);
     let mut portless = std::collections::BTreeMap::<u8, usize>::new();
@@ -73,7 +89,7 @@ fn check_set(name: &str) {
     );
     if let Some(t) = &tree {
         eprintln!(
-            "{name}: tree {:?} (node words, leaf boxes); per packet: depth {:.2}, boxes scanned {:.2}",
+            "{name}: tree {:?} (node words, boxes in leaves, distinct boxes, table bytes); per packet: depth {:.2}, boxes scanned {:.2}",
             t.size(),
             depth as f64 / trace.len() as f64,
             scanned as f64 / trace.len() as f64

@@ -536,7 +536,9 @@ fn check_seed(seed: u64, strategy: Strategy, counts: &Counts) {
         assert_eq!(jit.strategy(), strategy, "seed {seed:#x}");
     }
     let interp = Interpreter::new(ir.clone()).expect("regexes compile");
+    let checked = std::cell::RefCell::new(Vec::<Vec<u8>>::new());
     let check = |frame: &[u8], port: u32| {
+        checked.borrow_mut().push(frame.to_vec());
         for port in [NO_PORT, port] {
             let want = interp.classify(frame, port);
             let got = jit.classify(frame, port);
@@ -572,13 +574,26 @@ fn check_seed(seed: u64, strategy: Strategy, counts: &Counts) {
             check(&frame[..n], 2);
         }
     }
-    // The burst entry point agrees with the single-frame one.
-    let refs: Vec<&[u8]> = originals.iter().map(Vec::as_slice).take(64).collect();
-    let mut out = vec![0u32; refs.len()];
-    jit.classify_burst(&refs, 1, &mut out);
-    for (frame, got) in refs.iter().zip(&out) {
-        let want = interp.classify(frame, 1).unwrap_or(ir.rules.len());
-        assert_eq!(*got as usize, want, "burst, seed {seed:#x}");
+    // The burst entry point agrees with the interpreter on every frame checked above, in
+    // bursts of every length up to MAX_BURST.
+    let all = checked.into_inner();
+    let mut rest: &[Vec<u8>] = &all;
+    let mut len = 1;
+    while !rest.is_empty() {
+        let (burst, tail) = rest.split_at(len.min(rest.len()));
+        rest = tail;
+        len = len % netvm_compiler::jit::MAX_BURST + 1;
+        let refs: Vec<&[u8]> = burst.iter().map(Vec::as_slice).collect();
+        let mut out = vec![u32::MAX; refs.len()];
+        jit.classify_burst(&refs, 1, &mut out);
+        for (frame, got) in refs.iter().zip(&out) {
+            let want = interp.classify(frame, 1).unwrap_or(ir.rules.len());
+            counts.comparisons.fetch_add(1, Ordering::Relaxed);
+            assert_eq!(
+                *got as usize, want,
+                "burst, seed {seed:#x}, frame {frame:02x?}"
+            );
+        }
     }
 }
 

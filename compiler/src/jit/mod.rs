@@ -73,6 +73,8 @@ impl Strategy {
 }
 
 type ClassifyFn = unsafe extern "C" fn(*const u8, usize, u32, *mut Scratch) -> u32;
+/// `(frames, lens, n, out)`: the tree's burst function (see [`tree::Tree::emit_burst`]).
+type BurstFn = unsafe extern "C" fn(*const *const u8, *const usize, usize, *mut u32);
 
 /// The JIT's code memory. Freed on drop.
 struct Code(Option<JITModule>);
@@ -96,6 +98,8 @@ unsafe impl Sync for Code {}
 /// A classifier compiled to native code.
 pub struct Jit {
     func: ClassifyFn,
+    /// The interleaved burst walk, for the tree strategy.
+    burst: Option<BurstFn>,
     rules: usize,
     strategy_used: Strategy,
     payload: Option<Box<PayloadMatcher>>,
@@ -191,9 +195,45 @@ impl Jit {
             .define_function(func_id, &mut ctx)
             .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
         module.clear_context(&mut ctx);
+
+        let burst_id = match &tree {
+            Some(t) => {
+                let sig = &mut ctx.func.signature;
+                sig.call_conv = call_conv;
+                for _ in 0..4 {
+                    sig.params.push(AbiParam::new(types::I64)); // frames, lens, n, out
+                }
+                let id = module
+                    .declare_function("netvm_classify_burst", Linkage::Local, &ctx.func.signature)
+                    .map_err(|e| JitError::Codegen(e.to_string()))?;
+                ctx.func.name = UserFuncName::user(0, id.as_u32());
+                {
+                    let mut fb = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                    let entry = fb.create_block();
+                    fb.append_block_params_for_function_params(entry);
+                    fb.switch_to_block(entry);
+                    let p = fb.block_params(entry).to_vec();
+                    t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], ir.rules.len() as i64);
+                    fb.seal_all_blocks();
+                    fb.finalize(target);
+                }
+                module
+                    .define_function(id, &mut ctx)
+                    .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
+                module.clear_context(&mut ctx);
+                Some(id)
+            }
+            None => None,
+        };
         module
             .finalize_definitions()
             .map_err(|e| JitError::Codegen(e.to_string()))?;
+        let burst = burst_id.map(|id| {
+            let code = module.get_finalized_function(id);
+            // SAFETY: as for `func` below: the finalized function with exactly the signature
+            // (i64, i64, i64, i64) -> () in the host's C calling convention.
+            unsafe { std::mem::transmute::<*const u8, BurstFn>(code) }
+        });
         let code = module.get_finalized_function(func_id);
         // SAFETY: `code` is the finalized function defined above with exactly this signature
         // (i64, i64, i32, i64) -> i32 in the host's default calling convention, which is
@@ -201,6 +241,7 @@ impl Jit {
         let func = unsafe { std::mem::transmute::<*const u8, ClassifyFn>(code) };
         Ok(Jit {
             func,
+            burst,
             rules: ir.rules.len(),
             strategy_used,
             payload,
@@ -256,6 +297,21 @@ impl Jit {
     /// index, or the number of rules for the default. Frames beyond `out.len()` or
     /// [`MAX_BURST`] are not classified.
     pub fn classify_burst(&self, frames: &[&[u8]], in_port: u32, out: &mut [u32]) {
+        if let Some(burst) = self.burst {
+            let n = frames.len().min(out.len()).min(MAX_BURST);
+            let mut ptrs = [std::ptr::null::<u8>(); MAX_BURST];
+            let mut lens = [0usize; MAX_BURST];
+            for (i, f) in frames[..n].iter().enumerate() {
+                ptrs[i] = f.as_ptr();
+                lens[i] = f.len();
+            }
+            // SAFETY: the first `n` (pointer, length) pairs are live frames, `n <= MAX_BURST`
+            // and `out` has room for `n` results; the code reads only inside each frame (see
+            // `parse`) and writes only `out[..n]`. The tree strategy has no payload or
+            // `in_port` atoms, so it needs neither scratch space nor the port.
+            unsafe { burst(ptrs.as_ptr(), lens.as_ptr(), n, out.as_mut_ptr()) };
+            return;
+        }
         let mut scratch = self.take_scratch();
         for (frame, slot) in frames.iter().zip(out.iter_mut()).take(MAX_BURST) {
             *slot = self.call(frame, in_port, &mut scratch);
