@@ -15,9 +15,13 @@
 //!
 //! The generated function has the signature
 //! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
-//! and returns the index of the first matching rule, or `rules.len()` for the default. The
-//! reference interpreter ([`crate::interp`]) is its specification; `tests/differential.rs`
-//! checks the two agree on random policies and random, truncated and mutated frames.
+//! and returns the index of the first matching rule, or `rules.len()` for the default. With
+//! the tree strategy the module also holds a burst function,
+//! `extern "C" fn(frames: *const *const u8, lens: *const usize, n: usize, out: *mut u32)`,
+//! which [`Jit::classify_burst`] calls: it interleaves the tree walks of the burst's frames
+//! (see [`tree`]). The reference interpreter ([`crate::interp`]) is the specification of
+//! both; `tests/differential.rs` checks they agree with it on random policies and random,
+//! truncated and mutated frames, one at a time and in bursts.
 //!
 //! What it does not do: it does not decide actions (the caller maps the rule index), and it
 //! holds no per-thread state — [`Jit`] is `Send + Sync`, payload scratch space is taken per call.
