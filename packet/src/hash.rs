@@ -152,6 +152,23 @@ mod tests {
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    /// One vector of the RSS specification: the hash of the address pair, then with ports.
+    fn check_rss_vector(
+        t: &Toeplitz,
+        src: (&[u8], u16),
+        dst: (&[u8], u16),
+        with_ports: u32,
+        without: u32,
+    ) {
+        let mut input = Vec::new();
+        input.extend_from_slice(src.0);
+        input.extend_from_slice(dst.0);
+        assert_eq!(t.hash(&input), without, "{src:?} -> {dst:?}");
+        input.extend_from_slice(&src.1.to_be_bytes());
+        input.extend_from_slice(&dst.1.to_be_bytes());
+        assert_eq!(t.hash(&input), with_ports, "{src:?} -> {dst:?} with ports");
+    }
+
     /// The bit-by-bit definition, to check the windowed implementation against.
     fn reference(key: &[u8; 40], input: &[u8]) -> u32 {
         let key_bit = |i: usize| u32::from(key[(i / 8) % 40] >> (7 - i % 8) & 1);
@@ -219,13 +236,13 @@ mod tests {
         for (src, sport, dst, dport, with_ports, without) in cases {
             let src: Ipv4Addr = src.parse().expect("address");
             let dst: Ipv4Addr = dst.parse().expect("address");
-            let mut input = Vec::new();
-            input.extend_from_slice(&src.octets());
-            input.extend_from_slice(&dst.octets());
-            assert_eq!(t.hash(&input), without, "{src} -> {dst}");
-            input.extend_from_slice(&u16::to_be_bytes(sport));
-            input.extend_from_slice(&u16::to_be_bytes(dport));
-            assert_eq!(t.hash(&input), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            check_rss_vector(
+                &t,
+                (&src.octets(), sport),
+                (&dst.octets(), dport),
+                with_ports,
+                without,
+            );
         }
     }
 
@@ -261,13 +278,13 @@ mod tests {
         for (src, sport, dst, dport, with_ports, without) in cases {
             let src: Ipv6Addr = src.parse().expect("address");
             let dst: Ipv6Addr = dst.parse().expect("address");
-            let mut input = Vec::new();
-            input.extend_from_slice(&src.octets());
-            input.extend_from_slice(&dst.octets());
-            assert_eq!(t.hash(&input), without, "{src} -> {dst}");
-            input.extend_from_slice(&u16::to_be_bytes(sport));
-            input.extend_from_slice(&u16::to_be_bytes(dport));
-            assert_eq!(t.hash(&input), with_ports, "{src}:{sport} -> {dst}:{dport}");
+            check_rss_vector(
+                &t,
+                (&src.octets(), sport),
+                (&dst.octets(), dport),
+                with_ports,
+                without,
+            );
         }
     }
 
