@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use netvm_packet::Field;
 
 use crate::classify::Classifier;
+use crate::stats::{Counter, RuleCounters};
 
 /// How `balance` picks a group member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +109,14 @@ pub enum PolicyTableError {
     TrustedLen { expected: usize, found: usize },
     #[error("the classifier reports {classifier} rules, the table has {table}")]
     RuleCount { classifier: usize, table: usize },
+    #[error(
+        "a reload cannot change the {what} (running: {running:?}; new: {new:?}); restart the switch for that"
+    )]
+    Bindings {
+        what: &'static str,
+        running: Vec<String>,
+        new: Vec<String>,
+    },
 }
 
 impl PolicyTable {
@@ -181,6 +190,12 @@ pub struct Program {
     pub table: PolicyTable,
     /// Each rule's fate as hops, then the default's: what the switch walks.
     chains: Vec<Vec<Hop>>,
+    /// Each rule's counters, then the default's. Shared (`Arc`) so a reload can hand a
+    /// rule that keeps its name the very same counters: increments from bursts still on
+    /// the old program land in them too.
+    rule_counters: Vec<Arc<RuleCounters>>,
+    /// The policy's named counters, in `table.counter_names` order.
+    named_counters: Vec<Arc<Counter>>,
 }
 
 impl std::fmt::Debug for Program {
@@ -211,11 +226,66 @@ impl Program {
             .chain(std::iter::once(&table.default))
             .map(|a| a.fate.hops())
             .collect();
+        let rule_counters = (0..=table.rules.len())
+            .map(|_| Arc::new(RuleCounters::default()))
+            .collect();
+        let named_counters = (0..table.counter_names.len())
+            .map(|_| Arc::new(Counter::default()))
+            .collect();
         Ok(Program {
             classifier,
             table,
             chains,
+            rule_counters,
+            named_counters,
         })
+    }
+
+    /// Per-rule counters, one per rule then the default's.
+    #[inline]
+    pub fn rule_counters(&self) -> &[Arc<RuleCounters>] {
+        &self.rule_counters
+    }
+
+    /// Named counters, in `table.counter_names` order.
+    #[inline]
+    pub fn named_counters(&self) -> &[Arc<Counter>] {
+        &self.named_counters
+    }
+
+    /// Before installing `self` in place of `old`: share `old`'s counters for every rule
+    /// (the default included) and named counter that keeps its name. Returns how many
+    /// rule counters carried over. Call it off the data path, before the swap.
+    pub fn carry_counters_from(&mut self, old: &Program) -> usize {
+        use std::collections::HashMap;
+        let old_rules: HashMap<&str, &Arc<RuleCounters>> = old
+            .table
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .zip(&old.rule_counters)
+            .collect();
+        let mut carried = 0;
+        for (rule, slot) in self.table.rules.iter().zip(&mut self.rule_counters) {
+            if let Some(c) = old_rules.get(rule.name.as_str()) {
+                *slot = Arc::clone(c);
+                carried += 1;
+            }
+        }
+        if let (Some(new), Some(old)) = (self.rule_counters.last_mut(), old.rule_counters.last()) {
+            *new = Arc::clone(old);
+        }
+        for (name, slot) in self
+            .table
+            .counter_names
+            .iter()
+            .zip(&mut self.named_counters)
+        {
+            if let Some(i) = old.table.counter_names.iter().position(|n| n == name) {
+                *slot = Arc::clone(&old.named_counters[i]);
+            }
+        }
+        carried
     }
 
     /// The hops of rule `rule` (`n_rules` or more: the default's).
@@ -251,19 +321,50 @@ impl ProgramHandle {
         self.current.load_full()
     }
 
-    /// Install a new program. Bursts already in flight finish with the old one. The
-    /// new table must keep the port and VM tables (the switch's rings are built from
-    /// them); a reload that changes them is refused.
-    pub fn swap(&self, program: Program) -> Result<(), PolicyTableError> {
+    /// Whether `program` may replace the installed one: the switch's rings, private
+    /// pools and threads are built from the port and VM tables, so those (names, order
+    /// and trust) must stay as they are.
+    pub fn check_compatible(&self, program: &Program) -> Result<(), PolicyTableError> {
         let old = self.current.load();
         let (o, n) = (&old.table, &program.table);
-        if o.port_names != n.port_names || o.vm_names != n.vm_names {
-            return Err(PolicyTableError::RuleCount {
-                classifier: program.classifier.n_rules(),
-                table: n.rules.len(),
+        if o.port_names != n.port_names {
+            return Err(PolicyTableError::Bindings {
+                what: "ports",
+                running: o.port_names.clone(),
+                new: n.port_names.clone(),
             });
         }
-        self.current.store(Arc::new(program));
+        if o.vm_names != n.vm_names || o.vm_trusted != n.vm_trusted {
+            let show = |t: &PolicyTable| {
+                t.vm_names
+                    .iter()
+                    .zip(&t.vm_trusted)
+                    .map(|(name, &trusted)| {
+                        if trusted {
+                            format!("{name} trusted")
+                        } else {
+                            name.clone()
+                        }
+                    })
+                    .collect()
+            };
+            return Err(PolicyTableError::Bindings {
+                what: "VMs",
+                running: show(o),
+                new: show(n),
+            });
+        }
         Ok(())
+    }
+
+    /// Install a new program in one atomic pointer swap and return the old one. Bursts
+    /// already in flight finish with the old program; the next burst loads the new one.
+    /// A program whose port or VM tables differ is refused ([`Self::check_compatible`])
+    /// and nothing changes. The old program is freed when the returned `Arc` and the
+    /// last in-flight burst's guard are both gone, so the caller chooses where that cost
+    /// falls (not inside the swap).
+    pub fn swap(&self, program: Program) -> Result<Arc<Program>, PolicyTableError> {
+        self.check_compatible(&program)?;
+        Ok(self.current.swap(Arc::new(program)))
     }
 }

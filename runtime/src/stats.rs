@@ -111,23 +111,18 @@ pub struct RuleCounters {
 pub struct Stats {
     pub ports: Vec<PortCounters>,
     pub vms: Vec<VmCounters>,
-    /// One per rule, then the default.
-    pub rules: Vec<RuleCounters>,
-    pub counters: Vec<Counter>,
     pub drops: [Counter; DropReason::ALL.len()],
     pub mirrored: Counter,
     pub mirrors_done: Counter,
 }
 
 impl Stats {
-    pub fn new(ports: usize, vms: usize, rules_with_default: usize, counters: usize) -> Stats {
+    /// Rule and named counters live in the [`crate::Program`] (so a hot reload can carry
+    /// them over by name); this holds the rest.
+    pub fn new(ports: usize, vms: usize) -> Stats {
         Stats {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             vms: (0..vms).map(|_| VmCounters::default()).collect(),
-            rules: (0..rules_with_default)
-                .map(|_| RuleCounters::default())
-                .collect(),
-            counters: (0..counters).map(|_| Counter::default()).collect(),
             drops: Default::default(),
             mirrored: Counter::default(),
             mirrors_done: Counter::default(),

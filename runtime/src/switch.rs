@@ -25,7 +25,8 @@
 //!
 //! What it does not do yet: more than one switch thread (RX and TX are stages of one
 //! thread), and hot reload of the port or VM tables (a swapped [`Program`] must keep
-//! them; in-flight packets finish on the new program's chains, clamped).
+//! them; in-flight packets finish on the new program's chains, clamped). Rule and named
+//! counters belong to the [`Program`]; the final report shows the last program's.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -257,12 +258,7 @@ impl Switch {
                 pool_node: None,
             },
         )?;
-        let stats = Arc::new(Stats::new(
-            ports.len(),
-            vms.len(),
-            table.rules.len() + 1,
-            table.counter_names.len(),
-        ));
+        let stats = Arc::new(Stats::new(ports.len(), vms.len()));
         drop(loaded);
         Ok(Switch {
             config,
@@ -513,8 +509,8 @@ fn snapshot(
                 summary: summaries.get(i).cloned().flatten(),
             })
             .collect(),
-        rules: stats
-            .rules
+        rules: program
+            .rule_counters()
             .iter()
             .enumerate()
             .map(|(i, c)| RuleRow {
@@ -529,7 +525,7 @@ fn snapshot(
         counters: t
             .counter_names
             .iter()
-            .zip(&stats.counters)
+            .zip(program.named_counters())
             .map(|(n, c)| (n.clone(), c.get()))
             .collect(),
         drops: DropReason::ALL
@@ -715,12 +711,12 @@ impl Engine {
         for i in 0..n {
             bytes += lens[i] as u64;
             let rule = rules[i].min(prog.table.rules.len() as u32);
-            let rc = &self.stats.rules[rule as usize];
+            let rc = &prog.rule_counters()[rule as usize];
             rc.packets.add(1);
             rc.bytes.add(lens[i] as u64);
             let action = prog.table.action(rule);
             for &c in &action.counters {
-                self.stats.counters[c].add(1);
+                prog.named_counters()[c].add(1);
             }
             for &m in &action.mirrors {
                 if self.pool.clone_ref(indices[i]).is_ok() {

@@ -8,6 +8,11 @@
 //! plain lines otherwise); the final table goes to stdout, the same numbers as JSON to
 //! `--stats-json`. Exit 0 when every buffer came back and rx = tx + drops, 1 when not,
 //! 2 on usage errors.
+//!
+//! SIGHUP re-reads the policy file and hot-reloads it ([`policy_table::reload`]): errors
+//! are printed as `netvm check` prints them and the running policy stays; a policy that
+//! changes the ports or VMs is refused whole. Rule and named counters carry over for
+//! names that stay; the final table lists the last policy's rules.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -88,9 +93,56 @@ enum Mode {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn on_sighup(_: libc::c_int) {
+    RELOAD_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// SIGHUP: re-read `path`, check it, compile it and swap it in (see
+/// [`policy_table::reload`]); returns what to print. A policy with errors, or one that
+/// changes the ports or VMs, leaves the running program in place.
+fn reload_from_file(
+    path: &str,
+    handle: &ProgramHandle,
+    running: &mut Vec<policy_table::RuleText>,
+) -> String {
+    let start = Instant::now();
+    let checked = match report::check_root(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return format!("reload of {path} failed: {e}; still running the previous policy")
+        }
+    };
+    report::diagnostics(&checked, Format::Text);
+    let Some(policy) = &checked.policy else {
+        return format!(
+            "reload of {path} rejected: the policy has errors; still running the previous policy"
+        );
+    };
+    let check = start.elapsed();
+    let texts = policy_table::rule_texts(policy, checked.sources());
+    match policy_table::reload(handle, policy) {
+        Err(e) => format!("reload of {path} refused: {e}; still running the previous policy"),
+        Ok(done) => {
+            let diff = policy_table::PolicyDiff::between(running, &texts);
+            *running = texts;
+            format!(
+                "reloaded {path}: {}check {:.2} ms, compile ({}) {:.2} ms, swap {:.1} µs; \
+                 counters carried over for {} rules that kept their name",
+                diff,
+                check.as_secs_f64() * 1e3,
+                done.engine,
+                done.compile.as_secs_f64() * 1e3,
+                done.swap.as_secs_f64() * 1e6,
+                done.counters_carried,
+            )
+        }
+    }
 }
 
 fn split_binding<'a>(what: &str, arg: &'a str) -> Result<(&'a str, &'a str), String> {
@@ -202,9 +254,16 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         ..SwitchConfig::default()
     };
     let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
-    let switch = Switch::new(config, ProgramHandle::new(program), ports, vms)
-        .map_err(|e| error_chain(&e))?;
+    let handle = ProgramHandle::new(program);
+    let mut running_rules = policy_table::rule_texts(policy, checked.sources());
+    let switch = Switch::new(config, handle.clone(), ports, vms).map_err(|e| error_chain(&e))?;
 
+    // Before the banner: whoever waits for it may signal us at once.
+    // SAFETY: the handlers only store to atomics, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
+    }
     eprintln!("netvm run {}", args.policy);
     eprintln!("  classifier: {engine}, {} rules", policy.rules.len());
     eprintln!("  {}", switch.backing());
@@ -228,10 +287,6 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         );
     }
 
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
     let stats = switch.stats();
     let stop = switch.stop_flag();
     let done = Arc::new(AtomicBool::new(false));
@@ -246,7 +301,9 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
             })
             .map_err(|e| format!("starting the switch thread: {e}"))?
     };
-    live_rates(&stats, &done, &stop);
+    live_rates(&stats, &done, &stop, &mut || {
+        reload_from_file(&args.policy, &handle, &mut running_rules)
+    });
     let report = runner
         .join()
         .map_err(|_| "the switch thread panicked".to_string())?
@@ -276,8 +333,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Print rates once a second until the switch finishes; forward Ctrl-C to it.
-fn live_rates(stats: &netvm_runtime::stats::Stats, done: &AtomicBool, stop: &AtomicBool) {
+/// Print rates once a second until the switch finishes; forward Ctrl-C to it; on SIGHUP
+/// run `reload` (on this thread, off the data path) and print what it says.
+fn live_rates(
+    stats: &netvm_runtime::stats::Stats,
+    done: &AtomicBool,
+    stop: &AtomicBool,
+    reload: &mut dyn FnMut() -> String,
+) {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -291,6 +354,13 @@ fn live_rates(stats: &netvm_runtime::stats::Stats, done: &AtomicBool, stop: &Ato
             std::thread::sleep(Duration::from_millis(50));
             if INTERRUPTED.load(Ordering::Relaxed) {
                 stop.store(true, Ordering::Relaxed);
+            }
+            if RELOAD_REQUESTED.swap(false, Ordering::Relaxed) {
+                let message = reload();
+                match &bar {
+                    Some(bar) => bar.suspend(|| eprintln!("{message}")),
+                    None => eprintln!("{message}"),
+                }
             }
             if done.load(Ordering::Acquire) {
                 break;
