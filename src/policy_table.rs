@@ -59,6 +59,7 @@ pub fn policy_table(policy: &Policy) -> PolicyTable {
         port_names: policy.ports.iter().map(|p| p.name.clone()).collect(),
         vm_names: policy.vms.iter().map(|v| v.name.clone()).collect(),
         vm_trusted: policy.vms.iter().map(|v| v.trusted).collect(),
+        vm_on_failure: Vec::new(),
         groups: policy.groups.iter().map(|g| g.members.clone()).collect(),
         counter_names: policy.counters.clone(),
     }
@@ -111,46 +112,68 @@ pub fn compile(policy: &Policy) -> Result<(Box<dyn Classifier>, String), String>
     }
 }
 
-/// One rule as the operator wrote it, for reporting what a reload changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One rule: its text as the operator wrote it (what reports show) and its meaning (what
+/// decides whether a reload changed it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleText {
     pub name: String,
     /// The rule's predicate and actions as written, whitespace collapsed.
     pub text: String,
+    /// The lowered predicate (the classifier IR of this rule alone, with consts, lets and
+    /// sets resolved) and the actions by name. Two rules with the same meaning classify
+    /// and steer every packet alike, however they are written; an edited `const` changes
+    /// the meaning of every rule that uses it.
+    #[serde(skip)]
+    pub meaning: String,
 }
 
 /// Every rule of `policy` with its source text from `sources`.
 pub fn rule_texts(policy: &Policy, sources: &netvm_lang::SourceMap) -> Vec<RuleText> {
+    use std::collections::HashMap;
+    // A checked rule keeps the span of its name; its predicate and actions are found
+    // by parsing its file again (once per file) and taking the declaration there.
+    let mut written: HashMap<netvm_lang::Span, String> = HashMap::new();
+    let mut parsed_files = std::collections::HashSet::new();
+    for r in &policy.rules {
+        if !parsed_files.insert(r.span.file) {
+            continue;
+        }
+        let text = &sources.get(r.span.file).text;
+        let (file, _) = netvm_lang::parse::parse_file(r.span.file, text);
+        for decl in &file.decls {
+            if let netvm_lang::ast::DeclKind::Rule { name, pred, .. } = &decl.kind {
+                let body = text.get(pred.span().start as usize..decl.span().end as usize);
+                written.insert(name.span(), body.unwrap_or("").to_string());
+            }
+        }
+    }
     policy
         .rules
         .iter()
         .map(|r| {
-            let file = sources.get(r.span.file);
-            let raw = file
-                .text
-                .get(r.span.start as usize..r.span.end as usize)
-                .unwrap_or("");
-            let mut text = raw.split_whitespace().collect::<Vec<_>>().join(" ");
             let actions = policy.describe_actions(&r.actions);
-            if !text.contains("=>") {
-                text = format!("{text} => {actions}");
-            }
+            let text = match written.get(&r.span) {
+                Some(body) => body.split_whitespace().collect::<Vec<_>>().join(" "),
+                None => format!("... => {actions}"),
+            };
+            let lowered = netvm_compiler::lower::lower_pred(&r.pred);
             RuleText {
                 name: r.name.clone(),
                 text,
+                meaning: format!("{lowered:?} => {actions}"),
             }
         })
         .collect()
 }
 
 /// What a reload changes, rule by rule (matched by name).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyDiff {
     pub added: Vec<RuleText>,
     pub removed: Vec<RuleText>,
-    /// (before, after), same name, different text.
+    /// (before, after): same name, different meaning.
     pub changed: Vec<(RuleText, RuleText)>,
-    /// Rules that kept their name and text but moved (order decides the first match).
+    /// Rules that kept their name and meaning but moved (order decides the first match).
     pub moved: usize,
 }
 
@@ -175,7 +198,7 @@ impl PolicyDiff {
             match old_at.get(r.name.as_str()) {
                 None => diff.added.push(r.clone()),
                 Some((_, before)) => {
-                    if before.text != r.text {
+                    if before.meaning != r.meaning {
                         diff.changed.push(((*before).clone(), r.clone()));
                     } else if kept.get(kept_pos) != Some(&r.name.as_str()) {
                         diff.moved += 1;
@@ -222,7 +245,15 @@ impl std::fmt::Display for PolicyDiff {
             writeln!(f, "  - {}: {}", r.name, r.text)?;
         }
         for (a, b) in self.changed.iter().take(SHOWN) {
-            writeln!(f, "  ~ {}: {}\n    -> {}", a.name, a.text, b.text)?;
+            if a.text == b.text {
+                writeln!(
+                    f,
+                    "  ~ {}: {} (same text; a const or let it uses changed)",
+                    a.name, b.text
+                )?;
+            } else {
+                writeln!(f, "  ~ {}: {}\n    -> {}", a.name, a.text, b.text)?;
+            }
         }
         let hidden = self.added.len().saturating_sub(SHOWN)
             + self.removed.len().saturating_sub(SHOWN)
@@ -282,4 +313,59 @@ pub fn reload(handle: &ProgramHandle, policy: &Policy) -> Result<Reloaded, Strin
         swap,
         counters_carried,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> Vec<RuleText> {
+        let checked = netvm_lang::check_text("diff.nvr", text);
+        let policy = checked.policy.as_ref().expect("test policies check");
+        rule_texts(policy, checked.sources())
+    }
+
+    const BASE: &str = "const P = 22\nport a\nport b\n\
+                        rule ssh : tcp.dport == P => drop\n\
+                        rule web : tcp.dport == 80 => out b\n\
+                        default => out b\n";
+
+    #[test]
+    fn an_edited_const_changes_the_rules_that_use_it_and_no_other() {
+        let diff = PolicyDiff::between(&rules(BASE), &rules(&BASE.replace("= 22", "= 2222")));
+        assert_eq!(diff.changed.len(), 1, "{diff}");
+        assert_eq!(diff.changed[0].0.name, "ssh");
+        assert!(diff.added.is_empty() && diff.removed.is_empty() && diff.moved == 0);
+        assert!(diff.to_string().contains("a const or let it uses changed"));
+    }
+
+    #[test]
+    fn a_reformatted_rule_is_not_a_change() {
+        let reformatted = BASE.replace(
+            "rule web : tcp.dport == 80 => out b",
+            "rule web:\n   (tcp.dport == 0x50)\n   => out b",
+        );
+        let diff = PolicyDiff::between(&rules(BASE), &rules(&reformatted));
+        assert!(diff.is_empty(), "{diff}");
+    }
+
+    #[test]
+    fn changed_actions_added_removed_and_moved_rules_are_reported() {
+        let edited = "const P = 22\nport a\nport b\n\
+                      rule web : tcp.dport == 80 => drop\n\
+                      rule dns : udp.dport == 53 => out b\n\
+                      default => out b\n";
+        let diff = PolicyDiff::between(&rules(BASE), &rules(edited));
+        assert_eq!(diff.changed.len(), 1);
+        assert_eq!(diff.changed[0].1.text, "tcp.dport == 80 => drop");
+        assert_eq!(diff.added[0].name, "dns");
+        assert_eq!(diff.removed[0].name, "ssh");
+
+        let swapped = "const P = 22\nport a\nport b\n\
+                       rule web : tcp.dport == 80 => out b\n\
+                       rule ssh : tcp.dport == P => drop\n\
+                       default => out b\n";
+        let diff = PolicyDiff::between(&rules(BASE), &rules(swapped));
+        assert_eq!((diff.moved, diff.changed.len()), (1, 0), "{diff}");
+    }
 }

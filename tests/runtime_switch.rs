@@ -41,6 +41,7 @@ fn table() -> PolicyTable {
         port_names: vec!["gen".into(), "sink".into()],
         vm_names: vec!["untrusted".into(), "trusted".into()],
         vm_trusted: vec![false, true],
+        vm_on_failure: Vec::new(),
         groups: vec![],
         counter_names: vec![],
     }

@@ -9,6 +9,10 @@
 //!   [`RingConsumer`] ends; [`mpmc`]: the MPMC ring behind the pool's free list.
 //! - [`pool`]: the refcounted [`PacketPool`] with per-core [`PoolCache`]s.
 //! - [`numa`]: topology, `mbind`, core pinning and the thread placement planner.
+//! - [`switch`], [`port`], [`vm`], [`policy`], [`stats`]: the switch engine, its port
+//!   drivers, built-in VMs, the installed program and its counters.
+//! - [`external`]: VMs run by other processes; [`control`]: the control socket they
+//!   (and operators' tools) connect to.
 //!
 //! Invariants it keeps:
 //! - **No pointers in shared memory.** Everything in the region is an offset or a buffer
@@ -33,6 +37,10 @@
 #[cfg(not(loom))]
 pub mod classify;
 #[cfg(not(loom))]
+pub mod control;
+#[cfg(not(loom))]
+pub mod external;
+#[cfg(not(loom))]
 pub mod layout;
 pub mod mpmc;
 #[cfg(not(loom))]
@@ -56,6 +64,10 @@ pub mod vm;
 
 #[cfg(not(loom))]
 pub use classify::Classifier;
+#[cfg(not(loom))]
+pub use control::{AdminHandler, ControlClient, ControlError, ControlServer, ControlState};
+#[cfg(not(loom))]
+pub use external::{ExternalVm, ExternalVms, OnFailure};
 #[cfg(not(loom))]
 pub use layout::{LayoutError, RegionConfig, RegionLayout};
 pub use mpmc::MpmcRing;

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use netvm_packet::Field;
 
 use crate::classify::Classifier;
+pub use crate::external::OnFailure;
 use crate::stats::{Counter, RuleCounters};
 
 /// How `balance` picks a group member.
@@ -88,6 +89,9 @@ pub struct PolicyTable {
     pub vm_names: Vec<String>,
     /// `trusted` per VM, in `vm_names` order.
     pub vm_trusted: Vec<bool>,
+    /// What happens to packets for a VM whose process is down, in `vm_names` order
+    /// (missing entries: [`OnFailure::Drop`]). A reload may change it.
+    pub vm_on_failure: Vec<OnFailure>,
     /// Members of each group (VM indices).
     pub groups: Vec<Vec<usize>>,
     pub counter_names: Vec<String>,

@@ -236,6 +236,20 @@ impl Ring {
         })
     }
 
+    /// Make the ring empty and unclaimed again, for a new peer after the old one died.
+    ///
+    /// # Safety
+    /// No handle to either end may exist, in this process or any other that is still
+    /// running (the previous peer has exited or has been cut off and is no longer
+    /// trusted to touch the ring), and no other thread may call this concurrently.
+    #[cfg(not(loom))]
+    pub(crate) unsafe fn reset(&self) -> Result<(), RingError> {
+        // SAFETY: `header` is the 64-byte-aligned start of a block of
+        // ring_bytes(capacity) bytes kept alive by `memory`; the caller guarantees
+        // nobody uses it.
+        unsafe { Ring::init_at(self.header.cast(), self.capacity()) }
+    }
+
     fn header(&self) -> &RingHeader {
         // SAFETY: `memory` keeps the header alive and in place for the life of `self`.
         unsafe { self.header.as_ref() }

@@ -31,10 +31,16 @@ pub enum DropReason {
     BadVerdict,
     /// No buffer for a copy (copy-on-write for a writing VM, or an untrusted VM's copy).
     NoBuffer,
+    /// Sent to a VM whose process is down (and whose policy says `on_failure drop`).
+    VmDown,
+    /// Held by a VM process when it died or detached; reclaimed by the switch.
+    VmLost,
+    /// A VM process's ring was full (it is stalled or slower than its traffic).
+    VmFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Policy,
         DropReason::ChainEnd,
         DropReason::Vm,
@@ -43,6 +49,9 @@ impl DropReason {
         DropReason::Oversize,
         DropReason::BadVerdict,
         DropReason::NoBuffer,
+        DropReason::VmDown,
+        DropReason::VmLost,
+        DropReason::VmFull,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +64,9 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::BadVerdict => "bad_verdict",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::VmDown => "vm_down",
+            DropReason::VmLost => "vm_lost",
+            DropReason::VmFull => "vm_full",
         }
     }
 }

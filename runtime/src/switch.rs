@@ -38,13 +38,15 @@ use std::time::{Duration, Instant};
 use netvm_packet::hash::{fields_hash, flow_hash};
 use netvm_packet::Decoded;
 
+use crate::control::ControlState;
+use crate::external::{self, ExternalVm, ExternalVms, OnFailure};
 use crate::layout::RegionConfig;
 use crate::numa::{self, Placement, PlacementRequest, Topology};
 use crate::policy::{BalanceKey, Hop, Program, ProgramHandle};
 use crate::pool::{PacketPool, PoolCache};
 use crate::port::{Port, RxBurst};
 use crate::region::{Backing, HugepagePolicy, RegionError, SharedRegion};
-use crate::ring::{RingConsumer, RingError, RingProducer};
+use crate::ring::{Ring, RingConsumer, RingError, RingProducer};
 use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsSnapshot, VmRow};
 use crate::vm::{self, Frame, NetworkFunction, Verdict};
 
@@ -142,6 +144,8 @@ pub struct Switch {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     placement: Placement,
+    /// VMs run by other processes (`--vm NAME=process`).
+    external: Arc<ExternalVms>,
 }
 
 /// What a run did.
@@ -259,6 +263,25 @@ impl Switch {
             },
         )?;
         let stats = Arc::new(Stats::new(ports.len(), vms.len()));
+        let mut external = Vec::new();
+        for (i, nf) in vms.iter().enumerate() {
+            if !nf.external() {
+                continue;
+            }
+            // A trusted process maps the shared region; an untrusted one only its own.
+            let (region, ring_in, ring_out) = match &private[i] {
+                Some(p) => (p.region.clone(), 0, 1),
+                None => (region.clone(), 2 * i, 2 * i + 1),
+            };
+            external.push(Arc::new(ExternalVm::new(
+                table.vm_names[i].clone(),
+                i,
+                table.vm_trusted[i],
+                region,
+                ring_in,
+                ring_out,
+            )));
+        }
         drop(loaded);
         Ok(Switch {
             config,
@@ -271,6 +294,24 @@ impl Switch {
             stats,
             stop: Arc::new(AtomicBool::new(false)),
             placement,
+            external: Arc::new(ExternalVms::new(external)),
+        })
+    }
+
+    /// The VMs processes may attach to, for the control socket.
+    pub fn external(&self) -> Arc<ExternalVms> {
+        self.external.clone()
+    }
+
+    /// Everything the control socket needs to answer `attach` and `status`.
+    pub fn control_state(&self) -> Arc<ControlState> {
+        Arc::new(ControlState {
+            external: self.external.clone(),
+            stats: self.stats.clone(),
+            program: self.program.clone(),
+            port_drivers: self.ports.iter().map(|p| p.describe()).collect(),
+            vm_functions: self.vms.iter().map(|v| v.describe()).collect(),
+            started: Instant::now(),
         })
     }
 
@@ -334,6 +375,8 @@ impl Switch {
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut slots = Vec::with_capacity(self.vms.len());
         let mut workers = Vec::new();
+        // The placeholders of process VMs, given back to `self.vms` at the end.
+        let mut externals = Vec::new();
         let vms = std::mem::take(&mut self.vms);
         for (i, nf) in vms.into_iter().enumerate() {
             let trusted = program.table.vm_trusted[i];
@@ -346,7 +389,27 @@ impl Switch {
                 Some((pool, _)) => Some(pool.cache(MAX_BURST)?),
                 None => None,
             };
-            let link = if inline {
+            let link = if nf.external() {
+                let ext = self
+                    .external
+                    .vms
+                    .iter()
+                    .find(|e| e.vm == i)
+                    .cloned()
+                    .ok_or(SwitchError::VmPanicked)?;
+                let ring_in = ext.region.ring(ext.ring_in)?;
+                let ring_out = ext.region.ring(ext.ring_out)?;
+                externals.push(nf);
+                Link::Process(ProcessLink {
+                    ext,
+                    ring_in,
+                    ring_out,
+                    ends: None,
+                    seen: 0,
+                    closed: false,
+                    fifo: VecDeque::with_capacity(self.config.ring_slots),
+                })
+            } else if inline {
                 Link::Inline(nf)
             } else {
                 let (ring_in, ring_out) = match &private {
@@ -387,7 +450,14 @@ impl Switch {
                 link,
             });
         }
+        let process_vms = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| matches!(s.link, Link::Process(_)))
+            .map(|(i, _)| i)
+            .collect();
         let mut engine = Engine {
+            process_vms,
             pool: self.pool.clone(),
             cache: self.pool.cache(2 * MAX_BURST)?,
             ports: std::mem::take(&mut self.ports),
@@ -407,13 +477,19 @@ impl Switch {
             self.config.idle,
             start,
         );
+        // Processes still attached lose nothing now (every packet was answered, or
+        // counted lost after the grace period); tell the control threads we are gone.
+        engine.close_external(&self.program.load());
+        self.external.engine.finished.store(true, Ordering::Release);
 
         shutdown.store(true, Ordering::Release);
         let mut nfs: Vec<Option<Box<dyn NetworkFunction>>> = Vec::new();
         let mut joined = workers.into_iter();
+        let mut externals = externals.into_iter();
         for slot in engine.vms.drain(..) {
             match slot.link {
                 Link::Inline(nf) => nfs.push(Some(nf)),
+                Link::Process(_) => nfs.push(externals.next()),
                 Link::Thread { .. } => match joined.next().map(|w| w.join()) {
                     Some(Ok(nf)) => nfs.push(Some(nf)),
                     _ => nfs.push(None),
@@ -553,8 +629,24 @@ struct Pending {
     mirror: bool,
 }
 
+/// A VM run by another process: rings like a thread's, but the process may come and go.
+struct ProcessLink {
+    ext: Arc<ExternalVm>,
+    ring_in: Ring,
+    ring_out: Ring,
+    /// Our ends while the VM is up.
+    ends: Option<(RingProducer, RingConsumer)>,
+    /// The last want word the engine acted on.
+    seen: u64,
+    /// Taken down for good (the switch is stopping); attaches are no longer taken.
+    closed: bool,
+    /// Packets the process holds, in the order it will answer.
+    fifo: VecDeque<Pending>,
+}
+
 enum Link {
     Inline(Box<dyn NetworkFunction>),
+    Process(ProcessLink),
     Thread {
         tx: RingProducer,
         rx: RingConsumer,
@@ -579,12 +671,35 @@ impl VmSlot {
         match &self.link {
             Link::Inline(_) => 0,
             Link::Thread { fifo, backlog, .. } => fifo.len() + backlog.len(),
+            Link::Process(p) => p.fifo.len(),
         }
     }
 }
 
+impl Link {
+    /// Packets a VM thread or process holds, in answer order.
+    fn fifo_mut(&mut self) -> Option<&mut VecDeque<Pending>> {
+        match self {
+            Link::Thread { fifo, .. } => Some(fifo),
+            Link::Process(p) => Some(&mut p.fifo),
+            Link::Inline(_) => None,
+        }
+    }
+
+    /// Whether the VM runs elsewhere and answers through a ring.
+    fn queued(&self) -> bool {
+        !matches!(self, Link::Inline(_))
+    }
+}
+
+/// How long a stopping switch waits for VM processes to answer what they hold before it
+/// counts those packets lost.
+const PROCESS_GRACE: Duration = Duration::from_secs(2);
+
 /// The switch thread's state.
 struct Engine {
+    /// VMs run by processes (checked once per round for attach/detach).
+    process_vms: Vec<usize>,
     pool: PacketPool,
     cache: PoolCache,
     ports: Vec<Box<dyn Port>>,
@@ -625,8 +740,12 @@ impl Engine {
         let mut idle_rounds = 0u32;
         let mut round = 0u64;
         let mut stopping = false;
+        let mut drained_at: Option<Instant> = None;
         loop {
             round += 1;
+            if !self.process_vms.is_empty() {
+                self.sync_external(&program.load());
+            }
             if !stopping && round % 256 == 0 {
                 let expired = duration.is_some_and(|d| start.elapsed() >= d);
                 stopping = expired || stop.load(Ordering::Relaxed);
@@ -638,7 +757,7 @@ impl Engine {
                 .iter()
                 .map(|v| match &v.link {
                     Link::Thread { backlog, .. } => backlog.len(),
-                    Link::Inline(_) => 0,
+                    Link::Inline(_) | Link::Process(_) => 0,
                 })
                 .sum();
             if !stopping && backlog == 0 {
@@ -657,6 +776,15 @@ impl Engine {
                 let in_flight: usize = self.vms.iter().map(VmSlot::in_flight).sum();
                 if inputs_done && in_flight == 0 {
                     return;
+                }
+                if inputs_done {
+                    // Only VM processes can hold packets this long (threads always
+                    // answer): give them a grace period, then count the rest lost.
+                    let since = *drained_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= PROCESS_GRACE {
+                        self.close_external(&program.load());
+                        drained_at = None;
+                    }
                 }
                 if !stopping {
                     stopping = stop.load(Ordering::Relaxed)
@@ -721,7 +849,7 @@ impl Engine {
             for &m in &action.mirrors {
                 if self.pool.clone_ref(indices[i]).is_ok() {
                     self.stats.mirrored.add(1);
-                    self.visit(m, indices[i], rule, 0, true);
+                    self.visit(prog, m, indices[i], rule, 0, true);
                 }
             }
             self.steer(prog, indices[i], rule, 0, None);
@@ -763,7 +891,7 @@ impl Engine {
             if visits > MAX_VISITS || vm >= self.vms.len() {
                 return self.drop(index, DropReason::BadVerdict);
             }
-            let Some((back, verdict)) = self.visit(vm, index, rule, pos, false) else {
+            let Some((back, verdict)) = self.visit(prog, vm, index, rule, pos, false) else {
                 return;
             };
             index = back;
@@ -864,12 +992,19 @@ impl Engine {
     /// Thread: queue it and return `None` (the answer comes through `drain_vm`).
     fn visit(
         &mut self,
+        prog: &Program,
         vm: usize,
         mut index: u32,
         rule: u32,
         pos: u32,
         mirror: bool,
     ) -> Option<(u32, Verdict)> {
+        if let Link::Process(p) = &self.vms[vm].link {
+            if p.ends.is_none() {
+                let on_failure = prog.table.vm_on_failure.get(vm).copied();
+                return self.visit_down(on_failure.unwrap_or_default(), index, mirror);
+            }
+        }
         let counters = &self.stats.vms[vm];
         if mirror {
             counters.mirrored_in.add(1);
@@ -908,9 +1043,21 @@ impl Engine {
             };
             return self.answered(vm, pending, verdict);
         }
+        if matches!(self.vms[vm].link, Link::Process(_)) {
+            // A process must never stall the switch: no backlog, a full ring drops.
+            if !self.send(vm, pending) {
+                if mirror {
+                    self.stats.mirrors_done.add(1);
+                } else {
+                    self.stats.count_drop(DropReason::VmFull, 1);
+                }
+                let _ = self.cache.free(pending.shared);
+            }
+            return None;
+        }
         let fits = match &self.vms[vm].link {
             Link::Thread { backlog, .. } => backlog.is_empty(),
-            Link::Inline(_) => false,
+            Link::Inline(_) | Link::Process(_) => false,
         };
         if !(fits && self.send(vm, pending)) {
             if let Link::Thread { backlog, .. } = &mut self.vms[vm].link {
@@ -918,6 +1065,102 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// A packet for a VM whose process is down: the policy's `on_failure` decides.
+    fn visit_down(
+        &mut self,
+        on_failure: OnFailure,
+        index: u32,
+        mirror: bool,
+    ) -> Option<(u32, Verdict)> {
+        if mirror {
+            // A down VM gets no copy; the extra reference is settled.
+            self.stats.mirrors_done.add(1);
+            let _ = self.cache.free(index);
+            return None;
+        }
+        match on_failure {
+            OnFailure::Bypass => Some((index, Verdict::Next)),
+            OnFailure::Drop => {
+                self.drop(index, DropReason::VmDown);
+                None
+            }
+        }
+    }
+
+    /// Act on attach/detach requests from the control socket (one load per process VM).
+    fn sync_external(&mut self, prog: &Program) {
+        for i in 0..self.process_vms.len() {
+            let vm = self.process_vms[i];
+            let Link::Process(p) = &mut self.vms[vm].link else {
+                continue;
+            };
+            let want = p.ext.want();
+            if want == p.seen || p.closed {
+                continue;
+            }
+            let up = external::word_up(want);
+            if up && p.ends.is_none() {
+                // SAFETY: we hold no end of either ring (ends is None), and the control
+                // thread asks for "up" only for a new owner, after the previous owner's
+                // "down" was acknowledged here: its process has exited or been cut off.
+                let reset = unsafe { p.ring_in.reset().and(p.ring_out.reset()) };
+                let claimed =
+                    reset.and_then(|()| Ok((p.ring_in.producer()?, p.ring_out.consumer()?)));
+                if let Ok(ends) = claimed {
+                    p.ends = Some(ends);
+                    let writes = p.ext.writes();
+                    self.vms[vm].writes = writes;
+                }
+            } else if !up && p.ends.is_some() {
+                self.take_down(prog, vm);
+            }
+            if let Link::Process(p) = &mut self.vms[vm].link {
+                p.seen = want;
+                p.ext.acknowledge(want);
+            }
+        }
+    }
+
+    /// A VM process is gone: take the answers it already wrote, then free every packet
+    /// it still held (counted lost) and its private copies, and drop our ring ends.
+    fn take_down(&mut self, prog: &Program, vm: usize) {
+        // Bounded: a cut-off process that is still alive cannot keep us here.
+        for _ in 0..=self.ring_slots / MAX_BURST {
+            if self.drain_vm(prog, vm) == 0 {
+                break;
+            }
+        }
+        let Link::Process(p) = &mut self.vms[vm].link else {
+            return;
+        };
+        p.ends = None;
+        let lost: Vec<Pending> = p.fifo.drain(..).collect();
+        for pending in lost {
+            if let Some(cache) = &mut self.vms[vm].copy_cache {
+                let _ = cache.free(pending.given);
+            }
+            if pending.mirror {
+                self.stats.mirrors_done.add(1);
+            } else {
+                self.stats.count_drop(DropReason::VmLost, 1);
+            }
+            let _ = self.cache.free(pending.shared);
+        }
+    }
+
+    /// The switch is stopping: take every process VM down for good.
+    fn close_external(&mut self, prog: &Program) {
+        for i in 0..self.process_vms.len() {
+            let vm = self.process_vms[i];
+            self.take_down(prog, vm);
+            if let Link::Process(p) = &mut self.vms[vm].link {
+                p.closed = true;
+                let want = p.ext.want();
+                p.ext.acknowledge(external::word(want >> 1, false));
+            }
+        }
     }
 
     /// Run an inline VM on buffer `index`; an untrusted VM works on a private copy,
@@ -1003,8 +1246,14 @@ impl Engine {
     fn send(&mut self, vm: usize, mut pending: Pending) -> bool {
         let ring_slots = self.ring_slots;
         let slot = &mut self.vms[vm];
-        let Link::Thread { tx, fifo, .. } = &mut slot.link else {
-            return false;
+        let (tx, fifo) = match &mut slot.link {
+            Link::Thread { tx, fifo, .. } => (tx, fifo),
+            Link::Process(ProcessLink {
+                ends: Some((tx, _)),
+                fifo,
+                ..
+            }) => (tx, fifo),
+            _ => return false,
         };
         if fifo.len() >= ring_slots {
             return false;
@@ -1032,11 +1281,15 @@ impl Engine {
         let mut answers = [0u32; MAX_BURST];
         let n = match &mut self.vms[vm].link {
             Link::Thread { rx, .. } => rx.dequeue_burst(&mut answers),
-            Link::Inline(_) => 0,
+            Link::Process(ProcessLink {
+                ends: Some((_, rx)),
+                ..
+            }) => rx.dequeue_burst(&mut answers),
+            _ => 0,
         };
         for &answer in &answers[..n] {
             let (given, verdict) = vm::wire::decode(answer);
-            let Link::Thread { fifo, .. } = &mut self.vms[vm].link else {
+            let Some(fifo) = self.vms[vm].link.fifo_mut() else {
                 break;
             };
             let Some(pending) = fifo.pop_front() else {
@@ -1054,7 +1307,7 @@ impl Engine {
         loop {
             let next = match &self.vms[vm].link {
                 Link::Thread { backlog, .. } => backlog.front().copied(),
-                Link::Inline(_) => None,
+                Link::Inline(_) | Link::Process(_) => None,
             };
             let Some(pending) = next else { break };
             if !self.send(vm, pending) {
@@ -1078,7 +1331,7 @@ impl Engine {
         let mut index = pending.shared;
         // Only a VM thread holds a private copy here (inline visits copied back already).
         // Compare kinds, not indices: a private index may equal a shared one.
-        let thread = matches!(self.vms[vm].link, Link::Thread { .. });
+        let thread = self.vms[vm].link.queued();
         if thread && self.vms[vm].copy_cache.is_some() {
             // Untrusted: copy the (possibly rewritten) frame back, then free the copy.
             if let Some(cache) = &mut self.vms[vm].copy_cache {
@@ -1143,91 +1396,15 @@ impl VmWorker {
             // Running unpinned is slower, not wrong; the switch reports its own pinning.
             let _ = numa::pin_current_thread(core);
         }
-        let hold = self.nf.hold();
-        let mut indices = [0u32; MAX_BURST];
-        let mut held: VecDeque<(u32, Instant)> = VecDeque::new();
-        let mut answers = [0u32; MAX_BURST];
-        let mut idle_rounds = 0u32;
-        loop {
-            let n = self.rx.dequeue_burst(&mut indices);
-            let now = Instant::now();
-            let mut ready = 0;
-            for &index in &indices[..n] {
-                let verdict = self.process(index);
-                let answer = vm::wire::encode(index, verdict);
-                if hold.is_zero() {
-                    answers[ready] = answer;
-                    ready += 1;
-                } else {
-                    held.push_back((answer, now + hold));
-                }
-            }
-            self.answer(&answers[..ready]);
-            let mut released = 0;
-            while let Some(&(answer, due)) = held.front() {
-                if due > now || released == MAX_BURST {
-                    break;
-                }
-                answers[released] = answer;
-                released += 1;
-                held.pop_front();
-            }
-            self.answer(&answers[..released]);
-            if n == 0 && released == 0 {
-                if held.is_empty() && self.shutdown.load(Ordering::Acquire) {
-                    return self.nf;
-                }
-                idle_rounds = idle_rounds.saturating_add(1);
-                match self.idle {
-                    IdlePolicy::Busy if idle_rounds < 4096 => std::hint::spin_loop(),
-                    // Even busy VM threads yield after a while: on this machine they
-                    // share cores with the switch.
-                    IdlePolicy::Busy => thread::yield_now(),
-                    IdlePolicy::Sleep => thread::sleep(Duration::from_micros(
-                        (1u64 << idle_rounds.min(10)).min(1000),
-                    )),
-                }
-            } else {
-                idle_rounds = 0;
-            }
-        }
-    }
-
-    fn process(&mut self, index: u32) -> Verdict {
-        let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
-        // SAFETY: the switch handed us `index` through our ring and will not touch it
-        // until we answer; with one reference nobody else reads it, so we may write.
-        unsafe {
-            if exclusive {
-                match self.pool.buf_data_mut(index) {
-                    Ok(bytes) => {
-                        let mut frame = Frame::exclusive(bytes);
-                        let verdict = self.nf.process(&mut frame);
-                        if frame.written() {
-                            let _ = self.pool.forget_content(index);
-                        }
-                        verdict
-                    }
-                    Err(_) => Verdict::Drop,
-                }
-            } else {
-                match self.pool.buf_data(index) {
-                    Ok(bytes) => self.nf.process(&mut Frame::shared(bytes)),
-                    Err(_) => Verdict::Drop,
-                }
-            }
-        }
-    }
-
-    fn answer(&mut self, answers: &[u32]) {
-        let mut sent = 0;
-        while sent < answers.len() {
-            // The switch never has more packets out with us than the ring holds, so
-            // this only waits while the switch is draining.
-            sent += self.tx.enqueue_burst(&answers[sent..]);
-            if sent < answers.len() {
-                std::hint::spin_loop();
-            }
-        }
+        let shutdown = self.shutdown.clone();
+        vm::serve(
+            self.nf.as_mut(),
+            &self.pool,
+            &mut self.rx,
+            &mut self.tx,
+            self.idle,
+            || shutdown.load(Ordering::Acquire),
+        );
+        self.nf
     }
 }

@@ -11,12 +11,18 @@
 //! [`Frame::data_mut`].
 //!
 //! Built-ins ([`builtin`]): `forward`, `counter`, `drop-every:N`, `pcap-tap:FILE`,
-//! `rewrite:dscp=N`, `delay:us=N`.
+//! `rewrite:dscp=N`, `delay:us=N`, and `process`: a VM run by another process that
+//! attaches through the control socket (see [`crate::external`]).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
 use std::io::BufWriter;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::pool::PacketPool;
+use crate::ring::{RingConsumer, RingProducer};
+use crate::switch::{IdlePolicy, MAX_BURST};
 
 /// What a VM wants done with the packet it was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,12 +154,136 @@ pub trait NetworkFunction: Send {
     fn summary(&self) -> Option<String> {
         None
     }
+
+    /// Whether this VM is run by another process that attaches through the control
+    /// socket ([`External`]); the switch then never calls [`process`](Self::process).
+    fn external(&self) -> bool {
+        false
+    }
+}
+
+/// The VM side of a ring pair: take indices from `rx`, run `nf` on each packet, answer
+/// in order on `tx` (index and verdict in one slot, see [`wire`]). Packets are held for
+/// [`NetworkFunction::hold`] before they are answered. Returns when `stop()` says so
+/// with nothing held; `stop` is asked only when idle (so it may make a system call).
+///
+/// The same loop runs a VM thread inside the switch and a VM process (`netvm nf`), so
+/// the two cost the same per packet.
+pub fn serve(
+    nf: &mut dyn NetworkFunction,
+    pool: &PacketPool,
+    rx: &mut RingConsumer,
+    tx: &mut RingProducer,
+    idle: IdlePolicy,
+    mut stop: impl FnMut() -> bool,
+) {
+    let hold = nf.hold();
+    let mut indices = [0u32; MAX_BURST];
+    let mut held: VecDeque<(u32, Instant)> = VecDeque::new();
+    let mut answers = [0u32; MAX_BURST];
+    let mut idle_rounds = 0u32;
+    loop {
+        let n = rx.dequeue_burst(&mut indices);
+        let now = Instant::now();
+        let mut ready = 0;
+        for &index in &indices[..n] {
+            let verdict = process_one(nf, pool, index);
+            let answer = wire::encode(index, verdict);
+            if hold.is_zero() {
+                answers[ready] = answer;
+                ready += 1;
+            } else {
+                held.push_back((answer, now + hold));
+            }
+        }
+        if !answer_all(tx, &answers[..ready], &mut stop) {
+            return;
+        }
+        let mut released = 0;
+        while let Some(&(answer, due)) = held.front() {
+            if due > now || released == MAX_BURST {
+                break;
+            }
+            answers[released] = answer;
+            released += 1;
+            held.pop_front();
+        }
+        if !answer_all(tx, &answers[..released], &mut stop) {
+            return;
+        }
+        if n == 0 && released == 0 {
+            if held.is_empty() && (idle_rounds % 64 == 0) && stop() {
+                return;
+            }
+            idle_rounds = idle_rounds.wrapping_add(1);
+            match idle {
+                IdlePolicy::Busy if idle_rounds < 4096 => std::hint::spin_loop(),
+                // Even busy VMs yield after a while: on a small machine they share
+                // cores with the switch.
+                IdlePolicy::Busy => std::thread::yield_now(),
+                IdlePolicy::Sleep => std::thread::sleep(Duration::from_micros(
+                    (1u64 << idle_rounds.min(10)).min(1000),
+                )),
+            }
+        } else {
+            idle_rounds = 0;
+        }
+    }
+}
+
+/// Run `nf` on buffer `index` of `pool`: writable when we hold its only reference.
+fn process_one(nf: &mut dyn NetworkFunction, pool: &PacketPool, index: u32) -> Verdict {
+    let exclusive = pool.refcount(index).unwrap_or(0) == 1;
+    // SAFETY: the switch handed us `index` through our ring and does not touch it until
+    // we answer; with one reference nobody else reads it, so we may write it.
+    unsafe {
+        if exclusive {
+            match pool.buf_data_mut(index) {
+                Ok(bytes) => {
+                    let mut frame = Frame::exclusive(bytes);
+                    let verdict = nf.process(&mut frame);
+                    if frame.written() {
+                        let _ = pool.forget_content(index);
+                    }
+                    verdict
+                }
+                Err(_) => Verdict::Drop,
+            }
+        } else {
+            match pool.buf_data(index) {
+                Ok(bytes) => nf.process(&mut Frame::shared(bytes)),
+                Err(_) => Verdict::Drop,
+            }
+        }
+    }
+}
+
+/// Put every answer on the ring. The switch never has more packets out with a VM than
+/// the ring holds, so this only waits while the switch is draining; `false` when `stop`
+/// says the switch is gone meanwhile.
+fn answer_all(tx: &mut RingProducer, answers: &[u32], stop: &mut impl FnMut() -> bool) -> bool {
+    let mut sent = 0;
+    let mut spins = 0u32;
+    while sent < answers.len() {
+        sent += tx.enqueue_burst(&answers[sent..]);
+        if sent < answers.len() {
+            spins = spins.wrapping_add(1);
+            if spins % (1 << 16) == 0 {
+                if stop() {
+                    return false;
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+    }
+    true
 }
 
 /// Why a `--vm` argument was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuiltinError {
-    #[error("unknown built-in VM `{0}` (expected forward, counter, drop-every:N, pcap-tap:FILE, rewrite:dscp=N or delay:us=N)")]
+    #[error("unknown built-in VM `{0}` (expected forward, counter, drop-every:N, pcap-tap:FILE, rewrite:dscp=N, delay:us=N, or process for a network function process that attaches through the control socket)")]
     Unknown(String),
     #[error("built-in `{builtin}`: {why}")]
     BadArgs { builtin: String, why: String },
@@ -208,8 +338,36 @@ pub fn builtin(spec: &str) -> Result<Box<dyn NetworkFunction>, BuiltinError> {
         "delay" => Box::new(Delay {
             hold: Duration::from_micros(number(name, args, "us")?),
         }),
+        "process" if args.is_empty() => Box::new(External),
+        "process" => {
+            return Err(bad(
+                name,
+                "takes no arguments (the process says what it runs)",
+            ))
+        }
         other => return Err(BuiltinError::Unknown(other.to_string())),
     })
+}
+
+/// A VM run by another process (`--vm NAME=process`): it attaches through the control
+/// socket (`netvm nf`, or a program built on `netvm-nf`), and the switch talks to it
+/// through rings. Until one attaches, the VM is down.
+#[derive(Debug, Default)]
+pub struct External;
+
+impl NetworkFunction for External {
+    fn describe(&self) -> String {
+        "process".into()
+    }
+
+    fn process(&mut self, _frame: &mut Frame<'_>) -> Verdict {
+        // Never called: the switch hands this VM's packets to its process.
+        Verdict::Drop
+    }
+
+    fn external(&self) -> bool {
+        true
+    }
 }
 
 /// Returns every packet unchanged.
