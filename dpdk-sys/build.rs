@@ -24,6 +24,8 @@ const FUNCTIONS: &[&str] = &[
     "rte_get_main_lcore",
     "rte_lcore_to_socket_id",
     "rte_strerror",
+    "rte_thread_register",
+    "rte_eal_iova_mode",
     // ethdev
     "rte_eth_dev_count_avail",
     "rte_eth_dev_get_port_by_name",
@@ -72,6 +74,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_dev_dma_map",
     "rte_dev_dma_unmap",
     "rte_mem_virt2iova",
+    "rte_dev_probe",
     "rte_malloc_heap_create",
     "rte_malloc_heap_destroy",
     "rte_malloc_heap_get_socket",

@@ -57,3 +57,11 @@ pub struct PortStats {
     /// RX mbuf allocation failures.
     pub rx_no_mbuf: u64,
 }
+
+/// A buffer DPDK does not own, for a [`crate::Mempool`] of pinned external buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalBuffer {
+    pub addr: *mut u8,
+    /// IO address of `addr` (see [`crate::Eal::iova`]).
+    pub iova: u64,
+}

@@ -114,6 +114,87 @@ impl Eal {
         check("rte_vdev_init", ret)
     }
 
+    /// Probes a device after init (hotplug): a PCI address or `NAME,ARGS` of a bus device.
+    pub fn dev_probe(&self, devargs: &str) -> Result<()> {
+        let c_args = CString::new(devargs).map_err(|_| Error::Nul {
+            what: "device arguments",
+            value: devargs.into(),
+        })?;
+        // SAFETY: a valid C string, copied by DPDK.
+        let ret = unsafe { ffi::rte_dev_probe(c_args.as_ptr()) };
+        check("rte_dev_probe", ret)
+    }
+
+    /// Whether IO addresses are virtual addresses (`RTE_IOVA_VA`, as with vfio or no
+    /// device DMA at all); otherwise they are physical.
+    pub fn iova_is_va(&self) -> bool {
+        // SAFETY: a read-only query after init.
+        unsafe { ffi::rte_eal_iova_mode() == ffi::rte_iova_mode_RTE_IOVA_VA }
+    }
+
+    /// The IO address of `addr` in DPDK memory or registered external memory, `None` when
+    /// DPDK does not know it.
+    pub fn iova(&self, addr: *const u8) -> Option<u64> {
+        // SAFETY: a lookup in DPDK's memory map; never dereferences addr.
+        let iova = unsafe { ffi::rte_mem_virt2iova(addr.cast()) };
+        // SAFETY: returns a constant.
+        (iova != unsafe { ffi::netvm_rte_bad_iova() }).then_some(iova)
+    }
+
+    /// Makes the calling thread an EAL thread (an lcore id of its own), so that mempool
+    /// per-lcore caches serve it. Does nothing on a thread that already has one.
+    pub fn register_thread(&self) -> Result<()> {
+        if lcore_id().is_some() {
+            return Ok(());
+        }
+        // SAFETY: registers the calling thread; DPDK takes a free lcore slot or fails.
+        let ret = unsafe { ffi::rte_thread_register() };
+        if ret < 0 {
+            return Err(call_error("rte_thread_register", errno()));
+        }
+        Ok(())
+    }
+
+    /// Registers `[addr, addr + len)`, made of `page_bytes` pages, as external memory, so
+    /// DPDK's address lookups ([`Eal::iova`]) and drivers know it. `iovas`: the IO address
+    /// of each page, or `None` to leave them unknown (`RTE_BAD_IOVA`).
+    ///
+    /// # Safety
+    /// The range is mapped and stays mapped until [`Eal::extmem_unregister`]; `len` is a
+    /// multiple of `page_bytes`, a power of two.
+    pub unsafe fn extmem_register(
+        &self,
+        addr: *mut u8,
+        len: usize,
+        iovas: Option<&[u64]>,
+        page_bytes: usize,
+    ) -> Result<()> {
+        let (table, pages) = match iovas {
+            Some(t) => (t.as_ptr().cast_mut(), t.len() as u32),
+            None => (std::ptr::null_mut(), 0),
+        };
+        // SAFETY: forwarded from the caller; the IOVA table, when given, has `pages`
+        // entries and is copied by DPDK.
+        let ret = unsafe { ffi::rte_extmem_register(addr.cast(), len, table, pages, page_bytes) };
+        if ret < 0 {
+            return Err(call_error("rte_extmem_register", errno()));
+        }
+        Ok(())
+    }
+
+    /// Forgets memory registered with [`Eal::extmem_register`].
+    ///
+    /// # Safety
+    /// No mbuf or device uses the range any more.
+    pub unsafe fn extmem_unregister(&self, addr: *mut u8, len: usize) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        let ret = unsafe { ffi::rte_extmem_unregister(addr.cast(), len) };
+        if ret < 0 {
+            return Err(call_error("rte_extmem_unregister", errno()));
+        }
+        Ok(())
+    }
+
     /// NUMA node of the calling thread's lcore (0 on one-node machines and non-EAL threads
     /// that DPDK cannot place).
     pub fn socket_id(&self) -> u32 {

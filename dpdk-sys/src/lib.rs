@@ -64,7 +64,11 @@ pub use mempool::{Mbuf, Mempool};
 pub use port::{Port, RxQueue, TxQueue};
 
 mod config;
-pub use config::{PortConfig, PortInfo, PortStats};
+pub use config::{ExternalBuffer, PortConfig, PortInfo, PortStats};
+
+/// What DPDK calls when the last mbuf attached to an external buffer lets it go:
+/// `release(buffer_address, opaque)` (`rte_mbuf_extbuf_free_callback_t`).
+pub type ExternalFree = unsafe extern "C" fn(*mut std::ffi::c_void, *mut std::ffi::c_void);
 
 /// Buffer size for a pool whose buffers each hold a 1518-byte frame: DPDK's
 /// `RTE_MBUF_DEFAULT_BUF_SIZE` (2048 bytes of data room plus the 128-byte headroom).

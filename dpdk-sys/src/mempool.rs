@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use crate::eal::{call_error, errno};
-use crate::{ffi, Eal, Error, Result};
+use crate::{ffi, Eal, Error, ExternalBuffer, ExternalFree, Result};
 
 /// A pool of packet buffers, cheap to clone (the handles share one DPDK mempool).
 #[derive(Debug, Clone)]
@@ -74,6 +74,119 @@ impl Mempool {
         Ok(Mempool {
             inner: Arc::new(PoolHandle(raw)),
         })
+    }
+
+    /// A pool of `buffers.len()` mbufs whose data rooms are `buffers` — memory DPDK does not
+    /// own (DPDK's "pinned external buffer" pool, `rte_pktmbuf_pool_create_extbuf`). Each
+    /// mbuf stays attached to the buffer it points at; [`Mbuf::set_buffer`] re-points it.
+    /// The mbuf headers themselves live in DPDK memory.
+    ///
+    /// # Safety
+    /// Every buffer is `buf_bytes` long, writable, not otherwise used while an mbuf points
+    /// at it, and outlives the pool and every mbuf taken from it; `iova` is the buffer's IO
+    /// address as the EAL's IOVA mode defines it (or `RTE_BAD_IOVA` for devices that do no
+    /// DMA).
+    pub unsafe fn pinned_external(
+        _eal: &Eal,
+        name: &str,
+        buffers: &[ExternalBuffer],
+        buf_bytes: u16,
+        cache_mbufs: u32,
+        socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        let c_name = CString::new(name).map_err(|_| Error::Nul {
+            what: "a mempool name",
+            value: name.into(),
+        })?;
+        let count = u32::try_from(buffers.len()).map_err(|_| Error::Config {
+            port: 0,
+            message: format!(
+                "{} external buffers is too many for one pool",
+                buffers.len()
+            ),
+        })?;
+        let mut areas: Vec<ffi::rte_pktmbuf_extmem> = buffers
+            .iter()
+            .map(|b| ffi::rte_pktmbuf_extmem {
+                buf_ptr: b.addr.cast(),
+                buf_iova: b.iova,
+                buf_len: buf_bytes.into(),
+                elt_size: buf_bytes,
+            })
+            .collect();
+        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        // SAFETY: c_name is a valid C string; `areas` holds `count` descriptors of buffers
+        // the caller promises are valid for the pool's life; DPDK copies the descriptors.
+        let raw = unsafe {
+            ffi::rte_pktmbuf_pool_create_extbuf(
+                c_name.as_ptr(),
+                count,
+                cache_mbufs,
+                0,
+                buf_bytes,
+                socket,
+                areas.as_mut_ptr(),
+                count,
+            )
+        };
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| call_error("rte_pktmbuf_pool_create_extbuf", errno()))?;
+        Ok(Mempool {
+            inner: Arc::new(PoolHandle(raw)),
+        })
+    }
+
+    /// A pool of `mbufs` mbufs with no data room of their own, each with room for the shared
+    /// info of one external buffer: for [`Mbuf::attach_external`].
+    pub fn for_attached(
+        _eal: &Eal,
+        name: &str,
+        mbufs: u32,
+        cache_mbufs: u32,
+        socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        let c_name = CString::new(name).map_err(|_| Error::Nul {
+            what: "a mempool name",
+            value: name.into(),
+        })?;
+        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        // SAFETY: returns a constant.
+        let priv_bytes = unsafe { ffi::netvm_rte_mbuf_ext_shinfo_priv_bytes() };
+        // SAFETY: c_name is a valid C string (DPDK copies it); the EAL is initialised.
+        let raw = unsafe {
+            ffi::rte_pktmbuf_pool_create(c_name.as_ptr(), mbufs, cache_mbufs, priv_bytes, 0, socket)
+        };
+        let raw =
+            NonNull::new(raw).ok_or_else(|| call_error("rte_pktmbuf_pool_create", errno()))?;
+        Ok(Mempool {
+            inner: Arc::new(PoolHandle(raw)),
+        })
+    }
+
+    /// Appends `count` buffers to `out`, all or none (`false` when the pool has fewer).
+    pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, count: usize) -> bool {
+        let Ok(n) = u32::try_from(count) else {
+            return false;
+        };
+        out.reserve(count);
+        let len = out.len();
+        // SAFETY: the spare capacity holds `count` slots; Mbuf is a transparent
+        // NonNull<rte_mbuf>, and on success DPDK wrote `count` live mbufs there, which we
+        // then own. On failure it wrote nothing we keep.
+        unsafe {
+            let slots = out.as_mut_ptr().add(len).cast::<*mut ffi::rte_mbuf>();
+            if ffi::netvm_rte_pktmbuf_alloc_bulk(self.as_ptr(), slots, n) != 0 {
+                return false;
+            }
+            out.set_len(len + count);
+        }
+        true
+    }
+
+    /// Whether `mbuf` came from this pool.
+    pub fn owns(&self, mbuf: &Mbuf) -> bool {
+        // SAFETY: mbuf is live; reads its pool pointer.
+        unsafe { ffi::netvm_rte_mbuf_pool(mbuf.as_ptr()) == self.as_ptr() }
     }
 
     /// One buffer, empty (length 0, default headroom), or `None` when the pool is exhausted.
@@ -202,6 +315,90 @@ impl Mbuf {
     pub fn iova(&self) -> u64 {
         // SAFETY: self owns a live mbuf.
         unsafe { ffi::netvm_rte_pktmbuf_iova(self.0.as_ptr()) }
+    }
+
+    /// Offset of the first data byte from the start of the buffer (`data_off`).
+    pub fn data_offset(&self) -> u16 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_pktmbuf_data_off(self.0.as_ptr()) }
+    }
+
+    /// Start of the buffer the mbuf points at (`buf_addr`; the data is
+    /// [`data_offset`](Self::data_offset) bytes further).
+    pub fn buf_addr(&self) -> *mut u8 {
+        // SAFETY: self owns a live mbuf.
+        unsafe { ffi::netvm_rte_mbuf_buf_addr(self.0.as_ptr()).cast() }
+    }
+
+    /// References to the external buffer this mbuf is attached to, `None` when its buffer is
+    /// its own (a direct mbuf) or pinned to it.
+    pub fn external_refs(&self) -> Option<u16> {
+        // SAFETY: self owns a live mbuf; shinfo is valid when the EXTERNAL flag is set.
+        unsafe {
+            (ffi::netvm_rte_mbuf_has_extbuf(self.0.as_ptr()) != 0
+                && !ffi::netvm_rte_mbuf_pool(self.0.as_ptr()).is_null())
+            .then(|| ffi::netvm_rte_mbuf_ext_refcnt(self.0.as_ptr()))
+        }
+    }
+
+    /// Re-points an mbuf of a [`Mempool::pinned_external`] pool at another buffer.
+    ///
+    /// # Safety
+    /// The mbuf comes from a pinned external pool, `addr` is a buffer as long as that pool's
+    /// buffers and meets [`Mempool::pinned_external`]'s conditions, and the old buffer is
+    /// now the caller's to account for.
+    pub unsafe fn set_buffer(&mut self, addr: *mut u8, iova: u64) {
+        // SAFETY: forwarded from the caller.
+        unsafe { ffi::netvm_rte_mbuf_set_buf(self.0.as_ptr(), addr.cast(), iova) }
+    }
+
+    /// Attaches the external buffer `[addr, addr + buf_bytes)` to a fresh mbuf of a
+    /// [`Mempool::for_attached`] pool, the packet being `data_bytes` at `data_offset`.
+    /// When the last mbuf attached to it is freed (by the program or a driver, on any
+    /// thread), DPDK calls `release(addr, opaque)`.
+    ///
+    /// # Safety
+    /// The mbuf comes from a [`Mempool::for_attached`] pool and has no buffer attached;
+    /// the buffer stays valid and unwritten until `release` runs; `release` is safe to call
+    /// from any thread with `opaque`, which must stay valid until then.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attach_external(
+        &mut self,
+        addr: *mut u8,
+        iova: u64,
+        buf_bytes: u16,
+        data_offset: u16,
+        data_bytes: u16,
+        release: ExternalFree,
+        opaque: *mut std::ffi::c_void,
+    ) {
+        // SAFETY: forwarded from the caller; the pool's private area holds the shared info.
+        unsafe {
+            ffi::netvm_rte_pktmbuf_attach_extbuf(
+                self.0.as_ptr(),
+                addr.cast(),
+                iova,
+                buf_bytes,
+                data_offset,
+                data_bytes,
+                Some(release),
+                opaque,
+            )
+        }
+    }
+
+    /// Frees every mbuf in `mbufs` with one call (`rte_pktmbuf_free_bulk`), emptying it.
+    pub fn free_bulk(mbufs: &mut Vec<Mbuf>) {
+        let Ok(count) = u32::try_from(mbufs.len()) else {
+            mbufs.clear();
+            return;
+        };
+        // SAFETY: the vector holds `count` owned, live mbufs laid out as pointers (repr
+        // transparent); after the call DPDK has them, so forget them without dropping.
+        unsafe {
+            ffi::rte_pktmbuf_free_bulk(mbufs.as_mut_ptr().cast(), count);
+            mbufs.set_len(0);
+        }
     }
 
     /// Gives up ownership; the caller must free the buffer (or hand it to DPDK).

@@ -3,7 +3,7 @@
 //! needs an [`Eal`], so its body is unreachable (`match` on an empty enum). The raw-pointer
 //! accessors (`as_ptr`, `into_raw`, `from_raw`) exist only with DPDK, beside [`crate::ffi`].
 
-use crate::{Error, PortConfig, PortInfo, PortStats, Result};
+use crate::{Error, ExternalBuffer, ExternalFree, PortConfig, PortInfo, PortStats, Result};
 
 /// No value: the types below hold one, so none of them can exist.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,34 @@ pub mod eal {
         pub fn socket_id(&self) -> u32 {
             match self.never {}
         }
+        pub fn dev_probe(&self, _devargs: &str) -> Result<()> {
+            match self.never {}
+        }
+        pub fn iova_is_va(&self) -> bool {
+            match self.never {}
+        }
+        pub fn iova(&self, _addr: *const u8) -> Option<u64> {
+            match self.never {}
+        }
+        pub fn register_thread(&self) -> Result<()> {
+            match self.never {}
+        }
+        /// # Safety
+        /// Unreachable in this build (no `Eal` exists).
+        pub unsafe fn extmem_register(
+            &self,
+            _addr: *mut u8,
+            _len: usize,
+            _iovas: Option<&[u64]>,
+            _page_bytes: usize,
+        ) -> Result<()> {
+            match self.never {}
+        }
+        /// # Safety
+        /// Unreachable in this build (no `Eal` exists).
+        pub unsafe fn extmem_unregister(&self, _addr: *mut u8, _len: usize) -> Result<()> {
+            match self.never {}
+        }
     }
 }
 pub use eal::Eal;
@@ -76,6 +104,33 @@ impl Mempool {
         _socket_id: Option<u32>,
     ) -> Result<Mempool> {
         match eal.never {}
+    }
+    /// # Safety
+    /// Unreachable in this build (no `Eal` exists).
+    pub unsafe fn pinned_external(
+        eal: &Eal,
+        _name: &str,
+        _buffers: &[ExternalBuffer],
+        _buf_bytes: u16,
+        _cache_mbufs: u32,
+        _socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        match eal.never {}
+    }
+    pub fn for_attached(
+        eal: &Eal,
+        _name: &str,
+        _mbufs: u32,
+        _cache_mbufs: u32,
+        _socket_id: Option<u32>,
+    ) -> Result<Mempool> {
+        match eal.never {}
+    }
+    pub fn alloc_bulk(&self, _out: &mut Vec<Mbuf>, _count: usize) -> bool {
+        match self.never {}
+    }
+    pub fn owns(&self, _mbuf: &Mbuf) -> bool {
+        match self.never {}
     }
     pub fn alloc(&self) -> Option<Mbuf> {
         match self.never {}
@@ -124,6 +179,39 @@ impl Mbuf {
     }
     pub fn iova(&self) -> u64 {
         match self.never {}
+    }
+    pub fn data_offset(&self) -> u16 {
+        match self.never {}
+    }
+    pub fn buf_addr(&self) -> *mut u8 {
+        match self.never {}
+    }
+    pub fn external_refs(&self) -> Option<u16> {
+        match self.never {}
+    }
+    /// # Safety
+    /// Unreachable in this build (no `Mbuf` exists).
+    pub unsafe fn set_buffer(&mut self, _addr: *mut u8, _iova: u64) {
+        match self.never {}
+    }
+    /// # Safety
+    /// Unreachable in this build (no `Mbuf` exists).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attach_external(
+        &mut self,
+        _addr: *mut u8,
+        _iova: u64,
+        _buf_bytes: u16,
+        _data_offset: u16,
+        _data_bytes: u16,
+        _release: ExternalFree,
+        _opaque: *mut std::ffi::c_void,
+    ) {
+        match self.never {}
+    }
+    /// Empties `mbufs` (which can hold none in this build).
+    pub fn free_bulk(mbufs: &mut Vec<Mbuf>) {
+        mbufs.clear();
     }
 }
 

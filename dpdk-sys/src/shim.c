@@ -60,3 +60,37 @@ uint64_t netvm_rte_eth_rss_ip_tcp_udp(void) {
 }
 
 uint64_t netvm_rte_bad_iova(void) { return RTE_BAD_IOVA; }
+
+uint16_t netvm_rte_pktmbuf_data_off(const struct rte_mbuf *m) { return m->data_off; }
+
+void *netvm_rte_mbuf_buf_addr(const struct rte_mbuf *m) { return m->buf_addr; }
+
+struct rte_mempool *netvm_rte_mbuf_pool(const struct rte_mbuf *m) { return m->pool; }
+
+void netvm_rte_mbuf_set_buf(struct rte_mbuf *m, void *buf_addr, uint64_t buf_iova) {
+  m->buf_addr = buf_addr;
+  rte_mbuf_iova_set(m, buf_iova);
+}
+
+uint16_t netvm_rte_mbuf_ext_shinfo_priv_bytes(void) {
+  return RTE_ALIGN_CEIL(sizeof(struct rte_mbuf_ext_shared_info), RTE_MBUF_PRIV_ALIGN);
+}
+
+void netvm_rte_pktmbuf_attach_extbuf(struct rte_mbuf *m, void *buf_addr, uint64_t buf_iova,
+                                     uint16_t buf_len, uint16_t data_off, uint16_t data_len,
+                                     rte_mbuf_extbuf_free_callback_t free_cb, void *opaque) {
+  struct rte_mbuf_ext_shared_info *shinfo = rte_mbuf_to_priv(m);
+  shinfo->free_cb = free_cb;
+  shinfo->fcb_opaque = opaque;
+  rte_mbuf_ext_refcnt_set(shinfo, 1);
+  rte_pktmbuf_attach_extbuf(m, buf_addr, buf_iova, buf_len, shinfo);
+  m->data_off = data_off;
+  m->data_len = data_len;
+  m->pkt_len = data_len;
+}
+
+uint16_t netvm_rte_mbuf_ext_refcnt(const struct rte_mbuf *m) {
+  return rte_mbuf_ext_refcnt_read(m->shinfo);
+}
+
+int netvm_rte_mbuf_has_extbuf(const struct rte_mbuf *m) { return RTE_MBUF_HAS_EXTBUF(m) ? 1 : 0; }

@@ -47,6 +47,31 @@ uint16_t netvm_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
 uint16_t netvm_rte_pktmbuf_data_room_size(struct rte_mempool *mp);
 /* The IO address of the first data byte (what a NIC would DMA to). */
 uint64_t netvm_rte_pktmbuf_iova(const struct rte_mbuf *m);
+uint16_t netvm_rte_pktmbuf_data_off(const struct rte_mbuf *m);
+
+/*
+ * Zero-copy helpers for mbufs whose data lives in memory netvm owns (see the runtime's
+ * dpdk port): where the buffer is, which pool the mbuf came from, and two writers.
+ */
+void *netvm_rte_mbuf_buf_addr(const struct rte_mbuf *m);
+struct rte_mempool *netvm_rte_mbuf_pool(const struct rte_mbuf *m);
+/* Re-points a pinned external-buffer mbuf at another buffer of the same length. */
+void netvm_rte_mbuf_set_buf(struct rte_mbuf *m, void *buf_addr, uint64_t buf_iova);
+/* Bytes of private area an mbuf needs to carry its own rte_mbuf_ext_shared_info. */
+uint16_t netvm_rte_mbuf_ext_shinfo_priv_bytes(void);
+/*
+ * Attaches the external buffer [buf_addr, buf_addr + buf_len) to a direct mbuf from a
+ * pool created with netvm_rte_mbuf_ext_shinfo_priv_bytes() of private area, keeping the
+ * shared info there; free_cb(buf_addr, opaque) runs when the last mbuf lets it go. The
+ * packet is data_len bytes at data_off.
+ */
+void netvm_rte_pktmbuf_attach_extbuf(struct rte_mbuf *m, void *buf_addr, uint64_t buf_iova,
+                                     uint16_t buf_len, uint16_t data_off, uint16_t data_len,
+                                     rte_mbuf_extbuf_free_callback_t free_cb, void *opaque);
+/* References to the external buffer of m (1 for a buffer only m points at). */
+uint16_t netvm_rte_mbuf_ext_refcnt(const struct rte_mbuf *m);
+/* Whether m carries an external buffer (RTE_MBUF_F_EXTERNAL). */
+int netvm_rte_mbuf_has_extbuf(const struct rte_mbuf *m);
 
 unsigned int netvm_rte_lcore_id(void);
 /* Function-like macros bindgen cannot evaluate. */

@@ -4,10 +4,17 @@
 //! [`RxBurst`], which allocates and fills buffers (and refuses when the burst is full or
 //! the pool is dry, so the port keeps the frame for the next poll); on transmit it is
 //! handed byte slices and the switch frees the buffers afterwards. Drivers:
-//! [`gen`] (synthetic traffic), [`null`] (a sink), [`pcap`] (files) and [`afpacket`]
-//! (a Linux raw socket). [`open`] builds one from a `--bind` argument, `DRIVER:ARGS`.
+//! [`gen`] (synthetic traffic), [`null`] (a sink), [`pcap`] (files), [`afpacket`]
+//! (a Linux raw socket) and [`dpdk`] (DPDK ethdevs, with the `dpdk` feature). [`open`]
+//! builds one from a `--bind` argument, `DRIVER:ARGS`.
+//!
+//! The one exception to "never touches the pool" is [`dpdk`]: its receive buffers *are*
+//! pool buffers (DPDK writes frames straight into them), so it receives with
+//! [`RxBurst::push_held`] and learns the pool from [`Port::attach_pool`] (or, until the
+//! switch calls that, from its first [`RxBurst`]).
 
 pub mod afpacket;
+pub mod dpdk;
 pub mod gen;
 pub mod null;
 pub mod pcap;
@@ -18,7 +25,7 @@ use crate::pool::{PacketPool, PoolCache};
 /// Why a port could not be opened or used.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("unknown port driver `{0}` (expected gen, null, pcap or afpacket)")]
+    #[error("unknown port driver `{0}` (expected gen, null, pcap, afpacket or dpdk)")]
     UnknownDriver(String),
     #[error("{driver}: {why}")]
     BadArgs { driver: &'static str, why: String },
@@ -84,6 +91,13 @@ pub trait Port: Send {
     fn finish(&mut self) -> Result<(), PortError> {
         Ok(())
     }
+
+    /// The shared pool the switch receives into, before the first poll. Ports whose
+    /// device writes straight into pool buffers ([`dpdk`]) set themselves up here; the
+    /// others ignore it.
+    fn attach_pool(&mut self, _pool: &PacketPool) -> Result<(), PortError> {
+        Ok(())
+    }
 }
 
 /// Receive-side buffer allocation for one burst.
@@ -119,6 +133,33 @@ impl<'a> RxBurst<'a> {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// The pool this burst allocates from.
+    pub fn pool(&self) -> &PacketPool {
+        self.cache.pool()
+    }
+
+    /// Allocate up to `out.len()` buffers from the switch's cache (for a port that lends
+    /// buffers to its device); returns how many. The port holds them until it pushes
+    /// them with [`push_held`](Self::push_held) or frees them.
+    pub fn alloc_for_port(&mut self, out: &mut [u32]) -> usize {
+        let n = self.cache.alloc_burst(out);
+        if n < out.len() {
+            self.pool_dry = true;
+        }
+        n
+    }
+
+    /// Emit a buffer the port already holds (one reference, its data window and port
+    /// set): a frame the device wrote in place. `false`: the burst is full, keep it.
+    pub fn push_held(&mut self, index: u32) -> bool {
+        if self.len == self.out.len() {
+            return false;
+        }
+        self.out[self.len] = index;
+        self.len += 1;
+        true
     }
 
     /// Consume a frame that cannot be forwarded whole (truncated by the driver, or
@@ -220,6 +261,7 @@ pub fn open(spec: &str, port_index: usize) -> Result<Box<dyn Port>, PortError> {
         "null" => Box::new(null::NullPort),
         "pcap" => Box::new(pcap::PcapPort::open(args)?),
         "afpacket" => Box::new(afpacket::AfPacketPort::open(args)?),
+        "dpdk" => dpdk::open(args)?,
         other => return Err(PortError::UnknownDriver(other.to_string())),
     })
 }

@@ -1,0 +1,1245 @@
+//! `dpdk:DEVICE[,ARG=VALUE...]`: a DPDK ethdev as a switch port, receiving into and
+//! sending from the shared pool's own buffers (feature `dpdk`).
+//!
+//! **Syntax.** `DEVICE` is a PCI address (`0000:01:00.0`, or `01:00.0`) or a DPDK virtual
+//! device name (`net_null0`, `net_ring0`, `net_pcap0`, `net_af_packet0`, `net_tap0`,
+//! `net_memif0`, `net_vhost0`, ...). The comma-separated `KEY=VALUE` items after it are
+//! the device's own arguments (`net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`,
+//! `net_af_packet0,iface=veth0`), passed to DPDK as written, except the keys netvm keeps
+//! for itself: `rxq=N` and `txq=N` (queues to open, default 1). A device already created
+//! through `--eal '--vdev=...'` or `-a` is used as it is.
+//!
+//! **EAL.** DPDK's environment is initialised once per process, by the first `dpdk` port
+//! opened, with defaults for a machine without a NIC: `-l` the first allowed CPU (the
+//! switch threads keep their own placement: the affinity the EAL sets is undone),
+//! `--no-pci` unless that port is a PCI address (then `-a ADDRESS`), `--in-memory` on
+//! huge pages when at least 16 are free, otherwise `--no-huge -m 256 --no-shconf`,
+//! `--file-prefix=netvm-PID` (several instances side by side), `--no-telemetry` and
+//! warnings-only logging. [`set_eal_args`] (`netvm run --eal '...'`) appends arguments and
+//! suppresses the default each one replaces.
+//!
+//! **Zero copy.** The device's receive mempool is built over buffers of netvm's shared
+//! pool: a DPDK "pinned external buffer" pool (`rte_pktmbuf_pool_create_extbuf`) whose
+//! mbufs each point at one pool buffer's room (headroom + data room, so DPDK's
+//! `data_off` is netvm's `data_offset`). The region is registered with the EAL as
+//! external memory (`rte_extmem_register`, IOVA = VA when the EAL runs IOVA-as-VA).
+//! - **RX.** A received mbuf's buffer *is* a pool buffer holding the frame: its data
+//!   window is set from the mbuf and its index handed to the switch
+//!   ([`RxBurst::push_held`]); the mbuf is re-pointed at a fresh buffer from the switch's
+//!   cache and freed back to DPDK. Cost per packet: one buffer from the cache and two
+//!   pointer stores instead of a memcpy; the pool lends `rxq × 512 + 512` buffers to the
+//!   device for as long as the port runs.
+//! - **TX.** Each outgoing frame gets an mbuf with no data room of its own, attached to
+//!   the frame's pool buffer (`rte_pktmbuf_attach_extbuf`), holding one more reference
+//!   on it; when the driver frees the mbuf (sent, or dropped), DPDK's callback drops that
+//!   reference. Cost per packet: an mbuf from a DPDK pool, a refcount increment and its
+//!   decrement.
+//! - **Copies** happen only where no buffer can be lent: a received mbuf that is not one
+//!   of ours (a frame another port's pool owns, or an attached buffer someone else also
+//!   references, e.g. `net_ring` handing back what we sent while a mirror holds it) or a
+//!   frame to send that does not lie in the pool. Each such byte is counted in
+//!   [`DpdkCounters::copied_bytes`], shown in the port's description in the run report;
+//!   for trusted VMs on DPDK ports it stays 0. (What a *driver* copies — `net_pcap`
+//!   reading a file, `net_af_packet` from the kernel's ring — is that driver's I/O.)
+//!
+//! **Queues.** `rxq=N` opens N receive queues with RSS (IP/TCP/UDP hash) where the device
+//! has it, `txq=N` N transmit queues; the one switch thread polls every receive queue in
+//! turn and sends on queue 0. One switch thread per queue (RSS scaling) needs a
+//! multi-threaded switch and is **not done**.
+//!
+//! The device is configured and started when the port learns the pool
+//! ([`Port::attach_pool`], or its first receive burst), on the switch thread, which is
+//! registered as an EAL thread so DPDK's per-lcore mempool caches serve it. At
+//! [`Port::finish`] the device is stopped and closed (flushing `tx_pcap` files) and every
+//! lent buffer goes back to the pool.
+//!
+//! Without the `dpdk` feature the driver still parses its arguments and then says how to
+//! get it; with the feature and no DPDK on the build machine, DPDK's own message says so.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::{bad_args, Port, PortError};
+
+/// Most RX queues a port opens.
+pub const MAX_QUEUES: u16 = 64;
+
+/// How to open a DPDK device, from `dpdk:DEVICE[,ARGS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// The ethdev name: a vdev name or a full PCI address (`0000:01:00.0`).
+    pub name: String,
+    /// The device's own arguments, comma-separated as given.
+    pub device_args: String,
+    /// Whether `name` is a PCI address.
+    pub pci: bool,
+    pub rx_queues: u16,
+    pub tx_queues: u16,
+}
+
+/// A PCI address `DDDD:BB:DD.F` or `BB:DD.F`, normalised to the long form.
+fn pci_address(text: &str) -> Option<String> {
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit());
+    let (rest, function) = text.rsplit_once('.')?;
+    if function.len() != 1 || !matches!(function.as_bytes()[0], b'0'..=b'7') {
+        return None;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    let (domain, bus, device) = match parts.as_slice() {
+        [bus, device] => ("0000", *bus, *device),
+        [domain, bus, device] => (*domain, *bus, *device),
+        _ => return None,
+    };
+    (hex(domain, 4) && hex(bus, 2) && hex(device, 2))
+        .then(|| format!("{domain}:{bus}:{device}.{function}").to_ascii_lowercase())
+}
+
+impl DeviceSpec {
+    /// Parse the text after `dpdk:`.
+    pub fn parse(args: &str) -> Result<DeviceSpec, PortError> {
+        let mut items = args.split(',').map(str::trim);
+        let device = items.next().unwrap_or_default();
+        if device.is_empty() {
+            return Err(bad_args(
+                "dpdk",
+                "expected DEVICE[,ARG=VALUE...], a PCI address (0000:01:00.0) or a DPDK \
+                 virtual device (net_null0, net_ring0, net_pcap0,rx_pcap=in.pcap, \
+                 net_af_packet0,iface=veth0, ...)",
+            ));
+        }
+        let (name, pci) = match pci_address(device) {
+            Some(address) => (address, true),
+            None if device.contains('=') || device.contains(char::is_whitespace) => {
+                return Err(bad_args(
+                    "dpdk",
+                    format!(
+                        "`{device}` is not a device name: the first item is the device \
+                         (a PCI address or a vdev such as net_pcap0), its arguments follow"
+                    ),
+                ))
+            }
+            None => (device.to_string(), false),
+        };
+        let mut spec = DeviceSpec {
+            name,
+            device_args: String::new(),
+            pci,
+            rx_queues: 1,
+            tx_queues: 1,
+        };
+        let mut passed = Vec::new();
+        for item in items.filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            let queues = |what: &str| -> Result<u16, PortError> {
+                value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=MAX_QUEUES).contains(n))
+                    .ok_or_else(|| {
+                        bad_args(
+                            "dpdk",
+                            format!(
+                                "{what}={value}: expected a number of queues, 1 to {MAX_QUEUES}"
+                            ),
+                        )
+                    })
+            };
+            match key {
+                "rxq" => spec.rx_queues = queues("rxq")?,
+                "txq" => spec.tx_queues = queues("txq")?,
+                _ => passed.push(item),
+            }
+        }
+        spec.device_args = passed.join(",");
+        Ok(spec)
+    }
+
+    /// The `net_pcap` reads a finite file (not `infinite_rx=1`), or has no receive side.
+    fn finite_pcap_rx(&self) -> bool {
+        let arg = |k: &str| {
+            self.device_args
+                .split(',')
+                .any(|kv| kv.split_once('=').is_some_and(|(key, _)| key == k))
+        };
+        self.name.starts_with("net_pcap")
+            && !arg("rx_iface")
+            && !arg("rx_iface_in")
+            && !arg("iface")
+            && !self.device_args.contains("infinite_rx=1")
+    }
+
+    /// Whether `name[,args]` is how the device was written.
+    fn display(&self) -> String {
+        let mut text = self.name.clone();
+        if !self.device_args.is_empty() {
+            text.push(',');
+            text.push_str(&self.device_args);
+        }
+        if self.rx_queues != 1 || self.tx_queues != 1 {
+            text.push_str(&format!(
+                " (rxq={}, txq={})",
+                self.rx_queues, self.tx_queues
+            ));
+        }
+        text
+    }
+}
+
+/// Arguments for the EAL from `--eal`, appended to the defaults.
+static EXTRA_EAL_ARGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Split `--eal '...'` text into arguments (on whitespace; no quoting).
+pub fn split_eal_args(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_string).collect()
+}
+
+/// Arguments to append to the EAL's defaults; takes effect if the EAL is not yet
+/// initialised (it initialises with the first `dpdk` port opened).
+pub fn set_eal_args(args: Vec<String>) {
+    if let Ok(mut extra) = EXTRA_EAL_ARGS.lock() {
+        *extra = args;
+    }
+}
+
+fn hugepages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Free 2 MiB pages below which the EAL runs `--no-huge`.
+pub const MIN_FREE_HUGEPAGES: u64 = 16;
+
+/// The EAL's arguments: netvm's defaults for `first` (the port that initialises it), minus
+/// those `extra` overrides, then `extra`.
+pub fn eal_args(first: &DeviceSpec, extra: &[String], first_cpu: usize) -> Vec<String> {
+    let has = |flags: &[&str]| {
+        extra.iter().any(|a| {
+            flags.iter().any(|f| {
+                a == f || a.starts_with(&format!("{f}=")) || (f.len() == 2 && a.starts_with(f))
+            })
+        })
+    };
+    let mut args = Vec::new();
+    if !has(&["-l", "-c", "--lcores"]) {
+        args.extend(["-l".to_string(), first_cpu.to_string()]);
+    }
+    if first.pci {
+        if !has(&["-a", "--allow"]) {
+            args.extend(["-a".to_string(), first.name.clone()]);
+        }
+    } else if !has(&["-a", "--allow", "-b", "--block", "--no-pci"]) {
+        args.push("--no-pci".into());
+    }
+    if !has(&["--file-prefix"]) {
+        args.push(format!("--file-prefix=netvm-{}", std::process::id()));
+    }
+    let no_huge =
+        has(&["--no-huge"]) || (!has(&["--in-memory"]) && hugepages_free() < MIN_FREE_HUGEPAGES);
+    if no_huge {
+        if !has(&["--no-huge"]) {
+            args.push("--no-huge".into());
+        }
+        if !has(&["-m", "--socket-mem"]) {
+            args.extend(["-m".to_string(), "256".to_string()]);
+        }
+        if !has(&["--no-shconf"]) {
+            args.push("--no-shconf".into());
+        }
+    } else if !has(&["--in-memory"]) {
+        args.push("--in-memory".into());
+    }
+    if !has(&["--no-telemetry", "--telemetry"]) {
+        args.push("--no-telemetry".into());
+    }
+    if !has(&["--log-level"]) {
+        args.push("--log-level=5".into());
+    }
+    args.extend(extra.iter().cloned());
+    args
+}
+
+/// What a DPDK port did with bytes, for the run report and tests.
+#[derive(Debug, Default)]
+pub struct DpdkCounters {
+    /// Frames received straight into a pool buffer (the mbuf's buffer handed over).
+    pub rx_in_place: AtomicU64,
+    /// Frames sent from their pool buffer (attached, not copied).
+    pub tx_in_place: AtomicU64,
+    /// Frames netvm had to copy between an mbuf and a pool buffer, either way.
+    pub copied_packets: AtomicU64,
+    /// Bytes of those copies.
+    pub copied_bytes: AtomicU64,
+}
+
+impl DpdkCounters {
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "in place: rx {} tx {}; copied: {} packets, {} bytes",
+            Self::get(&self.rx_in_place),
+            Self::get(&self.tx_in_place),
+            Self::get(&self.copied_packets),
+            Self::get(&self.copied_bytes)
+        )
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// How to get the driver into a build that lacks it.
+pub const HOW_TO_GET: &str = "rebuild netvm with the `dpdk` feature \
+    (`cargo build --release --features dpdk`), on a machine with DPDK 22.11 or later \
+    (Debian 12: `apt-get install libdpdk-dev pkg-config clang libclang-dev`)";
+
+/// Open `dpdk:ARGS`.
+pub fn open(args: &str) -> Result<Box<dyn Port>, PortError> {
+    let spec = DeviceSpec::parse(args)?;
+    #[cfg(feature = "dpdk")]
+    {
+        Ok(Box::new(DpdkPort::open(spec)?))
+    }
+    #[cfg(not(feature = "dpdk"))]
+    {
+        Err(PortError::Other(format!(
+            "dpdk: port `{}` needs the DPDK driver, which this build of netvm does not have: {HOW_TO_GET}",
+            spec.name
+        )))
+    }
+}
+
+#[cfg(feature = "dpdk")]
+pub use driver::{eal_status, DpdkPort};
+
+#[cfg(feature = "dpdk")]
+mod driver {
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, RxQueue, TxQueue};
+
+    use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS, HOW_TO_GET};
+    use crate::layout::{BUF_HEADER_BYTES, BUF_STRIDE};
+    use crate::pool::{PacketPool, BUF_ROOM};
+    use crate::port::{Port, PortError, RxBurst};
+    use crate::region::Backing;
+    use crate::switch::MAX_BURST;
+
+    /// Descriptors per RX and TX queue.
+    const RING_SLOTS: u16 = 512;
+    /// Buffers lent to the RX pool beyond the rings: bursts in flight and the lcore cache.
+    const RX_SPARE_BUFFERS: usize = 512;
+    /// Per-lcore mempool cache.
+    const MEMPOOL_CACHE: u32 = 64;
+    /// A finite `net_pcap` input is drained after this long without a frame.
+    const PCAP_DRAINED_AFTER: Duration = Duration::from_millis(200);
+    /// `RTE_BAD_IOVA`.
+    const BAD_IOVA: u64 = u64::MAX;
+
+    /// The process's EAL, initialised by the first `dpdk` port (or why it could not be).
+    static EAL: OnceLock<Result<EalState, String>> = OnceLock::new();
+
+    struct EalState {
+        eal: Eal,
+        args: Vec<String>,
+    }
+
+    /// The EAL's arguments and whether it runs on huge pages, once initialised.
+    pub fn eal_status() -> Option<(Vec<String>, bool)> {
+        match EAL.get()? {
+            Ok(state) => Some((state.args.clone(), state.eal.has_hugepages())),
+            Err(_) => None,
+        }
+    }
+
+    fn eal_for(first: &DeviceSpec) -> Result<&'static EalState, PortError> {
+        let state = EAL.get_or_init(|| {
+            let extra = EXTRA_EAL_ARGS.lock().map(|a| a.clone()).unwrap_or_default();
+            let cpus = crate::numa::allowed_cpus().unwrap_or_default();
+            let args = eal_args(first, &extra, cpus.first().copied().unwrap_or(0));
+            let affinity = current_affinity();
+            let result = dpdk_sys::eal::init(&args);
+            // rte_eal_init pins this thread to the main lcore; threads spawned later
+            // (the switch, VMs) inherit it. Give back the mask we had.
+            if let Some(mask) = affinity {
+                restore_affinity(&mask);
+            }
+            match result {
+                Ok(eal) => Ok(EalState { eal, args }),
+                Err(dpdk_sys::Error::DpdkMissing { reason }) => Err(format!(
+                    "this build of netvm has the dpdk driver but found no DPDK when it was \
+                     built ({reason}); {HOW_TO_GET}"
+                )),
+                Err(e) => Err(format!(
+                    "initialising DPDK's EAL with `{}` failed: {e}",
+                    args.join(" ")
+                )),
+            }
+        });
+        state
+            .as_ref()
+            .map_err(|e| PortError::Other(format!("dpdk: {e}")))
+    }
+
+    fn current_affinity() -> Option<libc::cpu_set_t> {
+        // SAFETY: all-zero is a valid cpu_set_t; sched_getaffinity fills it for this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+                .then_some(set)
+        }
+    }
+
+    fn restore_affinity(set: &libc::cpu_set_t) {
+        // SAFETY: `set` is a valid mask read by sched_getaffinity; affects this thread only.
+        unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+        }
+    }
+
+    /// Regions registered with the EAL as external memory: (base, bytes, ports using it).
+    static REGISTERED: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+
+    /// Names DPDK objects uniquely within the process.
+    static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+    /// Where the pool's buffers are, for turning mbuf addresses into buffer indices and
+    /// back. Shared with DPDK's release callback through a raw pointer, so it is kept
+    /// alive as long as any attached mbuf may be.
+    struct Zone {
+        pool: PacketPool,
+        /// Address of buffer 0's room (its headroom; an mbuf's `buf_addr`).
+        room_base: usize,
+        capacity: usize,
+        /// IOVA = VA (otherwise IOVAs are looked up, or unknown for devices without DMA).
+        iova_is_va: bool,
+        eal: &'static Eal,
+    }
+
+    impl Zone {
+        fn new(pool: &PacketPool, eal: &'static Eal) -> Zone {
+            let region = pool.region();
+            Zone {
+                pool: pool.clone(),
+                room_base: region.base_addr() + region.layout().buffers_offset + BUF_HEADER_BYTES,
+                capacity: pool.capacity(),
+                iova_is_va: eal.iova_is_va(),
+                eal,
+            }
+        }
+
+        fn room(&self, index: u32) -> *mut u8 {
+            (self.room_base + index as usize * BUF_STRIDE) as *mut u8
+        }
+
+        fn iova(&self, index: u32) -> u64 {
+            let addr = self.room(index);
+            if self.iova_is_va {
+                addr as u64
+            } else {
+                self.eal.iova(addr).unwrap_or(BAD_IOVA)
+            }
+        }
+
+        /// The buffer whose room starts at `addr`.
+        fn index_of_room(&self, addr: usize) -> Option<u32> {
+            let offset = addr.checked_sub(self.room_base)?;
+            let index = offset / BUF_STRIDE;
+            (offset % BUF_STRIDE == 0 && index < self.capacity).then_some(index as u32)
+        }
+
+        /// The buffer `bytes` lies in, and its offset in that buffer's room.
+        fn locate(&self, bytes: &[u8]) -> Option<(u32, usize)> {
+            let offset = (bytes.as_ptr() as usize).checked_sub(self.room_base)?;
+            let index = offset / BUF_STRIDE;
+            let at = offset % BUF_STRIDE;
+            (index < self.capacity && at + bytes.len() <= BUF_ROOM).then_some((index as u32, at))
+        }
+    }
+
+    /// DPDK's callback when the last mbuf attached to a pool buffer is freed: drop the
+    /// reference the attachment held.
+    unsafe extern "C" fn release_buffer(addr: *mut c_void, opaque: *mut c_void) {
+        // SAFETY: `opaque` is the `Arc<Zone>` pointer given at attach time, kept alive
+        // (by the port, or leaked at finish) while any attached mbuf exists.
+        let zone = unsafe { &*opaque.cast::<Zone>() };
+        if let Some(index) = zone.index_of_room(addr as usize) {
+            let _ = zone.pool.free(index);
+        }
+    }
+
+    /// A started device and the buffers it has been lent.
+    struct Running {
+        zone: Arc<Zone>,
+        rx_queues: Vec<RxQueue>,
+        next_rx: usize,
+        tx_queue: TxQueue,
+        port: dpdk_sys::Port,
+        rx_pool: Mempool,
+        tx_pool: Mempool,
+        /// Pool buffers held to re-point received mbufs at.
+        spare: Vec<u32>,
+        rx_mbufs: Vec<Mbuf>,
+        done_mbufs: Vec<Mbuf>,
+        tx_mbufs: Vec<Mbuf>,
+        last_rx: Instant,
+        registered: Option<(usize, usize)>,
+    }
+
+    enum State {
+        Opened,
+        Running(Box<Running>),
+        Failed(String),
+        Finished,
+    }
+
+    /// A DPDK ethdev bound to a switch port.
+    pub struct DpdkPort {
+        spec: DeviceSpec,
+        eal: &'static Eal,
+        state: State,
+        counters: Arc<DpdkCounters>,
+        pcap_drained: bool,
+    }
+
+    impl DpdkPort {
+        /// Initialise the EAL if this is the first port, and create or find the device.
+        /// The device starts when the port learns the pool.
+        pub fn open(spec: DeviceSpec) -> Result<DpdkPort, PortError> {
+            let state = eal_for(&spec)?;
+            let eal = &state.eal;
+            let exists = eal.port_by_name(&spec.name).is_ok();
+            if !exists {
+                let created = if spec.pci {
+                    let devargs = if spec.device_args.is_empty() {
+                        spec.name.clone()
+                    } else {
+                        format!("{},{}", spec.name, spec.device_args)
+                    };
+                    eal.dev_probe(&devargs)
+                } else {
+                    eal.vdev_init(&spec.name, &spec.device_args)
+                };
+                created.map_err(|e| {
+                    PortError::Other(format!(
+                        "dpdk: could not create device `{}`: {e}{}",
+                        spec.display(),
+                        if spec.pci {
+                            " (is it bound to vfio-pci or uio, and was the EAL started \
+                             without --no-pci? bind the PCI port first or pass --eal '-a ADDRESS')"
+                        } else {
+                            " (check the vdev's name and arguments in DPDK's guide)"
+                        }
+                    ))
+                })?;
+                eal.port_by_name(&spec.name)
+                    .map_err(|e| PortError::Other(format!("dpdk: {e}")))?;
+            }
+            Ok(DpdkPort {
+                spec,
+                eal,
+                state: State::Opened,
+                counters: Arc::new(DpdkCounters::default()),
+                pcap_drained: false,
+            })
+        }
+
+        /// Live counters (copies, frames in place), readable while the switch runs.
+        pub fn counters(&self) -> Arc<DpdkCounters> {
+            self.counters.clone()
+        }
+
+        /// Start the device over `pool` if it is not started yet.
+        fn ensure_started(&mut self, pool: &PacketPool) -> Result<(), PortError> {
+            match &self.state {
+                State::Opened => {}
+                State::Failed(e) => return Err(PortError::Other(e.clone())),
+                State::Running(_) | State::Finished => return Ok(()),
+            }
+            match self.start(pool) {
+                Ok(running) => {
+                    self.state = State::Running(Box::new(running));
+                    Ok(())
+                }
+                Err(e) => {
+                    let message = format!("dpdk {}: {e}", self.spec.name);
+                    self.state = State::Failed(message.clone());
+                    Err(PortError::Other(message))
+                }
+            }
+        }
+
+        fn start(&mut self, pool: &PacketPool) -> Result<Running, String> {
+            let eal = self.eal;
+            // Only a cache for this thread's mempool use; without it DPDK still works.
+            let _ = eal.register_thread();
+            let zone = Arc::new(Zone::new(pool, eal));
+            let registered = register_region(eal, pool)?;
+            let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+
+            let lent = self.spec.rx_queues as usize * RING_SLOTS as usize + RX_SPARE_BUFFERS;
+            let mut buffers = vec![0u32; lent];
+            let got = pool.alloc_burst(&mut buffers);
+            if got < lent {
+                let _ = pool.free_burst(&buffers[..got]);
+                unregister_region(eal, registered);
+                return Err(format!(
+                    "the device needs {lent} pool buffers for its receive rings, the pool has \
+                     {got} free of {} (raise --buffers)",
+                    pool.capacity()
+                ));
+            }
+            let external: Vec<ExternalBuffer> = buffers
+                .iter()
+                .map(|&i| ExternalBuffer {
+                    addr: zone.room(i),
+                    iova: zone.iova(i),
+                })
+                .collect();
+            let give_back = |why: String| {
+                let _ = pool.free_burst(&buffers);
+                unregister_region(eal, registered);
+                why
+            };
+            // SAFETY: each buffer is a pool buffer's room (BUF_ROOM bytes) that we just
+            // allocated, so nobody else uses it; they stay allocated until `finish`
+            // takes them back from the pool's mbufs; the region outlives the port (the
+            // switch holds it, and `zone` an Arc of it).
+            let rx_pool = unsafe {
+                Mempool::pinned_external(
+                    eal,
+                    &format!("netvm-rx{id}"),
+                    &external,
+                    BUF_ROOM as u16,
+                    MEMPOOL_CACHE,
+                    None,
+                )
+            }
+            .map_err(|e| give_back(format!("creating the receive pool: {e}")))?;
+            let tx_mbufs = self.spec.tx_queues as u32 * RING_SLOTS as u32 + 4 * MAX_BURST as u32;
+            let tx_pool =
+                Mempool::for_attached(eal, &format!("netvm-tx{id}"), tx_mbufs, MEMPOOL_CACHE, None)
+                    .map_err(|e| give_back(format!("creating the transmit pool: {e}")))?;
+            let config = PortConfig {
+                rx_queues: self.spec.rx_queues,
+                tx_queues: self.spec.tx_queues,
+                rx_ring_slots: RING_SLOTS,
+                tx_ring_slots: RING_SLOTS,
+                rss: true,
+                promiscuous: true,
+            };
+            let port = dpdk_sys::Port::start(eal, &self.spec.name, &config, &rx_pool)
+                .map_err(|e| give_back(format!("starting the device: {e}")))?;
+            let rx_queues = (0..self.spec.rx_queues)
+                .map(|q| port.rx_queue(q))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let tx_queue = port.tx_queue(0).map_err(|e| e.to_string())?;
+            Ok(Running {
+                zone,
+                rx_queues,
+                next_rx: 0,
+                tx_queue,
+                port,
+                rx_pool,
+                tx_pool,
+                spare: Vec::with_capacity(2 * MAX_BURST),
+                rx_mbufs: Vec::with_capacity(MAX_BURST),
+                done_mbufs: Vec::with_capacity(MAX_BURST),
+                tx_mbufs: Vec::with_capacity(MAX_BURST),
+                last_rx: Instant::now(),
+                registered,
+            })
+        }
+
+        fn receive(&mut self, burst: &mut RxBurst<'_>) {
+            let State::Running(run) = &mut self.state else {
+                return;
+            };
+            let want = burst.room().min(MAX_BURST);
+            if want == 0 {
+                return;
+            }
+            if run.spare.len() < want {
+                let have = run.spare.len();
+                run.spare.resize(2 * MAX_BURST, 0);
+                let got = burst.alloc_for_port(&mut run.spare[have..]);
+                run.spare.truncate(have + got);
+            }
+            let max = want.min(run.spare.len());
+            if max == 0 {
+                return;
+            }
+            let queues = run.rx_queues.len();
+            let mut received = 0;
+            for _ in 0..queues {
+                let q = run.next_rx;
+                run.next_rx = (q + 1) % queues;
+                received = run.rx_queues[q].rx_burst(&mut run.rx_mbufs, max as u16);
+                if received > 0 {
+                    break;
+                }
+            }
+            if received == 0 {
+                if self.spec.finite_pcap_rx() && run.last_rx.elapsed() >= PCAP_DRAINED_AFTER {
+                    self.pcap_drained = true;
+                }
+                return;
+            }
+            run.last_rx = Instant::now();
+            let zone = run.zone.clone();
+            let pool = &zone.pool;
+            let port = burst.port;
+            let mut mbufs = std::mem::take(&mut run.rx_mbufs);
+            for mut m in mbufs.drain(..) {
+                let len = m.len();
+                if m.segments() != 1 || len > BUF_ROOM {
+                    burst.count_oversize();
+                    run.done_mbufs.push(m);
+                    continue;
+                }
+                let offset = m.data_offset() as usize;
+                let own = zone.index_of_room(m.buf_addr() as usize);
+                let index = match own {
+                    // Ours: the frame is already in a pool buffer; hand it over and give
+                    // the mbuf a fresh one.
+                    Some(index) if run.rx_pool.owns(&m) => {
+                        let Some(fresh) = run.spare.pop() else {
+                            // Cannot happen: at most `spare.len()` frames were asked for.
+                            run.done_mbufs.push(m);
+                            continue;
+                        };
+                        // SAFETY: `fresh` is a pool buffer we hold and nobody else uses;
+                        // its room is as long as the pool's external buffers; `index`
+                        // is ours now (the mbuf's reference passes to the switch).
+                        unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
+                        bump(&self.counters.rx_in_place, 1);
+                        index
+                    }
+                    // An mbuf we attached on transmit, looped back (net_ring), that
+                    // nobody else references: take over the attachment's reference.
+                    Some(index)
+                        if m.external_refs() == Some(1)
+                            && pool.refcount(index) == Ok(1)
+                            && pool.clone_ref(index).is_ok() =>
+                    {
+                        bump(&self.counters.rx_in_place, 1);
+                        index
+                    }
+                    _ => {
+                        let Some(copy) = run.spare.pop() else {
+                            run.done_mbufs.push(m);
+                            continue;
+                        };
+                        // SAFETY: `copy` is a pool buffer we hold alone.
+                        if unsafe { pool.write_data(copy, m.data()) }.is_err() {
+                            let _ = pool.free(copy);
+                            burst.count_oversize();
+                            run.done_mbufs.push(m);
+                            continue;
+                        }
+                        bump(&self.counters.copied_packets, 1);
+                        bump(&self.counters.copied_bytes, len as u64);
+                        run.done_mbufs.push(m);
+                        let _ = pool.set_port(copy, port);
+                        burst.push_held(copy);
+                        continue;
+                    }
+                };
+                let _ = pool.set_data(index, offset, len);
+                let _ = pool.forget_content(index);
+                let _ = pool.set_port(index, port);
+                burst.push_held(index);
+                run.done_mbufs.push(m);
+            }
+            run.rx_mbufs = mbufs;
+            Mbuf::free_bulk(&mut run.done_mbufs);
+        }
+
+        fn transmit(&mut self, frames: &[&[u8]]) -> usize {
+            let State::Running(run) = &mut self.state else {
+                return 0;
+            };
+            let count = frames.len().min(MAX_BURST);
+            if count == 0 || !run.tx_pool.alloc_bulk(&mut run.tx_mbufs, count) {
+                return 0;
+            }
+            let zone = &run.zone;
+            let opaque = Arc::as_ptr(zone).cast_mut().cast::<c_void>();
+            let mut ready = 0;
+            for (m, frame) in run.tx_mbufs.iter_mut().zip(&frames[..count]) {
+                let (index, offset) = match zone.locate(frame) {
+                    Some((index, offset)) if zone.pool.clone_ref(index).is_ok() => {
+                        bump(&self.counters.tx_in_place, 1);
+                        (index, offset)
+                    }
+                    _ => {
+                        // Not a pool buffer: copy it into one.
+                        let Some(copy) = zone.pool.alloc() else { break };
+                        // SAFETY: `copy` was just allocated; ours alone.
+                        if unsafe { zone.pool.write_data(copy, frame) }.is_err() {
+                            let _ = zone.pool.free(copy);
+                            break;
+                        }
+                        bump(&self.counters.copied_packets, 1);
+                        bump(&self.counters.copied_bytes, frame.len() as u64);
+                        (copy, crate::layout::BUF_HEADROOM)
+                    }
+                };
+                // SAFETY: a fresh mbuf of the attach pool; the buffer's room is BUF_ROOM
+                // bytes, held by the reference taken above until `release_buffer` drops
+                // it; nobody writes a buffer with more than one reference; `opaque` is
+                // the zone, alive while this port or any attached mbuf is (see finish).
+                unsafe {
+                    m.attach_external(
+                        zone.room(index),
+                        zone.iova(index),
+                        BUF_ROOM as u16,
+                        offset as u16,
+                        frame.len() as u16,
+                        release_buffer,
+                        opaque,
+                    )
+                };
+                ready += 1;
+            }
+            let mut unready = run.tx_mbufs.split_off(ready);
+            let sent = run.tx_queue.tx_burst(&mut run.tx_mbufs);
+            Mbuf::free_bulk(&mut run.tx_mbufs);
+            Mbuf::free_bulk(&mut unready);
+            sent
+        }
+
+        /// Stop the device and take back every lent buffer.
+        fn stop(&mut self) -> Result<(), PortError> {
+            let State::Running(run) = std::mem::replace(&mut self.state, State::Finished) else {
+                return Ok(());
+            };
+            let Running {
+                zone,
+                mut rx_queues,
+                tx_queue,
+                port,
+                rx_pool,
+                tx_pool,
+                spare,
+                registered,
+                ..
+            } = *run;
+            // Frames still in the device (net_ring's ring) hold buffers: drain them.
+            let mut drained = Vec::new();
+            for q in rx_queues.iter_mut() {
+                for _ in 0..1024 {
+                    if q.rx_burst(&mut drained, MAX_BURST as u16) == 0 {
+                        break;
+                    }
+                    Mbuf::free_bulk(&mut drained);
+                }
+            }
+            drop(rx_queues);
+            drop(tx_queue);
+            // Stops and closes the device: its rings' mbufs go back to rx_pool, pcap
+            // output is flushed.
+            drop(port);
+            let pool = &zone.pool;
+            let _ = pool.free_burst(&spare);
+            let mut mbufs = Vec::new();
+            let available = rx_pool.available() as usize;
+            let mut missing = 0;
+            if rx_pool.alloc_bulk(&mut mbufs, available) {
+                let lent: Vec<u32> = mbufs
+                    .iter()
+                    .filter_map(|m| zone.index_of_room(m.buf_addr() as usize))
+                    .collect();
+                let _ = pool.free_burst(&lent);
+            }
+            missing += (rx_pool.in_use() as usize).saturating_sub(mbufs.len());
+            // The mbufs go back to the pool, which is then freed: none of them is used
+            // again, so the buffers they still point at are not touched.
+            drop(mbufs);
+            drop(rx_pool);
+            if tx_pool.in_use() > 0 {
+                // A driver still holds attached mbufs; their release callbacks need the
+                // zone, so it is kept for the life of the process.
+                missing += tx_pool.in_use() as usize;
+                std::mem::forget(zone.clone());
+            }
+            drop(tx_pool);
+            unregister_region(self.eal, registered);
+            if missing > 0 {
+                return Err(PortError::Other(format!(
+                    "dpdk {}: {missing} mbufs were still held by the driver at stop; their \
+                     pool buffers are not back",
+                    self.spec.name
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    /// Register the pool's region as external memory (once per region per process).
+    fn register_region(eal: &Eal, pool: &PacketPool) -> Result<Option<(usize, usize)>, String> {
+        let region = pool.region();
+        let (base, bytes) = (region.base_addr(), region.len_bytes());
+        let mut registered = REGISTERED.lock().map_err(|_| "a dpdk port panicked")?;
+        if let Some(entry) = registered.iter_mut().find(|e| e.0 == base) {
+            entry.2 += 1;
+            return Ok(Some((base, bytes)));
+        }
+        let page_bytes = match region.backing() {
+            Backing::HugePages2M => crate::layout::HUGE_PAGE_BYTES,
+            Backing::SmallPages { .. } => 4096,
+        };
+        let iovas: Option<Vec<u64>> = eal.iova_is_va().then(|| {
+            (base..base + bytes)
+                .step_by(page_bytes)
+                .map(|a| a as u64)
+                .collect()
+        });
+        // SAFETY: the region is mapped (the pool holds it) for at least as long as the
+        // port, which unregisters it at stop; base and bytes are multiples of page_bytes.
+        let result =
+            unsafe { eal.extmem_register(base as *mut u8, bytes, iovas.as_deref(), page_bytes) };
+        match result {
+            Ok(()) => {
+                registered.push((base, bytes, 1));
+                Ok(Some((base, bytes)))
+            }
+            // Drivers without DMA do not need it; real NICs report their own error.
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn unregister_region(eal: &Eal, registered: Option<(usize, usize)>) {
+        let Some((base, bytes)) = registered else {
+            return;
+        };
+        let Ok(mut list) = REGISTERED.lock() else {
+            return;
+        };
+        if let Some(pos) = list.iter().position(|e| e.0 == base) {
+            list[pos].2 -= 1;
+            if list[pos].2 == 0 {
+                list.remove(pos);
+                // SAFETY: no port uses the region any more (the last one just stopped).
+                let _ = unsafe { eal.extmem_unregister(base as *mut u8, bytes) };
+            }
+        }
+    }
+
+    impl Port for DpdkPort {
+        fn describe(&self) -> String {
+            let memory = if self.eal.has_hugepages() {
+                "EAL on huge pages"
+            } else {
+                "EAL --no-huge"
+            };
+            let state = match &self.state {
+                State::Failed(e) => format!("; FAILED: {e}"),
+                State::Opened => String::new(),
+                _ => format!("; {}", self.counters.summary()),
+            };
+            format!("dpdk {} ({memory}{state})", self.spec.display())
+        }
+
+        fn attach_pool(&mut self, pool: &PacketPool) -> Result<(), PortError> {
+            self.ensure_started(pool)
+        }
+
+        fn rx_burst(&mut self, burst: &mut RxBurst<'_>) {
+            if matches!(self.state, State::Opened) {
+                let pool = burst.pool().clone();
+                if self.ensure_started(&pool).is_err() {
+                    return;
+                }
+            }
+            self.receive(burst);
+        }
+
+        fn rx_done(&self) -> bool {
+            match self.state {
+                State::Failed(_) | State::Finished => true,
+                _ => self.pcap_drained,
+            }
+        }
+
+        fn has_tx(&self) -> bool {
+            !matches!(self.state, State::Failed(_))
+        }
+
+        fn tx_burst(&mut self, frames: &[&[u8]]) -> usize {
+            let mut sent = 0;
+            while sent < frames.len() {
+                let n = self.transmit(&frames[sent..]);
+                if n == 0 {
+                    break;
+                }
+                sent += n;
+            }
+            sent
+        }
+
+        fn finish(&mut self) -> Result<(), PortError> {
+            if let State::Failed(e) = &self.state {
+                return Err(PortError::Other(e.clone()));
+            }
+            self.stop()
+        }
+    }
+
+    impl Drop for DpdkPort {
+        fn drop(&mut self) {
+            let _ = self.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(feature = "dpdk")]
+    use crate::port::Port;
+
+    #[test]
+    fn netvm_keeps_rxq_and_txq_and_passes_every_other_argument_to_the_vdev() {
+        let spec =
+            DeviceSpec::parse("net_pcap0,rx_pcap=in.pcap,rxq=2,tx_pcap=out.pcap,txq=3").unwrap();
+        assert_eq!(spec.name, "net_pcap0");
+        assert_eq!(spec.device_args, "rx_pcap=in.pcap,tx_pcap=out.pcap");
+        assert_eq!((spec.rx_queues, spec.tx_queues), (2, 3));
+        assert!(!spec.pci);
+        let plain = DeviceSpec::parse("net_null0").unwrap();
+        assert_eq!((plain.device_args.as_str(), plain.rx_queues), ("", 1));
+    }
+
+    #[test]
+    fn pci_addresses_are_recognised_and_normalised() {
+        let spec = DeviceSpec::parse("01:00.1").unwrap();
+        assert!(spec.pci);
+        assert_eq!(spec.name, "0000:01:00.1");
+        assert!(DeviceSpec::parse("0000:AF:00.0").unwrap().pci);
+        assert!(!DeviceSpec::parse("net_ring0").unwrap().pci);
+    }
+
+    #[test]
+    fn bad_device_specs_say_what_is_wrong() {
+        let err = |s: &str| DeviceSpec::parse(s).unwrap_err().to_string();
+        assert!(err("").contains("expected DEVICE"), "{}", err(""));
+        assert!(err("rx_pcap=in.pcap").contains("is not a device name"));
+        assert!(err("net_null0,rxq=0").contains("rxq=0: expected a number of queues"));
+        assert!(err("net_null0,txq=x").contains("txq=x"));
+    }
+
+    #[test]
+    fn eal_defaults_yield_to_the_operators_arguments() {
+        let vdev = DeviceSpec::parse("net_null0").unwrap();
+        let args = eal_args(&vdev, &[], 1);
+        assert_eq!(&args[..2], ["-l", "1"]);
+        assert!(args.contains(&"--no-pci".to_string()));
+        assert!(args.iter().any(|a| a.starts_with("--file-prefix=netvm-")));
+        assert!(
+            args.contains(&"--in-memory".to_string()) || args.contains(&"--no-huge".to_string())
+        );
+        let extra = split_eal_args("--no-huge -m 512 -l 0 --file-prefix=mine");
+        let args = eal_args(&vdev, &extra, 1);
+        assert!(!args.contains(&"--in-memory".to_string()));
+        assert_eq!(args.iter().filter(|a| *a == "-l").count(), 1);
+        assert_eq!(args.iter().filter(|a| *a == "-m").count(), 1);
+        assert_eq!(
+            args.iter()
+                .filter(|a| a.starts_with("--file-prefix"))
+                .count(),
+            1
+        );
+        let pci = DeviceSpec::parse("0000:01:00.0").unwrap();
+        let args = eal_args(&pci, &[], 0);
+        assert!(!args.contains(&"--no-pci".to_string()));
+        assert!(args.windows(2).any(|w| w == ["-a", "0000:01:00.0"]));
+    }
+
+    /// Why the EAL cannot run here, if it cannot. `NETVM_DPDK_TEST_EAL` (e.g. `--no-huge`)
+    /// is passed to the EAL, so CI runs these tests with and without huge pages.
+    #[cfg(feature = "dpdk")]
+    fn eal_skip_reason() -> Option<String> {
+        if let Some(why) = dpdk_sys::missing_reason() {
+            return Some(format!("DPDK is not available to this build: {why}"));
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root (the EAL needs huge pages or --no-huge with root)".into());
+        }
+        if let Ok(extra) = std::env::var("NETVM_DPDK_TEST_EAL") {
+            set_eal_args(split_eal_args(&extra));
+        }
+        None
+    }
+
+    #[cfg(feature = "dpdk")]
+    fn test_pool(buffers: usize) -> crate::pool::PacketPool {
+        use crate::layout::RegionConfig;
+        use crate::region::{HugepagePolicy, SharedRegion};
+        let region = SharedRegion::create(
+            RegionConfig {
+                buffer_count: buffers,
+                ring_count: 1,
+                ring_slots: 16,
+                counter_count: 0,
+            },
+            HugepagePolicy::Prefer,
+        )
+        .unwrap();
+        crate::pool::PacketPool::new(region).unwrap()
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn net_ring_hands_back_the_very_buffers_it_was_given_without_copying_a_byte() {
+        use crate::port::RxBurst;
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED net_ring zero-copy loopback: {why}");
+            return;
+        }
+        let pool = test_pool(2048);
+        let mut port = DpdkPort::open(DeviceSpec::parse("net_ring_zc0").unwrap()).unwrap();
+        let counters = port.counters();
+        port.attach_pool(&pool).unwrap();
+        let lent = pool.capacity() - pool.available();
+        assert!(
+            lent >= 1024,
+            "the port lends its receive ring buffers ({lent})"
+        );
+
+        let mut cache = pool.cache(64).unwrap();
+        let mut sent = vec![0u32; 20];
+        assert_eq!(cache.alloc_burst(&mut sent), 20);
+        let mut expected = Vec::new();
+        for (i, &index) in sent.iter().enumerate() {
+            let frame: Vec<u8> = (0..60 + i).map(|b| (b * 7 + i) as u8).collect();
+            // SAFETY: just allocated; ours alone.
+            unsafe { pool.write_data(index, &frame).unwrap() };
+            expected.push(frame);
+        }
+        {
+            // SAFETY: we hold every buffer and nobody writes them.
+            let frames: Vec<&[u8]> = sent
+                .iter()
+                .map(|&i| unsafe { pool.buf_data(i) }.unwrap())
+                .collect();
+            assert_eq!(port.tx_burst(&frames), 20);
+        }
+        // The switch lets go of its reference after sending; the mbufs in the ring keep
+        // the buffers alive.
+        cache.free_burst(&sent).unwrap();
+
+        let mut out = [0u32; 64];
+        let received = {
+            let mut burst = RxBurst::new(&mut cache, &mut out[..32], 5);
+            port.rx_burst(&mut burst);
+            burst.len()
+        };
+        assert_eq!(received, 20);
+        assert_eq!(
+            &out[..20],
+            &sent[..],
+            "the same buffers came back, in order"
+        );
+        for (i, &index) in out[..20].iter().enumerate() {
+            // SAFETY: the burst handed us these buffers.
+            assert_eq!(unsafe { pool.buf_data(index) }.unwrap(), &expected[i][..]);
+            assert_eq!(pool.port(index), Ok(5));
+            assert_eq!(pool.refcount(index), Ok(1));
+        }
+        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.tx_in_place.load(Ordering::Relaxed), 20);
+        assert_eq!(counters.rx_in_place.load(Ordering::Relaxed), 20);
+        cache.free_burst(&out[..20]).unwrap();
+        port.finish().unwrap();
+        drop(cache);
+        assert_eq!(
+            pool.available(),
+            pool.capacity(),
+            "every lent buffer is back"
+        );
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn net_null_receives_into_pool_buffers_and_gives_every_one_back() {
+        use crate::port::RxBurst;
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED net_null receive in place: {why}");
+            return;
+        }
+        let pool = test_pool(2048);
+        let mut port = DpdkPort::open(DeviceSpec::parse("net_null_zc0").unwrap()).unwrap();
+        let counters = port.counters();
+        let mut cache = pool.cache(64).unwrap();
+        let region = pool.region();
+        let (start, end) = (region.base_addr(), region.base_addr() + region.len_bytes());
+        let mut total = 0;
+        for _ in 0..50 {
+            let mut out = [0u32; 32];
+            let n = {
+                let mut burst = RxBurst::new(&mut cache, &mut out, 0);
+                port.rx_burst(&mut burst);
+                burst.len()
+            };
+            for &index in &out[..n] {
+                // SAFETY: the burst handed us the buffer.
+                let data = unsafe { pool.buf_data(index) }.unwrap();
+                let at = data.as_ptr() as usize;
+                assert!(
+                    at >= start && at < end,
+                    "received data lies in the shared region"
+                );
+                assert_eq!(data.len(), 64, "net_null's default frame size");
+            }
+            // SAFETY: as above; nobody else reads them.
+            let frames: Vec<&[u8]> = out[..n]
+                .iter()
+                .map(|&i| unsafe { pool.buf_data(i) }.unwrap())
+                .collect();
+            assert_eq!(port.tx_burst(&frames), n);
+            cache.free_burst(&out[..n]).unwrap();
+            total += n;
+        }
+        assert!(
+            total >= 50 * 32 - 32,
+            "net_null always has frames ({total})"
+        );
+        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.rx_in_place.load(Ordering::Relaxed), total as u64);
+        assert!(
+            port.describe().contains("copied: 0 packets, 0 bytes"),
+            "{}",
+            port.describe()
+        );
+        port.finish().unwrap();
+        drop(cache);
+        assert_eq!(
+            pool.available(),
+            pool.capacity(),
+            "every lent buffer is back"
+        );
+    }
+
+    #[cfg(not(feature = "dpdk"))]
+    #[test]
+    fn without_the_feature_a_dpdk_port_says_how_to_get_it() {
+        let err = open("net_null0").err().expect("no driver").to_string();
+        assert!(err.contains("--features dpdk"), "{err}");
+        assert!(err.contains("libdpdk-dev"), "{err}");
+    }
+}
