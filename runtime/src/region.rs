@@ -155,9 +155,9 @@ fn map_fd(fd: &OwnedFd, bytes: usize, populate: bool) -> io::Result<MmapRaw> {
     options.map_raw(fd.as_raw_fd())
 }
 
-fn create_hugepage_backed(bytes: usize) -> Result<(OwnedFd, MmapRaw), String> {
+fn create_hugepage_backed(bytes: usize, name: &CStr) -> Result<(OwnedFd, MmapRaw), String> {
     let fd = memfd(
-        c"netvm-region",
+        name,
         libc::MFD_CLOEXEC | libc::MFD_HUGETLB | libc::MFD_HUGE_2MB,
     )
     .map_err(|e| format!("memfd_create(MFD_HUGETLB | MFD_HUGE_2MB) failed: {e}"))?;
@@ -175,8 +175,8 @@ fn create_hugepage_backed(bytes: usize) -> Result<(OwnedFd, MmapRaw), String> {
     Ok((fd, map))
 }
 
-fn create_small_page_backed(bytes: usize) -> Result<(OwnedFd, MmapRaw), RegionError> {
-    let fd = memfd(c"netvm-region", libc::MFD_CLOEXEC).map_err(os("memfd_create"))?;
+fn create_small_page_backed(bytes: usize, name: &CStr) -> Result<(OwnedFd, MmapRaw), RegionError> {
+    let fd = memfd(name, libc::MFD_CLOEXEC).map_err(os("memfd_create"))?;
     File::from(fd.try_clone().map_err(os("dup of the region memfd"))?)
         .set_len(bytes as u64)
         .map_err(os("sizing the region memfd"))?;
@@ -191,25 +191,35 @@ impl SharedRegion {
         config: RegionConfig,
         policy: HugepagePolicy,
     ) -> Result<Arc<SharedRegion>, RegionError> {
+        Self::create_named(config, policy, c"netvm-region")
+    }
+
+    /// As [`create`](Self::create), naming the memfd (it shows in `/proc/PID/maps` and
+    /// `/proc/PID/fd` of every process that maps or holds it: `memfd:NAME`).
+    pub fn create_named(
+        config: RegionConfig,
+        policy: HugepagePolicy,
+        name: &CStr,
+    ) -> Result<Arc<SharedRegion>, RegionError> {
         let mut layout = RegionLayout::new(config)?;
         let bytes = layout.total_bytes;
         let (fd, map, backing) = match policy {
             HugepagePolicy::Off => {
-                let (fd, map) = create_small_page_backed(bytes)?;
+                let (fd, map) = create_small_page_backed(bytes, name)?;
                 let backing = Backing::SmallPages {
                     fallback_reason: None,
                 };
                 (fd, map, backing)
             }
             HugepagePolicy::Require => {
-                let (fd, map) =
-                    create_hugepage_backed(bytes).map_err(RegionError::HugePagesUnavailable)?;
+                let (fd, map) = create_hugepage_backed(bytes, name)
+                    .map_err(RegionError::HugePagesUnavailable)?;
                 (fd, map, Backing::HugePages2M)
             }
-            HugepagePolicy::Prefer => match create_hugepage_backed(bytes) {
+            HugepagePolicy::Prefer => match create_hugepage_backed(bytes, name) {
                 Ok((fd, map)) => (fd, map, Backing::HugePages2M),
                 Err(reason) => {
-                    let (fd, map) = create_small_page_backed(bytes)?;
+                    let (fd, map) = create_small_page_backed(bytes, name)?;
                     let backing = Backing::SmallPages {
                         fallback_reason: Some(reason),
                     };

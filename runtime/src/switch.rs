@@ -85,6 +85,9 @@ pub struct SwitchConfig {
     pub cores: Option<Vec<usize>>,
     /// Stop after this long even if inputs are not drained.
     pub duration: Option<Duration>,
+    /// Hold RX until every process VM has attached, or this long has passed (then the
+    /// policy's `on_failure` applies to the missing ones).
+    pub wait_for_processes: Option<Duration>,
 }
 
 impl Default for SwitchConfig {
@@ -98,6 +101,7 @@ impl Default for SwitchConfig {
             vm_mode: VmMode::Inline,
             cores: None,
             duration: None,
+            wait_for_processes: None,
         }
     }
 }
@@ -226,7 +230,7 @@ impl Switch {
             private.push(if trusted {
                 None
             } else {
-                let region = SharedRegion::create(
+                let region = SharedRegion::create_named(
                     RegionConfig {
                         buffer_count: config.ring_slots + 4 * MAX_BURST,
                         ring_count: 2,
@@ -238,6 +242,7 @@ impl Switch {
                         HugepagePolicy::Off => HugepagePolicy::Off,
                         _ => HugepagePolicy::Prefer,
                     },
+                    c"netvm-private",
                 )?;
                 let pool = PacketPool::new(region.clone())?;
                 Some(Private { region, pool })
@@ -450,13 +455,18 @@ impl Switch {
                 link,
             });
         }
-        let process_vms = slots
+        let process_vms: Vec<usize> = slots
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s.link, Link::Process(_)))
             .map(|(i, _)| i)
             .collect();
         let mut engine = Engine {
+            rx_gate: self
+                .config
+                .wait_for_processes
+                .filter(|_| !process_vms.is_empty())
+                .map(|d| Instant::now() + d),
             process_vms,
             pool: self.pool.clone(),
             cache: self.pool.cache(2 * MAX_BURST)?,
@@ -700,6 +710,8 @@ const PROCESS_GRACE: Duration = Duration::from_secs(2);
 struct Engine {
     /// VMs run by processes (checked once per round for attach/detach).
     process_vms: Vec<usize>,
+    /// RX waits until every process VM is up or this instant passes.
+    rx_gate: Option<Instant>,
     pool: PacketPool,
     cache: PoolCache,
     ports: Vec<Box<dyn Port>>,
@@ -760,7 +772,12 @@ impl Engine {
                     Link::Inline(_) | Link::Process(_) => 0,
                 })
                 .sum();
-            if !stopping && backlog == 0 {
+            if let Some(deadline) = self.rx_gate {
+                if self.processes_up() || Instant::now() >= deadline {
+                    self.rx_gate = None;
+                }
+            }
+            if !stopping && backlog == 0 && self.rx_gate.is_none() {
                 for port in 0..self.ports.len() {
                     work += self.rx(&prog, port);
                 }
@@ -1148,6 +1165,14 @@ impl Engine {
             }
             let _ = self.cache.free(pending.shared);
         }
+    }
+
+    /// Whether every process VM is attached.
+    fn processes_up(&self) -> bool {
+        self.process_vms.iter().all(|&vm| match &self.vms[vm].link {
+            Link::Process(p) => p.ends.is_some(),
+            _ => true,
+        })
     }
 
     /// The switch is stopping: take every process VM down for good.

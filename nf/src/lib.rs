@@ -1,0 +1,276 @@
+//! `netvm-nf`: write a network function that runs as its own process.
+//!
+//! This crate is the NF author's side of netvm's VM processes, and nothing else: it
+//! attaches to a VM of a running switch through the switch's control socket, maps the
+//! memory the switch grants (the shared packet pool for a trusted VM, only the VM's
+//! private region for an untrusted one), and hands out bursts of packets as safe views.
+//! No `unsafe` is needed in NF code.
+//!
+//! ```no_run
+//! use netvm_nf::{Nf, Verdict};
+//!
+//! let mut nf = Nf::attach("/run/netvm/netvm-1234.sock".as_ref(), "fw")?;
+//! nf.run(|packet| {
+//!     if packet.data().len() > 1500 { Verdict::Drop } else { Verdict::Next }
+//! })?;
+//! # Ok::<(), netvm_nf::NfError>(())
+//! ```
+//!
+//! A packet is the buffer itself, in place (trusted VMs: zero-copy), or the switch's copy
+//! in the VM's private region (untrusted VMs). [`Packet::data_mut`] gives writable bytes
+//! when nobody else references the buffer (attach with [`AttachOptions::writes`] so that
+//! the switch never hands a writer a shared buffer). Every packet gets one verdict
+//! ([`Verdict::Next`] unless set): next hop, drop, out PORT, or to VM. The run loop ends
+//! when the switch goes away; if this process dies, the switch reclaims what it held.
+//!
+//! What it does not do: classify, steer or count — the switch does that. The wire
+//! details (rings, verdict encoding, handshake) live in `netvm-runtime`.
+
+use std::ops::Range;
+use std::path::Path;
+
+use netvm_runtime::control::{AttachReply, ControlClient, ControlError};
+use netvm_runtime::ring::{RingConsumer, RingProducer};
+use netvm_runtime::switch::{IdlePolicy, MAX_BURST};
+use netvm_runtime::vm::{self, wire, Frame};
+use netvm_runtime::{PacketPool, SharedRegion};
+use serde_json::json;
+
+pub use netvm_runtime::vm::{NetworkFunction, Verdict};
+
+pub mod audit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NfError {
+    #[error("control socket: {0}")]
+    Control(#[from] ControlError),
+    #[error("the switch's reply to attach: {0}")]
+    BadReply(String),
+    #[error("mapping the region the switch granted: {0}")]
+    Region(#[from] netvm_runtime::RegionError),
+    #[error("the switch sent no memory descriptor with its attach reply")]
+    NoDescriptor,
+    #[error("the VM's rings: {0}")]
+    Ring(#[from] netvm_runtime::RingError),
+}
+
+/// How to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// The function writes packets: the switch then never hands it a buffer another
+    /// reference can see (it copies a mirrored one first).
+    pub writes: bool,
+    /// What the loop does when there is no work.
+    pub idle: IdlePolicy,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            writes: false,
+            idle: IdlePolicy::Busy,
+        }
+    }
+}
+
+/// A network function attached to one VM of a running switch.
+pub struct Nf {
+    client: ControlClient,
+    reply: AttachReply,
+    pool: PacketPool,
+    rx: RingConsumer,
+    tx: RingProducer,
+    idle: IdlePolicy,
+    idle_rounds: u32,
+}
+
+impl Nf {
+    /// Attach to VM `vm` of the switch listening on `control`.
+    pub fn attach(control: &Path, vm: &str) -> Result<Nf, NfError> {
+        Nf::attach_with(control, vm, AttachOptions::default())
+    }
+
+    pub fn attach_with(control: &Path, vm: &str, options: AttachOptions) -> Result<Nf, NfError> {
+        let mut client = ControlClient::connect(control)?;
+        let (value, mut fds) =
+            client.request_with_fds("attach", json!({"vm": vm, "writes": options.writes}))?;
+        let reply: AttachReply =
+            serde_json::from_value(value).map_err(|e| NfError::BadReply(e.to_string()))?;
+        if fds.len() != 1 {
+            return Err(NfError::NoDescriptor);
+        }
+        let region = SharedRegion::from_fd(fds.remove(0))?;
+        let pool = PacketPool::new(region.clone())?;
+        let rx = region.ring(reply.ring_in)?.consumer()?;
+        let tx = region.ring(reply.ring_out)?.producer()?;
+        Ok(Nf {
+            client,
+            reply,
+            pool,
+            rx,
+            tx,
+            idle: options.idle,
+            idle_rounds: 0,
+        })
+    }
+
+    /// What the switch granted: VM name and index, trust, which region, ring numbers.
+    pub fn info(&self) -> &AttachReply {
+        &self.reply
+    }
+
+    /// Addresses of the region this process maps (for audits and diagnostics).
+    pub fn region_range(&self) -> Range<usize> {
+        let region = self.pool.region();
+        region.base_addr()..region.base_addr() + region.len_bytes()
+    }
+
+    /// Whether the switch has gone away (its end of the control socket closed).
+    pub fn switch_gone(&self) -> bool {
+        self.client.connection().peer_gone()
+    }
+
+    /// Take one burst (up to 64 packets), let `f` look at them and set verdicts, and
+    /// answer the switch. Returns the number of packets (0: nothing was waiting).
+    pub fn poll(&mut self, f: impl FnOnce(&mut [Packet<'_>])) -> usize {
+        let mut indices = [0u32; MAX_BURST];
+        let n = self.rx.dequeue_burst(&mut indices);
+        if n == 0 {
+            return 0;
+        }
+        let mut answers = [0u32; MAX_BURST];
+        {
+            let mut packets: Vec<Packet<'_>> = Vec::with_capacity(n);
+            for &index in &indices[..n] {
+                let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
+                // SAFETY: the switch handed us `index` through our ring and does not touch
+                // it until we answer; it never hands out an index twice before the answer
+                // (it tracks each in a FIFO), so the views in one burst are disjoint. With
+                // one reference nobody else reads the bytes, so a writable view is sound.
+                let frame = unsafe {
+                    if exclusive {
+                        self.pool.buf_data_mut(index).map(Frame::exclusive)
+                    } else {
+                        self.pool.buf_data(index).map(Frame::shared)
+                    }
+                };
+                packets.push(Packet {
+                    frame: frame.unwrap_or_else(|_| Frame::shared(&[])),
+                    verdict: Verdict::Next,
+                    index,
+                });
+            }
+            f(&mut packets);
+            for (answer, packet) in answers.iter_mut().zip(&packets) {
+                if packet.frame.written() {
+                    let _ = self.pool.forget_content(packet.index);
+                }
+                *answer = wire::encode(packet.index, packet.verdict);
+            }
+        }
+        let mut sent = 0;
+        while sent < n {
+            sent += self.tx.enqueue_burst(&answers[sent..n]);
+            if sent < n {
+                // The switch never has more out with us than the ring holds.
+                std::hint::spin_loop();
+            }
+        }
+        n
+    }
+
+    /// Call `f` on every packet until the switch goes away. `f` returns the verdict.
+    pub fn run(&mut self, mut f: impl FnMut(&mut Packet<'_>) -> Verdict) -> Result<(), NfError> {
+        loop {
+            let n = self.poll(|burst| {
+                for packet in burst {
+                    packet.verdict = f(packet);
+                }
+            });
+            if n == 0 && self.idle() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Like [`run`](Self::run) with bursts: `f` sees each burst whole.
+    pub fn run_bursts(&mut self, mut f: impl FnMut(&mut [Packet<'_>])) -> Result<(), NfError> {
+        loop {
+            let n = self.poll(&mut f);
+            if n == 0 && self.idle() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Run a [`NetworkFunction`] (a built-in, or your own) until the switch goes away,
+    /// with the same loop a VM thread inside the switch runs.
+    pub fn run_function(&mut self, function: &mut dyn NetworkFunction) -> Result<(), NfError> {
+        let client = &self.client;
+        vm::serve(
+            function,
+            &self.pool,
+            &mut self.rx,
+            &mut self.tx,
+            self.idle,
+            || client.connection().peer_gone(),
+        );
+        Ok(())
+    }
+
+    /// Back off after an empty poll; `true` when the switch has gone.
+    fn idle(&mut self) -> bool {
+        self.idle_rounds = self.idle_rounds.wrapping_add(1);
+        if self.idle_rounds % 64 == 0 && self.switch_gone() {
+            return true;
+        }
+        match self.idle {
+            IdlePolicy::Busy if self.idle_rounds % 4096 != 0 => std::hint::spin_loop(),
+            IdlePolicy::Busy => std::thread::yield_now(),
+            IdlePolicy::Sleep => std::thread::sleep(std::time::Duration::from_micros(
+                (1u64 << (self.idle_rounds % 11)).min(1000),
+            )),
+        }
+        false
+    }
+}
+
+/// One packet of a burst: its bytes (in place for trusted VMs) and the verdict to give.
+pub struct Packet<'a> {
+    frame: Frame<'a>,
+    verdict: Verdict,
+    index: u32,
+}
+
+impl Packet<'_> {
+    /// The frame's bytes, from the Ethernet header.
+    pub fn data(&self) -> &[u8] {
+        self.frame.data()
+    }
+
+    /// Writable bytes; `None` when another reference to the buffer exists (a mirror).
+    pub fn data_mut(&mut self) -> Option<&mut [u8]> {
+        self.frame.data_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frame.data().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The headers, decoded by the same rules the switch's classifier uses.
+    pub fn decode(&self) -> netvm_packet::Decoded<'_> {
+        netvm_packet::Decoded::new(self.frame.data())
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    pub fn set_verdict(&mut self, verdict: Verdict) {
+        self.verdict = verdict;
+    }
+}
