@@ -37,9 +37,15 @@ pub struct Args {
     /// The policy to run.
     policy: String,
     /// Bind a port: `PORT=gen:flows=N,size=B,count=N[,prefilled=1]`, `PORT=pcap:rx=IN,tx=OUT`,
-    /// `PORT=null`, `PORT=afpacket:IFACE`.
+    /// `PORT=null`, `PORT=afpacket:IFACE`, `PORT=dpdk:DEVICE[,ARGS][,rxq=N,txq=N]`
+    /// (`--features dpdk` builds; see docs/dpdk.md).
     #[arg(long = "bind", value_name = "PORT=DRIVER:ARGS")]
     binds: Vec<String>,
+    /// Arguments for DPDK's EAL, for `dpdk:` ports, appended to netvm's defaults
+    /// (`--no-pci`, `--in-memory` or `--no-huge -m 256`, `--file-prefix=netvm-PID`, ...),
+    /// e.g. `--eal '--no-huge -m 512'`.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    eal: Option<String>,
     /// Run a VM as a built-in: forward, counter, drop-every:N, pcap-tap:FILE,
     /// rewrite:dscp=N, delay:us=N.
     #[arg(long = "vm", value_name = "VM=BUILTIN[:ARGS]")]
@@ -160,6 +166,9 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     let table = policy_table::policy_table(policy);
     let (classifier, engine) = policy_table::compile(policy)?;
 
+    if let Some(eal) = &args.eal {
+        port::dpdk::set_eal_args(port::dpdk::split_eal_args(eal));
+    }
     let mut bound: Vec<Option<String>> = vec![None; policy.ports.len()];
     for b in &args.binds {
         let (name, spec) = split_binding("bind", b)?;
