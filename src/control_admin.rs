@@ -1,0 +1,395 @@
+//! A running switch's policy, and the one door through which it changes.
+//!
+//! [`LivePolicy`] owns what the switch was built from — the policy's source text and
+//! where it came from — next to the [`ProgramHandle`] the switch threads read. SIGHUP in
+//! `netvm run`, `netvm reload` and the REPL's edits (in-process or over the control
+//! socket) all call [`LivePolicy::reload`]: check the text, compile it, swap it in
+//! ([`policy_table::reload`]), and report what changed. A mutex around the installed
+//! source serializes reloads, which [`policy_table::reload`] requires; the data path
+//! never takes it.
+//!
+//! It is also the binary's side of the control socket (the runtime's `AdminHandler`):
+//! ops `policy`, `reload`, `rules` and `stats`, answered with the serde types of this
+//! module, which the clients (`netvm reload`, `netvm repl --connect`) read back.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use netvm_runtime::stats::Stats;
+use netvm_runtime::ProgramHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::policy_table::{self, PolicyDiff, RuleText};
+
+/// What a successful reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The policy's name as diagnostics show it (its path, or `<repl>`).
+    pub origin: String,
+    pub diff: PolicyDiff,
+    /// Parsing, resolving and type-checking the text.
+    pub check_ms: f64,
+    /// Lowering, the JIT, the runtime table and the counter carry-over.
+    pub compile_ms: f64,
+    /// The atomic pointer swap: the moment the data path moves over.
+    pub swap_us: f64,
+    pub engine: String,
+    pub counters_carried: usize,
+    /// Warnings of the new policy, rendered as `netvm check` renders them.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reloaded {}: {}check {:.2} ms, compile ({}) {:.2} ms, swap {:.1} µs; \
+             counters carried over for {} rules that kept their name",
+            self.origin,
+            self.diff,
+            self.check_ms,
+            self.engine,
+            self.compile_ms,
+            self.swap_us,
+            self.counters_carried,
+        )
+    }
+}
+
+/// Why a reload left the running policy in place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The text has errors; `diagnostics` are rendered as `netvm check` renders them.
+    #[error("rejected: the policy has errors; still running the previous policy")]
+    Rejected { diagnostics: String },
+    /// It checks, but cannot replace the running one (ports or VMs changed, ...).
+    #[error("refused: {0}; still running the previous policy")]
+    Refused(String),
+    /// The file could not be read.
+    #[error("failed: {0}; still running the previous policy")]
+    Unreadable(String),
+}
+
+impl ReloadError {
+    /// The rendered diagnostics of a rejected policy; empty for other errors.
+    pub fn diagnostics(&self) -> &str {
+        match self {
+            ReloadError::Rejected { diagnostics } => diagnostics,
+            _ => "",
+        }
+    }
+
+    /// The diagnostics, then the one-line reason: everything an operator needs to see.
+    pub fn full(&self) -> String {
+        format!("{}{self}", self.diagnostics())
+    }
+}
+
+/// Counters of one port, VM or rule at one moment, by name (the wire form of `stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PortStats {
+    pub name: String,
+    pub driver: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStats {
+    pub name: String,
+    pub function: String,
+    pub trusted: bool,
+    pub packets_in: u64,
+    pub mirrored_in: u64,
+    pub passed: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleStats {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Every counter of a running switch, by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchStats {
+    /// Seconds since the switch started.
+    pub elapsed_s: f64,
+    pub ports: Vec<PortStats>,
+    pub vms: Vec<VmStats>,
+    /// Rules in order, then `default`.
+    pub rules: Vec<RuleStats>,
+    pub counters: Vec<(String, u64)>,
+    /// Drop reasons with a nonzero count.
+    pub drops: Vec<(String, u64)>,
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped: u64,
+}
+
+/// How the switch's ports and VMs were bound (from the launch), for `stats`.
+#[derive(Debug, Clone, Default)]
+pub struct Bindings {
+    /// One per port, in policy order: the driver's description.
+    pub port_drivers: Vec<String>,
+    /// One per VM, in policy order: the network function's description.
+    pub vm_functions: Vec<String>,
+}
+
+struct Installed {
+    origin: String,
+    source: String,
+    rules: Vec<RuleText>,
+}
+
+/// The running policy of one switch; see the module doc.
+pub struct LivePolicy {
+    handle: ProgramHandle,
+    stats: Arc<Stats>,
+    bindings: Bindings,
+    started: Instant,
+    installed: Mutex<Installed>,
+}
+
+/// The directory a policy's `import "file"` is relative to: its own, when `origin` is a
+/// file; the working directory otherwise.
+pub fn import_dir(origin: &str) -> PathBuf {
+    let path = Path::new(origin);
+    match path.canonicalize() {
+        Ok(p) if p.is_file() => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+        _ => std::env::current_dir().unwrap_or_default(),
+    }
+}
+
+/// Check `source` as the root policy named `origin` (imports relative to
+/// [`import_dir`]).
+pub fn check_source(origin: &str, source: &str) -> netvm_lang::Checked {
+    let root = netvm_lang::RootSource::Text {
+        name: origin.to_string(),
+        text: source.to_string(),
+        dir: import_dir(origin),
+    };
+    netvm_lang::check(root).unwrap_or_else(|_| netvm_lang::check_text(origin, source))
+}
+
+/// Every diagnostic of `checked` that `keep` accepts, rendered without color, each
+/// followed by a blank line.
+pub fn render_diagnostics(
+    checked: &netvm_lang::Checked,
+    keep: impl Fn(&netvm_lang::Diagnostic) -> bool,
+) -> String {
+    checked
+        .diagnostics
+        .iter()
+        .filter(|d| keep(d))
+        .map(|d| format!("{}\n\n", d.render(checked.sources(), false)))
+        .collect()
+}
+
+impl LivePolicy {
+    /// The policy `checked` (from `source`, named `origin`) is what `handle` runs now.
+    pub fn new(
+        handle: ProgramHandle,
+        stats: Arc<Stats>,
+        bindings: Bindings,
+        origin: String,
+        source: String,
+        checked: &netvm_lang::Checked,
+    ) -> LivePolicy {
+        let rules = checked
+            .policy
+            .as_ref()
+            .map(|p| policy_table::rule_texts(p, checked.sources()))
+            .unwrap_or_default();
+        LivePolicy {
+            handle,
+            stats,
+            bindings,
+            started: Instant::now(),
+            installed: Mutex::new(Installed {
+                origin,
+                source,
+                rules,
+            }),
+        }
+    }
+
+    fn installed(&self) -> std::sync::MutexGuard<'_, Installed> {
+        // A panic while holding the lock leaves consistent data (fields are replaced
+        // whole after a successful swap), so a poisoned lock is still usable.
+        self.installed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running policy's name and source text.
+    pub fn source(&self) -> (String, String) {
+        let installed = self.installed();
+        (installed.origin.clone(), installed.source.clone())
+    }
+
+    /// Check `source` (named `origin`), compile it and swap it in. On any error the
+    /// running policy stays as it was.
+    pub fn reload(&self, origin: &str, source: String) -> Result<ReloadReport, ReloadError> {
+        let mut installed = self.installed();
+        let start = Instant::now();
+        let checked = check_source(origin, &source);
+        let Some(policy) = &checked.policy else {
+            return Err(ReloadError::Rejected {
+                diagnostics: render_diagnostics(&checked, |_| true),
+            });
+        };
+        let check = start.elapsed();
+        let warnings = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.render(checked.sources(), false))
+            .collect();
+        let rules = policy_table::rule_texts(policy, checked.sources());
+        let done = policy_table::reload(&self.handle, policy).map_err(ReloadError::Refused)?;
+        let diff = PolicyDiff::between(&installed.rules, &rules);
+        *installed = Installed {
+            origin: origin.to_string(),
+            source,
+            rules,
+        };
+        Ok(ReloadReport {
+            origin: origin.to_string(),
+            diff,
+            check_ms: ms(check),
+            compile_ms: ms(done.compile),
+            swap_us: done.swap.as_secs_f64() * 1e6,
+            engine: done.engine,
+            counters_carried: done.counters_carried,
+            warnings,
+        })
+    }
+
+    /// Re-read `path` and reload it (SIGHUP, the REPL's `:reload`).
+    pub fn reload_file(&self, path: &str) -> Result<ReloadReport, ReloadError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ReloadError::Unreadable(format!("cannot read `{path}`: {e}")))?;
+        self.reload(path, source)
+    }
+
+    /// Every counter now, by name.
+    pub fn stats(&self) -> SwitchStats {
+        let program = self.handle.load();
+        let table = &program.table;
+        let s = &self.stats;
+        let ports = table
+            .port_names
+            .iter()
+            .zip(&s.ports)
+            .enumerate()
+            .map(|(i, (name, c))| PortStats {
+                name: name.clone(),
+                driver: self
+                    .bindings
+                    .port_drivers
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_default(),
+                rx_packets: c.rx_packets.get(),
+                rx_bytes: c.rx_bytes.get(),
+                tx_packets: c.tx_packets.get(),
+                tx_bytes: c.tx_bytes.get(),
+            })
+            .collect();
+        let vms = table
+            .vm_names
+            .iter()
+            .zip(&s.vms)
+            .enumerate()
+            .map(|(i, (name, c))| VmStats {
+                name: name.clone(),
+                function: self
+                    .bindings
+                    .vm_functions
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_default(),
+                trusted: table.vm_trusted.get(i).copied().unwrap_or(false),
+                packets_in: c.packets_in.get(),
+                mirrored_in: c.mirrored_in.get(),
+                passed: c.passed.get(),
+                dropped: c.dropped.get(),
+            })
+            .collect();
+        let rules = table
+            .rules
+            .iter()
+            .chain(std::iter::once(&table.default))
+            .zip(program.rule_counters())
+            .map(|(rule, c)| RuleStats {
+                name: rule.name.clone(),
+                packets: c.packets.get(),
+                bytes: c.bytes.get(),
+            })
+            .collect();
+        let counters = table
+            .counter_names
+            .iter()
+            .zip(program.named_counters())
+            .map(|(name, c)| (name.clone(), c.get()))
+            .collect();
+        let drops = netvm_runtime::stats::DropReason::ALL
+            .iter()
+            .map(|&r| (r.name().to_string(), s.drops[r as usize].get()))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        SwitchStats {
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            ports,
+            vms,
+            rules,
+            counters,
+            drops,
+            rx: s.rx_total(),
+            tx: s.tx_total(),
+            dropped: s.drop_total(),
+        }
+    }
+
+    /// Answer one control-socket op (see the module doc).
+    pub fn answer(&self, op: &str, args: &Value) -> Result<Value, String> {
+        match op {
+            "policy" => {
+                let (origin, source) = self.source();
+                Ok(json!({ "origin": origin, "source": source }))
+            }
+            "reload" => {
+                let source = args
+                    .get("source")
+                    .and_then(Value::as_str)
+                    .ok_or("`reload` needs `source`, the policy's text")?;
+                let origin = match args.get("origin").and_then(Value::as_str) {
+                    Some(o) => o.to_string(),
+                    None => self.source().0,
+                };
+                let report = self
+                    .reload(&origin, source.to_string())
+                    .map_err(|e| e.full())?;
+                Ok(json!({ "report": report }))
+            }
+            "stats" => Ok(json!({ "stats": self.stats() })),
+            other => Err(format!(
+                "unknown op `{other}` (this switch answers hello, attach, status, policy, reload, stats)"
+            )),
+        }
+    }
+}
+
+impl netvm_runtime::control::AdminHandler for LivePolicy {
+    fn handle(&self, op: &str, args: &Value) -> Result<Value, String> {
+        self.answer(op, args)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
