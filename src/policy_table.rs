@@ -179,34 +179,32 @@ pub struct PolicyDiff {
 
 impl PolicyDiff {
     pub fn between(old: &[RuleText], new: &[RuleText]) -> PolicyDiff {
-        use std::collections::HashMap;
+        use std::collections::{HashMap, HashSet};
         let old_at: HashMap<&str, (usize, &RuleText)> = old
             .iter()
             .enumerate()
             .map(|(i, r)| (r.name.as_str(), (i, r)))
             .collect();
-        let new_names: std::collections::HashSet<&str> =
-            new.iter().map(|r| r.name.as_str()).collect();
+        let new_names: HashSet<&str> = new.iter().map(|r| r.name.as_str()).collect();
         let mut diff = PolicyDiff::default();
-        let kept: Vec<&str> = old
-            .iter()
-            .map(|r| r.name.as_str())
-            .filter(|n| new_names.contains(n))
-            .collect();
-        let mut kept_pos = 0;
+        // Old positions of the unchanged rules, in their new order.
+        let mut kept_positions = Vec::new();
         for r in new {
             match old_at.get(r.name.as_str()) {
                 None => diff.added.push(r.clone()),
-                Some((_, before)) => {
+                Some((i, before)) => {
                     if before.meaning != r.meaning {
                         diff.changed.push(((*before).clone(), r.clone()));
-                    } else if kept.get(kept_pos) != Some(&r.name.as_str()) {
-                        diff.moved += 1;
+                    } else {
+                        kept_positions.push(*i);
                     }
-                    kept_pos += 1;
                 }
             }
         }
+        // The fewest moves that give the new order: every unchanged rule outside a
+        // longest run that kept its relative order (one rule moved up past three is one
+        // move, not four).
+        diff.moved = kept_positions.len() - longest_increasing_run(&kept_positions);
         diff.removed = old
             .iter()
             .filter(|r| !new_names.contains(r.name.as_str()))
@@ -263,6 +261,19 @@ impl std::fmt::Display for PolicyDiff {
         }
         Ok(())
     }
+}
+
+/// The length of a longest strictly increasing subsequence (patience sorting).
+fn longest_increasing_run(values: &[usize]) -> usize {
+    let mut tails: Vec<usize> = Vec::new();
+    for &v in values {
+        match tails.binary_search(&v) {
+            Ok(_) => {}
+            Err(at) if at == tails.len() => tails.push(v),
+            Err(at) => tails[at] = v,
+        }
+    }
+    tails.len()
 }
 
 /// What [`reload`] did.
