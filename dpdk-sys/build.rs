@@ -74,6 +74,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_dev_dma_map",
     "rte_dev_dma_unmap",
     "rte_mem_virt2iova",
+    "rte_mem_virt2phy",
     "rte_dev_probe",
     "rte_malloc_heap_create",
     "rte_malloc_heap_destroy",

@@ -141,6 +141,15 @@ impl Eal {
         (iova != unsafe { ffi::netvm_rte_bad_iova() }).then_some(iova)
     }
 
+    /// The physical address of `addr` (from `/proc/self/pagemap`: a system call each, and
+    /// root), `None` when it cannot be read.
+    pub fn physical_address(&self, addr: *const u8) -> Option<u64> {
+        // SAFETY: reads this process's page map; never dereferences addr.
+        let phys = unsafe { ffi::rte_mem_virt2phy(addr.cast()) };
+        // SAFETY: returns a constant.
+        (phys != unsafe { ffi::netvm_rte_bad_iova() }).then_some(phys)
+    }
+
     /// Makes the calling thread an EAL thread (an lcore id of its own), so that mempool
     /// per-lcore caches serve it. Does nothing on a thread that already has one.
     pub fn register_thread(&self) -> Result<()> {

@@ -65,6 +65,9 @@ pub mod eal {
         pub fn iova(&self, _addr: *const u8) -> Option<u64> {
             match self.never {}
         }
+        pub fn physical_address(&self, _addr: *const u8) -> Option<u64> {
+            match self.never {}
+        }
         pub fn register_thread(&self) -> Result<()> {
             match self.never {}
         }

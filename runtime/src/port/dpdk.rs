@@ -409,8 +409,29 @@ mod driver {
         }
     }
 
-    /// Regions registered with the EAL as external memory: (base, bytes, ports using it).
-    static REGISTERED: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+    /// A pool some DPDK port of this process has started over.
+    struct PoolInUse {
+        pool: PacketPool,
+        ports: usize,
+        /// Its region is registered with the EAL as external memory.
+        extmem: bool,
+    }
+
+    /// The pools in use, so that each region is registered once, and so that a port asked
+    /// to send before it has received (the switch sends to a port before polling it on
+    /// its first round) finds the pool its frames come from.
+    static POOLS_IN_USE: Mutex<Vec<PoolInUse>> = Mutex::new(Vec::new());
+
+    /// The pool whose region holds `addr`, if a DPDK port uses it.
+    fn pool_holding(addr: usize) -> Option<PacketPool> {
+        let pools = POOLS_IN_USE.lock().ok()?;
+        pools.iter().find_map(|p| {
+            let region = p.pool.region();
+            (region.base_addr()..region.base_addr() + region.len_bytes())
+                .contains(&addr)
+                .then(|| p.pool.clone())
+        })
+    }
 
     /// Names DPDK objects uniquely within the process.
     static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -423,20 +444,36 @@ mod driver {
         /// Address of buffer 0's room (its headroom; an mbuf's `buf_addr`).
         room_base: usize,
         capacity: usize,
-        /// IOVA = VA (otherwise IOVAs are looked up, or unknown for devices without DMA).
-        iova_is_va: bool,
-        eal: &'static Eal,
+        /// The region's first byte, its page size, and each page's IO address (VA in
+        /// IOVA-as-VA mode; else physical, read once here; `BAD_IOVA` when unknown).
+        region_base: usize,
+        page_bytes: usize,
+        page_iovas: Vec<u64>,
     }
 
     impl Zone {
         fn new(pool: &PacketPool, eal: &'static Eal) -> Zone {
             let region = pool.region();
+            let region_base = region.base_addr();
+            let page_bytes = match region.backing() {
+                Backing::HugePages2M => crate::layout::HUGE_PAGE_BYTES,
+                Backing::SmallPages { .. } => 4096,
+            };
+            let pages = (region_base..region_base + region.len_bytes()).step_by(page_bytes);
+            let page_iovas = if eal.iova_is_va() {
+                pages.map(|a| a as u64).collect()
+            } else {
+                pages
+                    .map(|a| eal.physical_address(a as *const u8).unwrap_or(BAD_IOVA))
+                    .collect()
+            };
             Zone {
                 pool: pool.clone(),
-                room_base: region.base_addr() + region.layout().buffers_offset + BUF_HEADER_BYTES,
+                room_base: region_base + region.layout().buffers_offset + BUF_HEADER_BYTES,
                 capacity: pool.capacity(),
-                iova_is_va: eal.iova_is_va(),
-                eal,
+                region_base,
+                page_bytes,
+                page_iovas,
             }
         }
 
@@ -444,12 +481,14 @@ mod driver {
             (self.room_base + index as usize * BUF_STRIDE) as *mut u8
         }
 
+        /// IO address of buffer `index`'s room. With physical addresses on 2 MiB pages a
+        /// buffer may straddle two pages that are not physically adjacent: fine for
+        /// virtual devices (no DMA); real NICs want vfio-pci (IOVA as VA). See docs/dpdk.md.
         fn iova(&self, index: u32) -> u64 {
-            let addr = self.room(index);
-            if self.iova_is_va {
-                addr as u64
-            } else {
-                self.eal.iova(addr).unwrap_or(BAD_IOVA)
+            let offset = self.room(index) as usize - self.region_base;
+            match self.page_iovas.get(offset / self.page_bytes) {
+                Some(&BAD_IOVA) | None => BAD_IOVA,
+                Some(&page) => page + (offset % self.page_bytes) as u64,
             }
         }
 
@@ -495,7 +534,8 @@ mod driver {
         done_mbufs: Vec<Mbuf>,
         tx_mbufs: Vec<Mbuf>,
         last_rx: Instant,
-        registered: Option<(usize, usize)>,
+        /// The region's base, counted in [`POOLS_IN_USE`].
+        region_base: usize,
     }
 
     enum State {
@@ -586,7 +626,7 @@ mod driver {
             // Only a cache for this thread's mempool use; without it DPDK still works.
             let _ = eal.register_thread();
             let zone = Arc::new(Zone::new(pool, eal));
-            let registered = register_region(eal, pool)?;
+            let registered = register_region(eal, &zone)?;
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
 
             let lent = self.spec.rx_queues as usize * RING_SLOTS as usize + RX_SPARE_BUFFERS;
@@ -660,7 +700,7 @@ mod driver {
                 done_mbufs: Vec::with_capacity(MAX_BURST),
                 tx_mbufs: Vec::with_capacity(MAX_BURST),
                 last_rx: Instant::now(),
-                registered,
+                region_base: registered,
             })
         }
 
@@ -835,7 +875,7 @@ mod driver {
                 rx_pool,
                 tx_pool,
                 spare,
-                registered,
+                region_base,
                 ..
             } = *run;
             // Frames still in the device (net_ring's ring) hold buffers: drain them.
@@ -877,7 +917,7 @@ mod driver {
                 std::mem::forget(zone.clone());
             }
             drop(tx_pool);
-            unregister_region(self.eal, registered);
+            unregister_region(self.eal, region_base);
             if missing > 0 {
                 return Err(PortError::Other(format!(
                     "dpdk {}: {missing} mbufs were still held by the driver at stop; their \
@@ -889,52 +929,57 @@ mod driver {
         }
     }
 
-    /// Register the pool's region as external memory (once per region per process).
-    fn register_region(eal: &Eal, pool: &PacketPool) -> Result<Option<(usize, usize)>, String> {
-        let region = pool.region();
+    /// Count a port on the zone's pool; the first registers its region as external
+    /// memory. Returns the region's base, for [`unregister_region`].
+    fn register_region(eal: &Eal, zone: &Zone) -> Result<usize, String> {
+        let region = zone.pool.region();
         let (base, bytes) = (region.base_addr(), region.len_bytes());
-        let mut registered = REGISTERED.lock().map_err(|_| "a dpdk port panicked")?;
-        if let Some(entry) = registered.iter_mut().find(|e| e.0 == base) {
-            entry.2 += 1;
-            return Ok(Some((base, bytes)));
+        let mut pools = POOLS_IN_USE.lock().map_err(|_| "a dpdk port panicked")?;
+        if let Some(entry) = pools
+            .iter_mut()
+            .find(|p| p.pool.region().base_addr() == base)
+        {
+            entry.ports += 1;
+            return Ok(base);
         }
-        let page_bytes = match region.backing() {
-            Backing::HugePages2M => crate::layout::HUGE_PAGE_BYTES,
-            Backing::SmallPages { .. } => 4096,
-        };
-        let iovas: Option<Vec<u64>> = eal.iova_is_va().then(|| {
-            (base..base + bytes)
-                .step_by(page_bytes)
-                .map(|a| a as u64)
-                .collect()
-        });
+        let known = !zone.page_iovas.contains(&BAD_IOVA);
         // SAFETY: the region is mapped (the pool holds it) for at least as long as the
-        // port, which unregisters it at stop; base and bytes are multiples of page_bytes.
-        let result =
-            unsafe { eal.extmem_register(base as *mut u8, bytes, iovas.as_deref(), page_bytes) };
-        match result {
-            Ok(()) => {
-                registered.push((base, bytes, 1));
-                Ok(Some((base, bytes)))
-            }
+        // port, which unregisters it at stop; base and bytes are multiples of the page size.
+        let result = unsafe {
+            eal.extmem_register(
+                base as *mut u8,
+                bytes,
+                known.then_some(&zone.page_iovas[..]),
+                zone.page_bytes,
+            )
+        };
+        pools.push(PoolInUse {
+            pool: zone.pool.clone(),
+            ports: 1,
             // Drivers without DMA do not need it; real NICs report their own error.
-            Err(_) => Ok(None),
-        }
+            extmem: result.is_ok(),
+        });
+        Ok(base)
     }
 
-    fn unregister_region(eal: &Eal, registered: Option<(usize, usize)>) {
-        let Some((base, bytes)) = registered else {
+    fn unregister_region(eal: &Eal, base: usize) {
+        let Ok(mut pools) = POOLS_IN_USE.lock() else {
             return;
         };
-        let Ok(mut list) = REGISTERED.lock() else {
+        let Some(pos) = pools
+            .iter()
+            .position(|p| p.pool.region().base_addr() == base)
+        else {
             return;
         };
-        if let Some(pos) = list.iter().position(|e| e.0 == base) {
-            list[pos].2 -= 1;
-            if list[pos].2 == 0 {
-                list.remove(pos);
+        pools[pos].ports -= 1;
+        if pools[pos].ports == 0 {
+            let gone = pools.remove(pos);
+            if gone.extmem {
                 // SAFETY: no port uses the region any more (the last one just stopped).
-                let _ = unsafe { eal.extmem_unregister(base as *mut u8, bytes) };
+                let _ = unsafe {
+                    eal.extmem_unregister(base as *mut u8, gone.pool.region().len_bytes())
+                };
             }
         }
     }
@@ -980,6 +1025,18 @@ mod driver {
         }
 
         fn tx_burst(&mut self, frames: &[&[u8]]) -> usize {
+            if matches!(self.state, State::Opened) {
+                // Asked to send before the first poll: start over the frames' pool.
+                let Some(pool) = frames
+                    .first()
+                    .and_then(|f| pool_holding(f.as_ptr() as usize))
+                else {
+                    return 0;
+                };
+                if self.ensure_started(&pool).is_err() {
+                    return 0;
+                }
+            }
             let mut sent = 0;
             while sent < frames.len() {
                 let n = self.transmit(&frames[sent..]);
