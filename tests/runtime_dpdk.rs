@@ -1,0 +1,581 @@
+//! `netvm run` on DPDK ports (`--features dpdk`), each configuration in its own process
+//! (DPDK's EAL initialises once per process), with huge pages and with `--no-huge`:
+//! - `net_pcap` in → a policy with a chain of trusted VMs → `net_pcap` out writes exactly
+//!   the frames the same run on the `pcap` driver writes, byte for byte, and the DPDK ports
+//!   report that netvm copied no byte (frames were received into and sent from the shared
+//!   pool's buffers);
+//! - `net_ring`: frames sent into the ring come back on the same port and go out again;
+//! - `net_af_packet` on veth pairs into two network namespaces carries real kernel traffic
+//!   (ping) through the switch.
+//!
+//! Skips loudly (on stderr, passing) without root, without DPDK in the build, or without
+//! `ip` for the namespace test. Without the feature, only the message telling an operator
+//! how to get the driver is checked.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn netvm_run(policy: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netvm"))
+        .arg("run")
+        .arg(policy)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("netvm runs")
+}
+
+#[cfg(not(feature = "dpdk"))]
+#[test]
+fn without_the_dpdk_feature_netvm_run_says_how_to_get_the_driver() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.nvr");
+    std::fs::write(&policy, "port p\ndefault => drop\n").unwrap();
+    let out = netvm_run(&policy, &["--bind", "p=dpdk:net_null0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("port `p`"), "{stderr}");
+    assert!(stderr.contains("--features dpdk"), "{stderr}");
+    assert!(stderr.contains("libdpdk-dev"), "{stderr}");
+}
+
+#[cfg(feature = "dpdk")]
+mod with_dpdk {
+    use std::net::Ipv4Addr;
+    use std::os::fd::AsRawFd;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use netvm_packet::{BaseProto, Field, PacketSpec};
+
+    use super::netvm_run;
+
+    /// EAL arguments of the two memory configurations.
+    const HUGE: &[&str] = &[];
+    const NO_HUGE: &[&str] = &["--eal", "--no-huge -m 256"];
+
+    fn skip_reason() -> Option<String> {
+        if let Some(why) = dpdk_sys_missing() {
+            return Some(why);
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("not root (DPDK's EAL needs root here)".into());
+        }
+        None
+    }
+
+    /// Whether the netvm binary found DPDK when it was built: a `dpdk` port on a build
+    /// without it fails with this sentence.
+    fn dpdk_sys_missing() -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("p.nvr");
+        std::fs::write(&policy, "port p\ndefault => drop\n").unwrap();
+        let out = netvm_run(
+            &policy,
+            &["--bind", "p=dpdk:net_null0", "--duration", "0.1"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        stderr
+            .contains("found no DPDK")
+            .then(|| format!("this build has no DPDK: {}", stderr.trim()))
+    }
+
+    /// Free 2 MiB huge pages: the huge-page runs need some for the EAL and the region.
+    fn hugepages_free() -> u64 {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn frames() -> Vec<Vec<u8>> {
+        (0..120u32)
+            .map(|i| {
+                let base = match i % 3 {
+                    0 => BaseProto::Tcp,
+                    1 => BaseProto::Udp,
+                    _ => BaseProto::Icmp,
+                };
+                let mut spec = PacketSpec::new(base);
+                spec.set(Field::IpSrc, 0x0a00_0000 + u128::from(i % 7))
+                    .set(Field::IpDst, 0xc000_0201);
+                if base == BaseProto::Tcp {
+                    spec.set(Field::TcpDport, if i % 2 == 0 { 80 } else { 22 });
+                }
+                spec.payload = Some(vec![i as u8; 10 + (i as usize * 13) % 1400]);
+                spec.build().expect("test frames build")
+            })
+            .collect()
+    }
+
+    fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
+        use pcap_file::pcap::{PcapPacket, PcapWriter};
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = PcapWriter::new(file).unwrap();
+        for (i, f) in frames.iter().enumerate() {
+            let ts = Duration::from_micros(1_000 * i as u64);
+            writer
+                .write_packet(&PcapPacket::new(ts, f.len() as u32, f))
+                .unwrap();
+        }
+    }
+
+    fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+        netvm_runtime::port::pcap::read_frames(path.to_str().unwrap()).unwrap()
+    }
+
+    fn stats(path: &Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The DPDK ports' descriptions in the run report say netvm copied nothing.
+    fn assert_no_copies(json: &serde_json::Value) {
+        for port in json["ports"].as_array().unwrap() {
+            let driver = port["driver"].as_str().unwrap();
+            if driver.starts_with("dpdk") {
+                assert!(
+                    driver.contains("copied: 0 packets, 0 bytes"),
+                    "netvm copied bytes on a DPDK port: {driver}"
+                );
+            }
+        }
+        for vm in json["vms"].as_array().unwrap() {
+            assert_eq!(
+                vm["copied_bytes"], 0,
+                "trusted VM {} got copies",
+                vm["name"]
+            );
+        }
+    }
+
+    const CHAIN_POLICY: &str = "port wan\nport lan\nvm fw trusted\nvm mon trusted\n\
+        rule ssh : tcp and tcp.dport == 22 => count ssh, drop\n\
+        rule web : tcp => chain fw -> mon -> out lan\n\
+        default => chain mon -> out lan\n";
+
+    fn pcap_in_chain_out_matches_the_pcap_driver(eal: &[&str], label: &str) {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED net_pcap chain ({label}): {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("chain.nvr");
+        std::fs::write(&policy, CHAIN_POLICY).unwrap();
+        let input = dir.path().join("in.pcap");
+        let sent = frames();
+        write_pcap(&input, &sent);
+
+        let reference = dir.path().join("ref.pcap");
+        let out = netvm_run(
+            &policy,
+            &[
+                "--bind",
+                &format!("wan=pcap:rx={}", input.display()),
+                "--bind",
+                &format!("lan=pcap:tx={}", reference.display()),
+                "--vm-mode",
+                "inline",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let output = dir.path().join("out.pcap");
+        let json_path = dir.path().join("stats.json");
+        let mut args = vec![
+            "--bind".to_string(),
+            format!("wan=dpdk:net_pcap0,rx_pcap={}", input.display()),
+            "--bind".to_string(),
+            format!("lan=dpdk:net_pcap1,tx_pcap={}", output.display()),
+            "--vm-mode".to_string(),
+            "inline".to_string(),
+            "--stats-json".to_string(),
+            json_path.display().to_string(),
+            "--duration".to_string(),
+            "20".to_string(),
+        ];
+        args.extend(eal.iter().map(|s| s.to_string()));
+        if eal.is_empty() {
+            args.extend(["--hugepages".to_string(), "require".to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let started = Instant::now();
+        let out = netvm_run(&policy, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stderr}\n{stdout}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the run ends when the pcap input drains"
+        );
+        let expected = read_pcap(&reference);
+        let got = read_pcap(&output);
+        let ssh = sent
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == 0 && i % 2 == 1)
+            .count();
+        assert_eq!(expected.len(), sent.len() - ssh, "the reference run");
+        assert_eq!(got.len(), expected.len(), "{stdout}");
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(g == e, "frame {i} differs from the pcap driver's run");
+        }
+        let json = stats(&json_path);
+        assert_eq!(json["balanced"], true);
+        assert_eq!(json["buffers_returned"], json["buffers"]);
+        assert_no_copies(&json);
+        let wan = json["ports"][0]["driver"].as_str().unwrap();
+        assert!(
+            wan.contains(&format!("in place: rx {}", sent.len())),
+            "every frame received in place: {wan}"
+        );
+        let memory = if eal.is_empty() {
+            "EAL on huge pages"
+        } else {
+            "EAL --no-huge"
+        };
+        assert!(wan.contains(memory), "{wan}");
+    }
+
+    #[test]
+    fn net_pcap_through_a_chain_matches_the_pcap_driver_on_huge_pages() {
+        if hugepages_free() < 24 {
+            eprintln!(
+                "SKIPPED net_pcap chain (huge pages): only {} free 2 MiB pages",
+                hugepages_free()
+            );
+            return;
+        }
+        pcap_in_chain_out_matches_the_pcap_driver(HUGE, "huge pages");
+    }
+
+    #[test]
+    fn net_pcap_through_a_chain_matches_the_pcap_driver_without_huge_pages() {
+        pcap_in_chain_out_matches_the_pcap_driver(NO_HUGE, "--no-huge");
+    }
+
+    #[test]
+    fn net_ring_loops_frames_back_through_the_switch_without_huge_pages() {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED net_ring loopback: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("ring.nvr");
+        std::fs::write(
+            &policy,
+            "port src\nport ring\nport sink\nvm fw trusted\n\
+             rule into_ring : in_port == src => out ring\n\
+             rule out_of_ring : in_port == ring => chain fw -> out sink\n\
+             default => drop\n",
+        )
+        .unwrap();
+        let input = dir.path().join("in.pcap");
+        let sent = frames();
+        write_pcap(&input, &sent);
+        let output = dir.path().join("out.pcap");
+        let json_path = dir.path().join("stats.json");
+        let out = netvm_run(
+            &policy,
+            &[
+                "--bind",
+                &format!("src=dpdk:net_pcap0,rx_pcap={}", input.display()),
+                "--bind",
+                "ring=dpdk:net_ring0",
+                "--bind",
+                &format!("sink=dpdk:net_pcap1,tx_pcap={}", output.display()),
+                "--vm-mode",
+                "inline",
+                "--duration",
+                "1.5",
+                "--stats-json",
+                json_path.to_str().unwrap(),
+                "--eal",
+                "--no-huge -m 256",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(
+            read_pcap(&output),
+            sent,
+            "every frame went round the ring, in order"
+        );
+        let json = stats(&json_path);
+        assert_eq!(json["balanced"], true);
+        assert_eq!(json["buffers_returned"], json["buffers"]);
+        assert_no_copies(&json);
+        let ring = json["ports"][1]["driver"].as_str().unwrap();
+        assert!(
+            ring.contains(&format!("in place: rx {} tx {}", sent.len(), sent.len())),
+            "the ring handed back the buffers it was given: {ring}"
+        );
+    }
+
+    fn ip(args: &[&str]) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Two namespaces, each joined to the host by a veth pair; torn down on drop.
+    struct Lab {
+        ns: [String; 2],
+        host_if: [String; 2],
+        subnet: u8,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            for i in 0..2 {
+                let _ = ip(&["link", "del", &self.host_if[i]]);
+                let _ = ip(&["netns", "del", &self.ns[i]]);
+            }
+        }
+    }
+
+    impl Lab {
+        fn addr(&self, i: usize) -> Ipv4Addr {
+            Ipv4Addr::new(10, 78, self.subnet, 1 + i as u8)
+        }
+
+        fn new(tag: &str) -> Result<Lab, String> {
+            let pid = std::process::id();
+            let lab = Lab {
+                ns: [
+                    format!("netvm-d{pid}-{tag}a"),
+                    format!("netvm-d{pid}-{tag}b"),
+                ],
+                host_if: [
+                    format!("nd{tag}a{}", pid % 100_000),
+                    format!("nd{tag}b{}", pid % 100_000),
+                ],
+                subnet: ((pid + u32::from(tag.as_bytes()[0])) % 250) as u8,
+            };
+            for i in 0..2 {
+                let (ns, host) = (&lab.ns[i], &lab.host_if[i]);
+                let inner = format!("{host}i");
+                ip(&["netns", "add", ns])?;
+                ip(&[
+                    "link", "add", host, "type", "veth", "peer", "name", &inner, "netns", ns,
+                ])?;
+                ip(&["link", "set", host, "up"])?;
+                let cidr = format!("{}/24", lab.addr(i));
+                ip(&["-n", ns, "addr", "add", &cidr, "dev", &inner])?;
+                ip(&["-n", ns, "link", "set", &inner, "up"])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            Ok(lab)
+        }
+    }
+
+    /// `count` ICMP echo requests to `dst` from a raw socket on a thread inside namespace
+    /// `ns`; the number of echo replies that came back.
+    fn ping_from(ns: &str, dst: Ipv4Addr, count: u16) -> usize {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("the namespace's file");
+            // SAFETY: `file` is an open namespace descriptor; setns moves this thread only.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            let socket = socket_icmp();
+            let mut replies = std::collections::BTreeSet::new();
+            let deadline = Instant::now() + Duration::from_secs(4);
+            let mut seq = 0u16;
+            while Instant::now() < deadline && replies.len() < count as usize {
+                if seq < count {
+                    send_echo(socket, dst, seq);
+                    seq += 1;
+                }
+                if let Some(s) = recv_echo_reply(socket) {
+                    replies.insert(s);
+                }
+            }
+            // SAFETY: our descriptor, closed once.
+            unsafe { libc::close(socket) };
+            replies.len()
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn socket_icmp() -> i32 {
+        // SAFETY: plain system call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: a live timeval of the length passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        fd
+    }
+
+    fn send_echo(fd: i32, dst: Ipv4Addr, seq: u16) {
+        let id = (std::process::id() & 0xffff) as u16;
+        let mut msg = vec![8u8, 0, 0, 0];
+        msg.extend_from_slice(&id.to_be_bytes());
+        msg.extend_from_slice(&seq.to_be_bytes());
+        msg.extend_from_slice(b"netvm dpdk test");
+        let mut sum = 0u32;
+        for pair in msg.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        msg[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        // SAFETY: all-zero is a valid sockaddr_in; the fields that matter are set.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from(dst).to_be();
+        // SAFETY: msg and to are live for the call, their lengths passed.
+        unsafe {
+            libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+    }
+
+    fn recv_echo_reply(fd: i32) -> Option<u16> {
+        let id = (std::process::id() & 0xffff) as u16;
+        let mut buf = [0u8; 1500];
+        // SAFETY: buf is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            return None;
+        }
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let icmp = &buf[ihl..n as usize];
+        (icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes())
+            .then(|| u16::from_be_bytes([icmp[6], icmp[7]]))
+    }
+
+    /// net_af_packet names its PACKET_FANOUT group `pid ^ ifindex`: two switches started
+    /// side by side on neighbouring interfaces can pick the same group and the second
+    /// fails (EINVAL). The two configurations take turns.
+    static AF_PACKET_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn af_packet_carries_ping(eal: &[&str], tag: &str) {
+        let _turn = AF_PACKET_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED net_af_packet veth ({tag}): {why}");
+            return;
+        }
+        if Command::new("ip")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("SKIPPED net_af_packet veth ({tag}): `ip` (iproute2) is not installed");
+            return;
+        }
+        let lab = match Lab::new(tag) {
+            Ok(lab) => lab,
+            Err(e) => {
+                eprintln!("SKIPPED net_af_packet veth ({tag}): {e}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("bridge.nvr");
+        std::fs::write(
+            &policy,
+            "port a\nport b\nvm fw trusted\n\
+             rule a_to_b : in_port == a => chain fw -> out b\n\
+             rule b_to_a : in_port == b => out a\ndefault => drop\n",
+        )
+        .unwrap();
+        let json_path = dir.path().join("stats.json");
+        let mut args = vec![
+            "run".to_string(),
+            policy.display().to_string(),
+            "--bind".to_string(),
+            format!("a=dpdk:net_af_packet0,iface={}", lab.host_if[0]),
+            "--bind".to_string(),
+            format!("b=dpdk:net_af_packet1,iface={}", lab.host_if[1]),
+            "--duration".to_string(),
+            "5".to_string(),
+            "--vm-mode".to_string(),
+            "inline".to_string(),
+            "--stats-json".to_string(),
+            json_path.display().to_string(),
+        ];
+        args.extend(eal.iter().map(|s| s.to_string()));
+        let switch = Command::new(env!("CARGO_BIN_EXE_netvm"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("netvm run starts");
+        std::thread::sleep(Duration::from_millis(1500));
+        let replies = ping_from(&lab.ns[0], lab.addr(1), 5);
+        let out = switch.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "netvm run failed:\n{stderr}\n{stdout}"
+        );
+        assert_eq!(
+            replies, 5,
+            "ping replies through the switch\n{stderr}\n{stdout}"
+        );
+        let json = stats(&json_path);
+        assert_eq!(json["balanced"], true);
+        assert_eq!(json["buffers_returned"], json["buffers"]);
+        assert_no_copies(&json);
+        drop(lab);
+    }
+
+    #[test]
+    fn net_af_packet_on_veth_carries_ping_between_namespaces_on_huge_pages() {
+        if hugepages_free() < 24 {
+            eprintln!(
+                "SKIPPED net_af_packet veth (huge pages): only {} free 2 MiB pages",
+                hugepages_free()
+            );
+            return;
+        }
+        af_packet_carries_ping(HUGE, "h");
+    }
+
+    #[test]
+    fn net_af_packet_on_veth_carries_ping_between_namespaces_without_huge_pages() {
+        af_packet_carries_ping(NO_HUGE, "n");
+    }
+}
