@@ -544,7 +544,7 @@ impl ControlState {
                         "process",
                         if e.is_up() { "up" } else { "down" },
                         (e.pid() != 0).then_some(e.pid()),
-                        e.ring_fill(),
+                        if e.is_up() { e.ring_fill() } else { 0 },
                         e.attaches(),
                     ),
                     None => ("built-in", "up", None, 0, 0),
@@ -793,11 +793,21 @@ fn ok_reply(mut value: Value) -> Value {
 /// One connection: hello, then requests until the peer goes; an attached VM is taken
 /// down when it does.
 fn serve(
-    mut connection: Connection,
+    connection: Connection,
     state: &ControlState,
     admin: Option<&dyn AdminHandler>,
     stop: &AtomicBool,
 ) {
+    // The acceptor keeps a clone of the socket (to close it when the server stops), so
+    // dropping ours would not hang up: shut the connection down on every way out.
+    struct HangUp(Connection);
+    impl Drop for HangUp {
+        fn drop(&mut self) {
+            let _ = self.0.stream().shutdown(std::net::Shutdown::Both);
+        }
+    }
+    let mut guard = HangUp(connection);
+    let connection = &mut guard.0;
     let _ = connection.stream().set_read_timeout(Some(HELLO_TIMEOUT));
     let hello = match connection.recv() {
         Ok(Some((line, _))) => parse_request(&line).and_then(|r| {
@@ -808,6 +818,7 @@ fn serve(
             }
         }),
         Ok(None) => return,
+        Err(e) if e.kind() == ErrorKind::InvalidData => Err(e.to_string()),
         Err(e) => Err(format!("reading hello: {e}")),
     };
     let hello = match hello {
@@ -833,7 +844,13 @@ fn serve(
     while !stop.load(Ordering::Acquire) {
         let line = match connection.recv() {
             Ok(Some((line, _))) => line,
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(e) => {
+                if e.kind() == ErrorKind::InvalidData {
+                    let _ = connection.send(&error_reply(e.to_string()), &[]);
+                }
+                break;
+            }
         };
         let request = match parse_request(&line) {
             Ok(r) => r,
@@ -872,7 +889,6 @@ fn serve(
     if let Some((vm, owner)) = attached {
         state.external.detach(&vm, owner);
     }
-    let _ = connection.stream().shutdown(std::net::Shutdown::Both);
 }
 
 fn attach(
