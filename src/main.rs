@@ -4,7 +4,9 @@
 //! flags, unreadable files).
 
 mod commands;
+mod control_admin;
 mod policy_table;
+mod repl;
 mod report;
 
 use std::process::ExitCode;
@@ -40,6 +42,11 @@ enum Command {
     Bench(commands::bench::Args),
     /// Run the switch: bind ports and VMs, forward packets, print per-port/VM/rule counters.
     Run(commands::run::Args),
+    /// Edit a switch's policy at a prompt: a switch in this process, or `--connect` to a
+    /// running `netvm run`.
+    Repl(commands::repl::Args),
+    /// Hand a new policy to a running `netvm run` (control socket); print what changed.
+    Reload(commands::reload::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Repl(args) => commands::repl::run(args),
+        Command::Reload(args) => commands::reload::run(args),
     };
     match result {
         Ok(code) => code,

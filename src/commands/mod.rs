@@ -6,5 +6,7 @@ pub mod classify;
 pub mod explain;
 pub mod fmt;
 pub mod import;
+pub mod reload;
+pub mod repl;
 pub mod run;
 pub mod test;

@@ -9,7 +9,7 @@
 //! `--stats-json`. Exit 0 when every buffer came back and rx = tx + drops, 1 when not,
 //! 2 on usage errors.
 //!
-//! SIGHUP re-reads the policy file and hot-reloads it ([`policy_table::reload`]): errors
+//! SIGHUP re-reads the policy file and hot-reloads it ([`LivePolicy::reload_file`]): errors
 //! are printed as `netvm check` prints them and the running policy stays; a policy that
 //! changes the ports or VMs is refused whole. Rule and named counters carry over for
 //! names that stay; the final table lists the last policy's rules.
@@ -29,6 +29,9 @@ use netvm_runtime::{
     VmMode,
 };
 
+use netvm_lang::Policy;
+
+use crate::control_admin::{Bindings, LivePolicy};
 use crate::policy_table;
 use crate::report::{self, Format};
 
@@ -36,6 +39,16 @@ use crate::report::{self, Format};
 pub struct Args {
     /// The policy to run.
     policy: String,
+    #[command(flatten)]
+    switch: SwitchArgs,
+    /// Write the final counters as JSON.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<String>,
+}
+
+/// How to bind and run the switch: shared by `netvm run` and `netvm repl`.
+#[derive(clap::Args)]
+pub struct SwitchArgs {
     /// Bind a port: `PORT=gen:flows=N,size=B,count=N[,prefilled=1]`, `PORT=pcap:rx=IN,tx=OUT`,
     /// `PORT=null`, `PORT=afpacket:IFACE`, `PORT=dpdk:DEVICE[,ARGS][,rxq=N,txq=N]`
     /// (`--features dpdk` builds; see docs/dpdk.md).
@@ -54,9 +67,6 @@ pub struct Args {
     /// without count).
     #[arg(long)]
     duration: Option<f64>,
-    /// Write the final counters as JSON.
-    #[arg(long, value_name = "FILE")]
-    stats_json: Option<String>,
     /// Huge pages for the shared region.
     #[arg(long, value_enum, default_value = "prefer")]
     hugepages: Hugepages,
@@ -109,44 +119,20 @@ extern "C" fn on_sighup(_: libc::c_int) {
     RELOAD_REQUESTED.store(true, Ordering::Relaxed);
 }
 
-/// SIGHUP: re-read `path`, check it, compile it and swap it in (see
-/// [`policy_table::reload`]); returns what to print. A policy with errors, or one that
-/// changes the ports or VMs, leaves the running program in place.
-fn reload_from_file(
-    path: &str,
-    handle: &ProgramHandle,
-    running: &mut Vec<policy_table::RuleText>,
-) -> String {
-    let start = Instant::now();
-    let checked = match report::check_root(path) {
-        Ok(c) => c,
-        Err(e) => {
-            return format!("reload of {path} failed: {e}; still running the previous policy")
+/// SIGHUP: re-read `path` and hot-reload it ([`LivePolicy::reload_file`]); returns what
+/// to print. A policy with errors, or one that changes the ports or VMs, leaves the
+/// running program in place.
+fn reload_from_file(path: &str, live: &LivePolicy) -> String {
+    match live.reload_file(path) {
+        Ok(report) => {
+            for warning in &report.warnings {
+                eprintln!("{warning}\n");
+            }
+            report.to_string()
         }
-    };
-    report::diagnostics(&checked, Format::Text);
-    let Some(policy) = &checked.policy else {
-        return format!(
-            "reload of {path} rejected: the policy has errors; still running the previous policy"
-        );
-    };
-    let check = start.elapsed();
-    let texts = policy_table::rule_texts(policy, checked.sources());
-    match policy_table::reload(handle, policy) {
-        Err(e) => format!("reload of {path} refused: {e}; still running the previous policy"),
-        Ok(done) => {
-            let diff = policy_table::PolicyDiff::between(running, &texts);
-            *running = texts;
-            format!(
-                "reloaded {path}: {}check {:.2} ms, compile ({}) {:.2} ms, swap {:.1} µs; \
-                 counters carried over for {} rules that kept their name",
-                diff,
-                check.as_secs_f64() * 1e3,
-                done.engine,
-                done.compile.as_secs_f64() * 1e3,
-                done.swap.as_secs_f64() * 1e6,
-                done.counters_carried,
-            )
+        Err(e) => {
+            eprint!("{}", e.diagnostics());
+            format!("reload of {path} {e}")
         }
     }
 }
@@ -163,109 +149,24 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         eprintln!("{}: not run, the policy has errors", args.policy);
         return Ok(ExitCode::from(1));
     };
-    let table = policy_table::policy_table(policy);
-    let (classifier, engine) = policy_table::compile(policy)?;
-
-    if let Some(eal) = &args.eal {
-        port::dpdk::set_eal_args(port::dpdk::split_eal_args(eal));
-    }
-    let mut bound: Vec<Option<String>> = vec![None; policy.ports.len()];
-    for b in &args.binds {
-        let (name, spec) = split_binding("bind", b)?;
-        let i = policy
-            .port_index(name)
-            .ok_or_else(|| format!("--bind {b}: the policy declares no port `{name}`"))?;
-        bound[i] = Some(spec.to_string());
-    }
-    let mut unbounded_gen = false;
-    let mut ports: Vec<Box<dyn Port>> = Vec::new();
-    let mut binding_lines = Vec::new();
-    for (i, p) in policy.ports.iter().enumerate() {
-        let spec = match (&bound[i], &p.binding) {
-            (Some(spec), _) => spec.clone(),
-            (None, Some((driver, arg))) => format!("{driver}:{arg}"),
-            (None, None) if i == 0 => "gen:flows=64,size=64,dpi=10".to_string(),
-            (None, None) => "null".to_string(),
-        };
-        let port = port::open(&spec, i).map_err(|e| format!("port `{}`: {e}", p.name))?;
-        if spec.starts_with("gen") && !port.rx_done() && !spec.contains("count=") {
-            unbounded_gen = true;
-        }
-        binding_lines.push(format!("  port {:<12} {}", p.name, port.describe()));
-        ports.push(port);
-    }
-    let mut vm_specs: Vec<Option<String>> = vec![None; policy.vms.len()];
-    for v in &args.vms {
-        let (name, spec) = split_binding("vm", v)?;
-        let i = policy
-            .vms
-            .iter()
-            .position(|vm| vm.name == name)
-            .ok_or_else(|| format!("--vm {v}: the policy declares no VM `{name}`"))?;
-        vm_specs[i] = Some(spec.to_string());
-    }
-    let mut vms: Vec<Box<dyn NetworkFunction>> = Vec::new();
-    for (i, v) in policy.vms.iter().enumerate() {
-        let spec = vm_specs[i].clone().unwrap_or_else(|| "forward".to_string());
-        let nf = vm::builtin(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
-        binding_lines.push(format!(
-            "  vm   {:<12} {} ({})",
-            v.name,
-            nf.describe(),
-            if v.trusted {
-                "trusted, zero-copy"
-            } else {
-                "untrusted, private copies"
-            }
-        ));
-        vms.push(nf);
-    }
-
-    let cores = match &args.cores {
-        Some(list) => Some(parse_cpulist(list).map_err(|e| format!("--cores: {e}"))?),
-        None => None,
-    };
-    let available = cores.as_ref().map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        Vec::len,
-    );
-    let vm_mode = match args.vm_mode {
-        Mode::Inline => VmMode::Inline,
-        Mode::Thread => VmMode::Thread,
-        Mode::Auto if available > vms.len() => VmMode::Thread,
-        Mode::Auto => VmMode::Inline,
-    };
-    let duration = match args.duration {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => {
-            return Err(format!(
-                "--duration {s}: expected a positive number of seconds"
-            ))
-        }
-        None if unbounded_gen => Some(Duration::from_secs(3)),
-        None => None,
-    };
-    let config = SwitchConfig {
-        burst_len: args.burst,
-        buffer_count: args.buffers,
-        hugepages: match args.hugepages {
-            Hugepages::Require => HugepagePolicy::Require,
-            Hugepages::Prefer => HugepagePolicy::Prefer,
-            Hugepages::Off => HugepagePolicy::Off,
-        },
-        idle: match args.idle {
-            Idle::Busy => IdlePolicy::Busy,
-            Idle::Sleep => IdlePolicy::Sleep,
-        },
+    let Launched {
+        switch,
+        handle,
+        engine,
+        binding_lines,
+        bindings,
         vm_mode,
-        cores,
         duration,
-        ..SwitchConfig::default()
-    };
-    let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
-    let handle = ProgramHandle::new(program);
-    let mut running_rules = policy_table::rule_texts(policy, checked.sources());
-    let switch = Switch::new(config, handle.clone(), ports, vms).map_err(|e| error_chain(&e))?;
+    } = launch(policy, &args.switch, true)?;
+    let source = checked.sources().get(netvm_lang::FileId(0)).text.clone();
+    let live = LivePolicy::new(
+        handle,
+        switch.stats(),
+        bindings,
+        args.policy.clone(),
+        source,
+        &checked,
+    );
 
     // Before the banner: whoever waits for it may signal us at once.
     // SAFETY: the handlers only store to atomics, which is async-signal-safe.
@@ -311,7 +212,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
             .map_err(|e| format!("starting the switch thread: {e}"))?
     };
     live_rates(&stats, &done, &stop, &mut || {
-        reload_from_file(&args.policy, &handle, &mut running_rules)
+        reload_from_file(&args.policy, &live)
     });
     let report = runner
         .join()
@@ -328,6 +229,139 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// A switch built from a policy and the binding options, not yet running.
+pub struct Launched {
+    pub switch: Switch,
+    pub handle: ProgramHandle,
+    /// "Cranelift JIT" or the interpreter with the JIT's reason.
+    pub engine: String,
+    /// One line per port and VM: how it is bound.
+    pub binding_lines: Vec<String>,
+    pub bindings: Bindings,
+    pub vm_mode: VmMode,
+    pub duration: Option<Duration>,
+}
+
+/// Compile `policy`, open its ports and VMs as `args` bind them (else as the policy's
+/// own bindings or the embedded defaults say) and build the switch. With `bounded`, an
+/// unbounded generator and no `--duration` runs 3 seconds; without, until stopped.
+pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launched, String> {
+    let table = policy_table::policy_table(policy);
+    let (classifier, engine) = policy_table::compile(policy)?;
+
+    if let Some(eal) = &args.eal {
+        port::dpdk::set_eal_args(port::dpdk::split_eal_args(eal));
+    }
+    let mut bound: Vec<Option<String>> = vec![None; policy.ports.len()];
+    for b in &args.binds {
+        let (name, spec) = split_binding("bind", b)?;
+        let i = policy
+            .port_index(name)
+            .ok_or_else(|| format!("--bind {b}: the policy declares no port `{name}`"))?;
+        bound[i] = Some(spec.to_string());
+    }
+    let mut unbounded_gen = false;
+    let mut ports: Vec<Box<dyn Port>> = Vec::new();
+    let mut binding_lines = Vec::new();
+    let mut bindings = Bindings::default();
+    for (i, p) in policy.ports.iter().enumerate() {
+        let spec = match (&bound[i], &p.binding) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some((driver, arg))) => format!("{driver}:{arg}"),
+            (None, None) if i == 0 => "gen:flows=64,size=64,dpi=10".to_string(),
+            (None, None) => "null".to_string(),
+        };
+        let port = port::open(&spec, i).map_err(|e| format!("port `{}`: {e}", p.name))?;
+        if spec.starts_with("gen") && !port.rx_done() && !spec.contains("count=") {
+            unbounded_gen = true;
+        }
+        binding_lines.push(format!("  port {:<12} {}", p.name, port.describe()));
+        bindings.port_drivers.push(port.describe());
+        ports.push(port);
+    }
+    let mut vm_specs: Vec<Option<String>> = vec![None; policy.vms.len()];
+    for v in &args.vms {
+        let (name, spec) = split_binding("vm", v)?;
+        let i = policy
+            .vms
+            .iter()
+            .position(|vm| vm.name == name)
+            .ok_or_else(|| format!("--vm {v}: the policy declares no VM `{name}`"))?;
+        vm_specs[i] = Some(spec.to_string());
+    }
+    let mut vms: Vec<Box<dyn NetworkFunction>> = Vec::new();
+    for (i, v) in policy.vms.iter().enumerate() {
+        let spec = vm_specs[i].clone().unwrap_or_else(|| "forward".to_string());
+        let nf = vm::builtin(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
+        bindings.vm_functions.push(nf.describe());
+        binding_lines.push(format!(
+            "  vm   {:<12} {} ({})",
+            v.name,
+            nf.describe(),
+            if v.trusted {
+                "trusted, zero-copy"
+            } else {
+                "untrusted, private copies"
+            }
+        ));
+        vms.push(nf);
+    }
+
+    let cores = match &args.cores {
+        Some(list) => Some(parse_cpulist(list).map_err(|e| format!("--cores: {e}"))?),
+        None => None,
+    };
+    let available = cores.as_ref().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Vec::len,
+    );
+    let vm_mode = match args.vm_mode {
+        Mode::Inline => VmMode::Inline,
+        Mode::Thread => VmMode::Thread,
+        Mode::Auto if available > vms.len() => VmMode::Thread,
+        Mode::Auto => VmMode::Inline,
+    };
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => {
+            return Err(format!(
+                "--duration {s}: expected a positive number of seconds"
+            ))
+        }
+        None if unbounded_gen && bounded => Some(Duration::from_secs(3)),
+        None => None,
+    };
+    let config = SwitchConfig {
+        burst_len: args.burst,
+        buffer_count: args.buffers,
+        hugepages: match args.hugepages {
+            Hugepages::Require => HugepagePolicy::Require,
+            Hugepages::Prefer => HugepagePolicy::Prefer,
+            Hugepages::Off => HugepagePolicy::Off,
+        },
+        idle: match args.idle {
+            Idle::Busy => IdlePolicy::Busy,
+            Idle::Sleep => IdlePolicy::Sleep,
+        },
+        vm_mode,
+        cores,
+        duration,
+        ..SwitchConfig::default()
+    };
+    let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
+    let handle = ProgramHandle::new(program);
+    let switch = Switch::new(config, handle.clone(), ports, vms).map_err(|e| error_chain(&e))?;
+    Ok(Launched {
+        switch,
+        handle,
+        engine,
+        binding_lines,
+        bindings,
+        vm_mode,
+        duration,
     })
 }
 

@@ -760,7 +760,8 @@ pub fn explain_packet(origin: &str, source: &str, packet: &str) -> Result<String
 }
 
 /// The policy `netvm repl` starts on when given none: two ports (a generator and a
-/// sink under the default bindings), one trusted VM, everything forwarded.
+/// sink under the default bindings), one trusted VM that web traffic passes through,
+/// everything forwarded.
 pub const STARTING_POLICY: &str = "\
 # netvm repl's starting policy: type rules to add them, :save FILE to keep them
 import std.ports
@@ -769,6 +770,7 @@ port wan
 port lan
 vm fw trusted
 
+rule web : tcp.dport in {HTTP, HTTPS} => chain fw -> out lan
 default => out lan
 ";
 
