@@ -525,9 +525,18 @@ pub struct ControlState {
     pub port_drivers: Vec<String>,
     pub vm_functions: Vec<String>,
     pub started: Instant,
+    /// Told one line per event an operator wants to see: a client refused, a VM
+    /// attached, a VM down. The runtime prints nothing itself.
+    pub log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl ControlState {
+    fn log(&self, message: impl FnOnce() -> String) {
+        if let Some(log) = &self.log {
+            log(&message());
+        }
+    }
+
     /// The `status` reply: VMs (process, state, ring fill, counters), ports, drops.
     pub fn status(&self) -> Value {
         let program = self.program.load();
@@ -824,6 +833,8 @@ fn serve(
     let hello = match hello {
         Ok(h) => h,
         Err(e) => {
+            let pid = peer_credentials(connection.stream()).map_or(0, |(pid, _)| pid);
+            state.log(|| format!("refused a client (process {pid}): {e}"));
             let _ = connection.send(&error_reply(e), &[]);
             return;
         }
@@ -862,7 +873,19 @@ fn serve(
         let outcome = match request.op.as_str() {
             "hello" => Err("already greeted".to_string()),
             "status" => Ok((state.status(), None)),
-            "attach" => attach(state, &request.args, peer_pid, &mut attached),
+            "attach" => {
+                let outcome = attach(state, &request.args, peer_pid, &mut attached);
+                match (&outcome, &attached) {
+                    (Ok(_), Some((vm, _))) => {
+                        state.log(|| format!("VM `{}` attached by process {peer_pid}", vm.name))
+                    }
+                    (Err(e), _) => {
+                        state.log(|| format!("attach by process {peer_pid} refused: {e}"))
+                    }
+                    _ => {}
+                }
+                outcome
+            }
             "detach" => match attached.take() {
                 Some((vm, owner)) => {
                     state.external.detach(&vm, owner);
@@ -888,6 +911,12 @@ fn serve(
     }
     if let Some((vm, owner)) = attached {
         state.external.detach(&vm, owner);
+        state.log(|| {
+            format!(
+                "VM `{}` is down: process {peer_pid} hung up; the packets it held are reclaimed",
+                vm.name
+            )
+        });
     }
 }
 

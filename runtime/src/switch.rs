@@ -308,16 +308,18 @@ impl Switch {
         self.external.clone()
     }
 
-    /// Everything the control socket needs to answer `attach` and `status`.
-    pub fn control_state(&self) -> Arc<ControlState> {
-        Arc::new(ControlState {
+    /// Everything the control socket needs to answer `attach` and `status` (set its
+    /// `log` to see attach/detach events).
+    pub fn control_state(&self) -> ControlState {
+        ControlState {
             external: self.external.clone(),
             stats: self.stats.clone(),
             program: self.program.clone(),
             port_drivers: self.ports.iter().map(|p| p.describe()).collect(),
             vm_functions: self.vms.iter().map(|v| v.describe()).collect(),
             started: Instant::now(),
-        })
+            log: None,
+        }
     }
 
     /// What backs the shared region (print it at start-up).
