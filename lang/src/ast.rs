@@ -287,6 +287,21 @@ pub struct PortBinding {
     pub args: Option<String>,
 }
 
+/// `on_failure WORD` on a vm declaration, as written (`WORD` is not yet known to be `drop`
+/// or `bypass`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnFailureClause {
+    pub word: Name,
+    /// From `on_failure` to the end of the word.
+    pub loc: Loc,
+}
+
+impl OnFailureClause {
+    pub fn span(&self) -> Span {
+        self.loc.0
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assign {
     pub target: Operand,
@@ -326,6 +341,9 @@ pub enum DeclKind {
     Vm {
         names: Vec<Name>,
         trusted: Option<bool>,
+        /// Every `on_failure WORD` clause, in source order; the checker accepts at most one,
+        /// with a known word, and resolves it to [`crate::policy::OnFailure`].
+        on_failure: Vec<OnFailureClause>,
     },
     Group {
         name: Name,

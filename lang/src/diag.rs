@@ -54,6 +54,8 @@ pub enum Code {
     DuplicateDefault,
     /// E017: a `let` or `const` that refers to itself.
     Recursive,
+    /// E018: a vm's `on_failure` names no known policy, or is given twice.
+    BadFailurePolicy,
     /// W001: a rule that an earlier rule fully covers.
     Shadowed,
     /// W002: a const or let that nothing uses.
@@ -84,6 +86,7 @@ impl Code {
             Code::BadChain => "E015",
             Code::DuplicateDefault => "E016",
             Code::Recursive => "E017",
+            Code::BadFailurePolicy => "E018",
             Code::Shadowed => "W001",
             Code::Unused => "W002",
             Code::UnreachedVm => "W003",

@@ -194,6 +194,23 @@ fn syntax_error(file: FileId, text: &str, at: usize, err: &pest::error::Error<Ru
     .label(format!("expected {expected}"));
     if found == "=" {
         diag = diag.help("comparisons are written `==`; `=` is only for test packet fields");
+    } else if expected == "`drop` or `bypass`" {
+        // The word is missing: point at the `on_failure` that wants it, not at whatever
+        // follows (often the next declaration, on the next line).
+        let before = text[..at.min(text.len())].trim_end();
+        if let Some(start) = before.strip_suffix("on_failure").map(str::len) {
+            diag.span = Span::new(file, start, before.len());
+            diag.label = Some("`drop` or `bypass` must follow".into());
+        }
+        diag = diag.help(
+            "`on_failure drop` (the default) drops the VM's packets while it is down; \
+             `on_failure bypass` skips it",
+        );
+    } else if (found == "trusted" || found == "untrusted") && expected == "a declaration" {
+        diag = diag.help(
+            "a vm declaration says `trusted` or `untrusted` once, right after its names and \
+             before `on_failure`: `vm fw trusted on_failure bypass`",
+        );
     } else if DECL_KEYWORDS.contains(&found) && at > 0 {
         diag = diag.help("the previous declaration is incomplete");
     }
@@ -231,6 +248,8 @@ fn describe_expected(rules: &[Rule]) -> String {
             Rule::case => "a test case",
             Rule::assign => "a field assignment",
             Rule::trust => "`trusted` or `untrusted`",
+            Rule::on_failure | Rule::k_on_failure => "`on_failure`",
+            Rule::failure_policy => "`drop` or `bypass`",
             Rule::key => "a balance key",
             Rule::mask => "`&`",
             Rule::std_module => "`std.NAME`",
@@ -342,6 +361,7 @@ impl Builder {
             Rule::vm_decl => {
                 let mut names = Vec::new();
                 let mut trusted = None;
+                let mut on_failure = Vec::new();
                 for p in inner {
                     match p.as_rule() {
                         Rule::name => names.push(self.name(p)),
@@ -349,10 +369,25 @@ impl Builder {
                             let word = p.as_str();
                             trusted = Some(word == "trusted");
                         }
+                        Rule::on_failure => {
+                            let loc = self.tight_loc(&p);
+                            let word = p
+                                .into_inner()
+                                .find(|w| w.as_rule() == Rule::failure_policy)
+                                .expect("grammar: on_failure holds its word");
+                            on_failure.push(OnFailureClause {
+                                word: self.name(word),
+                                loc,
+                            });
+                        }
                         _ => {}
                     }
                 }
-                DeclKind::Vm { names, trusted }
+                DeclKind::Vm {
+                    names,
+                    trusted,
+                    on_failure,
+                }
             }
             Rule::group_decl => {
                 let name = self.name(next());

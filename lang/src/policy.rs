@@ -27,7 +27,39 @@ pub struct Port {
 pub struct Vm {
     pub name: String,
     pub trusted: bool,
+    /// What the switch does with packets for this VM while it is down
+    /// (`vm NAME on_failure drop|bypass`; `Drop` when the declaration does not say).
+    pub on_failure: OnFailure,
     pub span: Span,
+}
+
+/// A VM's failure policy: what happens to a packet whose path reaches the VM while its
+/// process is down. The meaning for chains, `to`, `mirror` and `balance` is set out in
+/// docs/language-notes.md ("VM failure"); the switch carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnFailure {
+    /// Drop the packet, counted as lost to a down VM (the default).
+    #[default]
+    Drop,
+    /// Skip the VM's hop and go on as if it had answered "next hop".
+    Bypass,
+}
+
+impl OnFailure {
+    pub const ALL: [OnFailure; 2] = [OnFailure::Drop, OnFailure::Bypass];
+
+    /// The word written after `on_failure`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Drop => "drop",
+            OnFailure::Bypass => "bypass",
+        }
+    }
+
+    /// The policy a word after `on_failure` names, if any.
+    pub fn from_word(word: &str) -> Option<OnFailure> {
+        OnFailure::ALL.into_iter().find(|p| p.as_str() == word)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -45,14 +45,22 @@ pub fn decl(decl: &Decl) -> String {
                     .unwrap_or_default()
             ),
         },
-        DeclKind::Vm { names, trusted } => {
+        DeclKind::Vm {
+            names,
+            trusted,
+            on_failure,
+        } => {
             let names: Vec<&str> = names.iter().map(|n| n.text.as_str()).collect();
             let trust = match trusted {
                 Some(true) => " trusted",
                 Some(false) => " untrusted",
                 None => "",
             };
-            format!("vm {}{trust}", names.join(", "))
+            let on_failure: String = on_failure
+                .iter()
+                .map(|clause| format!(" on_failure {}", clause.word.text))
+                .collect();
+            format!("vm {}{trust}{on_failure}", names.join(", "))
         }
         DeclKind::Group { name, members } => {
             let members: Vec<&str> = members.iter().map(|n| n.text.as_str()).collect();

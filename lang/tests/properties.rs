@@ -128,10 +128,23 @@ fn action() -> impl Strategy<Value = String> {
     .prop_map(str::to_string)
 }
 
+/// What may follow a vm declaration's names: a trust level and a failure policy, each optional.
+fn vm_options() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["", " trusted", " untrusted"]),
+        prop::sample::select(vec!["", " on_failure drop", " on_failure bypass"]),
+    )
+        .prop_map(|(trust, on_failure)| format!("{trust}{on_failure}"))
+}
+
 fn policy() -> impl Strategy<Value = String> {
-    prop::collection::vec((predicate(), action()), 1..6).prop_map(|rules| {
-        let mut text = String::from(
-            "port lan\nport wan = pcap(\"rx=in.pcap\")\nvm fw trusted\nvm ids\nvm w1, w2 trusted\ngroup web = {w1, w2}\n",
+    (
+        prop::collection::vec((predicate(), action()), 1..6),
+        [vm_options(), vm_options(), vm_options()],
+    )
+        .prop_map(|(rules, [fw, ids, workers])| {
+        let mut text = format!(
+            "port lan\nport wan = pcap(\"rx=in.pcap\")\nvm fw{fw}\nvm ids{ids}\nvm w1, w2{workers}\ngroup web = {{w1, w2}}\n",
         );
         for (i, (pred, action)) in rules.iter().enumerate() {
             text.push_str(&format!("rule r{i} : {pred} => {action}\n"));
@@ -171,7 +184,7 @@ proptest! {
 
     #[test]
     fn policy_like_text_never_panics_the_front_end(
-        text in "(rule|const|let|vm|port|group|test|default|import|tcp|ip\\.src|==|=>|in|not|and|[{}(),.:/\"#0-9a-f ]|\n){0,60}"
+        text in "(rule|const|let|vm|port|group|test|default|import|on_failure|bypass|trusted|tcp|ip\\.src|==|=>|in|not|and|[{}(),.:/\"#0-9a-f ]|\n){0,60}"
     ) {
         let _ = netvm_lang::check_text("random.nvr", &text);
         let _ = print::format_source(&text);

@@ -111,6 +111,61 @@ pub fn check(program: &Program) -> (Option<Policy>, Vec<Diagnostic>) {
     (if has_errors { None } else { Some(policy) }, checker.diags)
 }
 
+/// The failure policy of one vm declaration: its one `on_failure` clause, or the default
+/// (`drop`). An unknown word or a second clause is E018; the first known word still counts, so
+/// checking goes on.
+fn failure_policy(
+    names: &[ast::Name],
+    clauses: &[ast::OnFailureClause],
+    diags: &mut Vec<Diagnostic>,
+) -> OnFailure {
+    let words: Vec<&str> = OnFailure::ALL.iter().map(|p| p.as_str()).collect();
+    let choices = "`on_failure drop` (the default) drops the VM's packets while it is down; \
+                   `on_failure bypass` skips it";
+    let mut chosen = None;
+    for (i, clause) in clauses.iter().enumerate() {
+        let word = &clause.word.text;
+        match OnFailure::from_word(word) {
+            Some(policy) => {
+                chosen.get_or_insert(policy);
+            }
+            None => {
+                let help = match did_you_mean(word, words.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => choices.to_string(),
+                };
+                diags.push(
+                    Diagnostic::new(
+                        Code::BadFailurePolicy,
+                        clause.word.span(),
+                        format!("unknown `on_failure` policy `{word}`"),
+                    )
+                    .label("expected `drop` or `bypass`")
+                    .help(help),
+                );
+            }
+        }
+        if i > 0 {
+            let vms: Vec<&str> = names.iter().map(|n| n.text.as_str()).collect();
+            let (noun, list) = match vms.len() {
+                1 => ("vm", format!("`{}`", vms[0])),
+                _ => ("vms", format!("`{}`", vms.join("`, `"))),
+            };
+            diags.push(
+                Diagnostic::new(
+                    Code::BadFailurePolicy,
+                    clause.span(),
+                    format!("`on_failure` is given twice for {noun} {list}"),
+                )
+                .label("given again here")
+                .note(clauses[0].span(), "first given here")
+                .help(format!("keep one: {choices}")),
+            );
+        }
+    }
+    chosen.unwrap_or_default()
+}
+
 impl<'p> Checker<'p> {
     fn error(&mut self, code: Code, span: Span, message: impl Into<String>) -> &mut Diagnostic {
         self.diags.push(Diagnostic::new(code, span, message));
@@ -123,6 +178,8 @@ impl<'p> Checker<'p> {
 
     /// Collects every named declaration and gives ports, vms and groups their table index.
     fn declare(&mut self) {
+        // Per vm declaration (file, index), resolved once however many names it lists.
+        let mut failure_policies: HashMap<(FileId, usize), OnFailure> = HashMap::new();
         for file in &self.program.files {
             for (index, decl) in file.ast.decls.iter().enumerate() {
                 let add = |name: &ast::Name, kind: Kind, named: &mut Vec<Named>| {
@@ -141,10 +198,14 @@ impl<'p> Checker<'p> {
                     DeclKind::Let { name, .. } => add(name, Kind::Let, &mut self.named),
                     DeclKind::Port { name, .. } => add(name, Kind::Port, &mut self.named),
                     DeclKind::Group { name, .. } => add(name, Kind::Group, &mut self.named),
-                    DeclKind::Vm { names, .. } => {
+                    DeclKind::Vm {
+                        names, on_failure, ..
+                    } => {
                         for name in names {
                             add(name, Kind::Vm, &mut self.named);
                         }
+                        let policy = failure_policy(names, on_failure, &mut self.diags);
+                        failure_policies.insert((file.id, index), policy);
                     }
                     _ => {}
                 }
@@ -170,10 +231,15 @@ impl<'p> Checker<'p> {
                     });
                 }
                 (DeclKind::Vm { trusted, .. }, Kind::Vm) => {
+                    let on_failure = failure_policies
+                        .get(&(n.file, n.decl))
+                        .copied()
+                        .unwrap_or_default();
                     self.named[id].table_index = self.vms.len();
                     self.vms.push(Vm {
                         name,
                         trusted: trusted.unwrap_or(false),
+                        on_failure,
                         span,
                     });
                 }
