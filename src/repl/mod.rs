@@ -927,6 +927,36 @@ test \"ssh is dropped\" {
     }
 
     #[test]
+    fn load_and_reload_read_files_and_ports_and_vms_list_the_bindings() {
+        let (mut s, live) = session();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("next.nvr");
+        let path_text = path.to_str().unwrap();
+        std::fs::write(&path, POLICY.replace("=> to fw", "=> out lan")).unwrap();
+        let reply = s.handle(&format!(":load {path_text}"));
+        assert!(!reply.failed, "{}", reply.text);
+        assert!(
+            reply.text.contains("0 added, 0 removed, 1 changed"),
+            "{}",
+            reply.text
+        );
+        assert_eq!(live.source().0, path_text);
+        std::fs::write(&path, POLICY.replace("rule web", "rule www")).unwrap();
+        let reply = s.handle(":reload");
+        assert!(reply.text.contains("1 added, 1 removed"), "{}", reply.text);
+        std::fs::write(&path, "port wan\nrule x : tcp => out nowhere\n").unwrap();
+        let reply = s.handle(":reload");
+        assert!(reply.failed, "{}", reply.text);
+        assert!(reply.text.contains("next.nvr:2:"), "{}", reply.text);
+        assert!(s
+            .handle(":load /nonexistent.nvr")
+            .text
+            .contains("cannot read"));
+        assert!(s.handle(":ports").text.contains("wan"));
+        assert!(s.handle(":vms").text.contains("fw") && s.handle(":vms").text.contains("trusted"));
+    }
+
+    #[test]
     fn save_writes_a_file_that_checks_and_diff_compares_one() {
         let (mut s, _) = session();
         s.handle("rule dns before web : udp.dport == 53 => out lan");
