@@ -18,14 +18,22 @@ default => out sink
 
 /// The REPL on `policy` in a pty: generator → switch → sink, history in `dir`.
 fn repl(dir: &Path, policy: &Path) -> PtySession {
+    repl_colored(dir, policy, false)
+}
+
+fn repl_colored(dir: &Path, policy: &Path, color: bool) -> PtySession {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netvm"));
     cmd.arg("repl")
         .arg(policy)
         .args(["--bind", "src=gen:flows=16,size=64", "--bind", "sink=null"])
         .args(["--hugepages", "off", "--idle", "sleep", "--buffers", "1024"])
         .env("NETVM_HISTORY", dir.join("history"))
-        .env("NO_COLOR", "1")
         .env("TERM", "xterm");
+    if color {
+        cmd.env_remove("NO_COLOR");
+    } else {
+        cmd.env("NO_COLOR", "1");
+    }
     let mut p = spawn_command(cmd, Some(20_000)).expect("spawn netvm repl in a pty");
     p.exp_string("Type :help").expect("the banner");
     p.exp_string("netvm> ").expect("the prompt");
@@ -202,4 +210,19 @@ fn a_test_block_continues_over_lines_and_save_writes_a_file_netvm_check_accepts(
         text.contains("udp { udp.dport = 53 } => out sink"),
         "{text}"
     );
+}
+
+#[test]
+fn typed_input_is_highlighted_on_a_color_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = repl_colored(dir.path(), &policy_file(dir.path()), true);
+    keys(&mut p, "rule web : tcp.dport == 80");
+    // Keywords bold blue, fields cyan, numbers yellow, as the line is redrawn.
+    p.exp_string("\x1b[1;34mrule\x1b[0m").unwrap();
+    p.exp_string("\x1b[36mtcp.dport\x1b[0m").unwrap();
+    p.exp_string("\x1b[33m80\x1b[0m").unwrap();
+    p.send_control('c').unwrap();
+    p.exp_string("line cancelled").unwrap();
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
 }
