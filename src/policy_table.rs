@@ -59,7 +59,14 @@ pub fn policy_table(policy: &Policy) -> PolicyTable {
         port_names: policy.ports.iter().map(|p| p.name.clone()).collect(),
         vm_names: policy.vms.iter().map(|v| v.name.clone()).collect(),
         vm_trusted: policy.vms.iter().map(|v| v.trusted).collect(),
-        vm_on_failure: Vec::new(),
+        vm_on_failure: policy
+            .vms
+            .iter()
+            .map(|v| match v.on_failure {
+                netvm_lang::policy::OnFailure::Drop => netvm_runtime::OnFailure::Drop,
+                netvm_lang::policy::OnFailure::Bypass => netvm_runtime::OnFailure::Bypass,
+            })
+            .collect(),
         groups: policy.groups.iter().map(|g| g.members.clone()).collect(),
         counter_names: policy.counters.clone(),
     }
@@ -175,6 +182,9 @@ pub struct PolicyDiff {
     pub changed: Vec<(RuleText, RuleText)>,
     /// Rules that kept their name and meaning but moved (order decides the first match).
     pub moved: usize,
+    /// Added, removed and changed rules left out of the lists above by [`Self::capped`].
+    #[serde(default)]
+    pub not_listed: [usize; 3],
 }
 
 impl PolicyDiff {
@@ -214,10 +224,33 @@ impl PolicyDiff {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.removed.is_empty()
-            && self.changed.is_empty()
-            && self.moved == 0
+        self.counts() == [0, 0, 0] && self.moved == 0
+    }
+
+    /// How many rules were added, removed and changed (listed or not).
+    pub fn counts(&self) -> [usize; 3] {
+        [
+            self.added.len() + self.not_listed[0],
+            self.removed.len() + self.not_listed[1],
+            self.changed.len() + self.not_listed[2],
+        ]
+    }
+
+    /// The same diff listing at most `n` rules of each kind (the counts stay exact), to
+    /// send a reload's report over the control socket.
+    pub fn capped(&self, n: usize) -> PolicyDiff {
+        let [added, removed, changed] = self.counts();
+        PolicyDiff {
+            added: self.added.iter().take(n).cloned().collect(),
+            removed: self.removed.iter().take(n).cloned().collect(),
+            changed: self.changed.iter().take(n).cloned().collect(),
+            moved: self.moved,
+            not_listed: [
+                added - added.min(n),
+                removed - removed.min(n),
+                changed - changed.min(n),
+            ],
+        }
     }
 }
 
@@ -228,12 +261,10 @@ impl std::fmt::Display for PolicyDiff {
         if self.is_empty() {
             return writeln!(f, "no rule changes");
         }
+        let [added, removed, changed] = self.counts();
         writeln!(
             f,
-            "{} added, {} removed, {} changed, {} moved",
-            self.added.len(),
-            self.removed.len(),
-            self.changed.len(),
+            "{added} added, {removed} removed, {changed} changed, {} moved",
             self.moved
         )?;
         for r in self.added.iter().take(SHOWN) {
@@ -255,7 +286,8 @@ impl std::fmt::Display for PolicyDiff {
         }
         let hidden = self.added.len().saturating_sub(SHOWN)
             + self.removed.len().saturating_sub(SHOWN)
-            + self.changed.len().saturating_sub(SHOWN);
+            + self.changed.len().saturating_sub(SHOWN)
+            + self.not_listed.iter().sum::<usize>();
         if hidden > 0 {
             writeln!(f, "  ... and {hidden} more")?;
         }

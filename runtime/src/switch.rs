@@ -414,6 +414,9 @@ impl Switch {
                     ends: None,
                     seen: 0,
                     closed: false,
+                    backlog: VecDeque::new(),
+                    last_progress: Instant::now(),
+                    stalled: false,
                     fifo: VecDeque::with_capacity(self.config.ring_slots),
                 })
             } else if inline {
@@ -654,7 +657,18 @@ struct ProcessLink {
     closed: bool,
     /// Packets the process holds, in the order it will answer.
     fifo: VecDeque<Pending>,
+    /// Packets waiting for room in its ring (RX pauses meanwhile, as for threads).
+    backlog: VecDeque<Pending>,
+    /// When the process last answered while packets waited for it.
+    last_progress: Instant,
+    /// Declared stalled: packets for it are dropped (`vm_full`) until its ring is half
+    /// empty again, so a process that stops draining cannot stall the switch.
+    stalled: bool,
 }
+
+/// How long a VM process may leave a backlog waiting without answering anything before
+/// the switch stops waiting for it and drops its overflow.
+const PROCESS_STALL: Duration = Duration::from_millis(2);
 
 enum Link {
     Inline(Box<dyn NetworkFunction>),
@@ -683,7 +697,7 @@ impl VmSlot {
         match &self.link {
             Link::Inline(_) => 0,
             Link::Thread { fifo, backlog, .. } => fifo.len() + backlog.len(),
-            Link::Process(p) => p.fifo.len(),
+            Link::Process(p) => p.fifo.len() + p.backlog.len(),
         }
     }
 }
@@ -701,6 +715,23 @@ impl Link {
     /// Whether the VM runs elsewhere and answers through a ring.
     fn queued(&self) -> bool {
         !matches!(self, Link::Inline(_))
+    }
+
+    /// Packets waiting for room in the VM's ring.
+    fn backlog_mut(&mut self) -> Option<&mut VecDeque<Pending>> {
+        match self {
+            Link::Thread { backlog, .. } => Some(backlog),
+            Link::Process(p) => Some(&mut p.backlog),
+            Link::Inline(_) => None,
+        }
+    }
+
+    fn backlog_len(&self) -> usize {
+        match self {
+            Link::Thread { backlog, .. } => backlog.len(),
+            Link::Process(p) => p.backlog.len(),
+            Link::Inline(_) => 0,
+        }
     }
 }
 
@@ -766,14 +797,10 @@ impl Engine {
             }
             let prog = program.load();
             let mut work = 0;
-            let backlog: usize = self
-                .vms
-                .iter()
-                .map(|v| match &v.link {
-                    Link::Thread { backlog, .. } => backlog.len(),
-                    Link::Inline(_) | Link::Process(_) => 0,
-                })
-                .sum();
+            let backlog: usize = self.vms.iter().map(|v| v.link.backlog_len()).sum();
+            if !self.process_vms.is_empty() {
+                self.check_stalls();
+            }
             if let Some(deadline) = self.rx_gate {
                 if self.processes_up() || Instant::now() >= deadline {
                     self.rx_gate = None;
@@ -940,7 +967,33 @@ impl Engine {
                 fields_hash(&values[..fields.len().min(8)])
             }
         };
-        members[hash as usize % members.len()]
+        let picked = members[hash as usize % members.len()];
+        if !self.is_down(picked) {
+            return picked;
+        }
+        // A member's process is down: spread over the live ones. With every member
+        // down, the packet meets `on_failure`: bypass only if every member says so.
+        let live = members.iter().filter(|&&m| !self.is_down(m)).count();
+        if live > 0 {
+            let nth = hash as usize % live;
+            return members
+                .iter()
+                .copied()
+                .filter(|&m| !self.is_down(m))
+                .nth(nth)
+                .unwrap_or(picked);
+        }
+        let on_failure = |m: usize| prog.table.vm_on_failure.get(m).copied().unwrap_or_default();
+        members
+            .iter()
+            .copied()
+            .find(|&m| on_failure(m) == OnFailure::Drop)
+            .unwrap_or(picked)
+    }
+
+    /// Whether `vm` is a process VM with no process attached.
+    fn is_down(&self, vm: usize) -> bool {
+        matches!(self.vms.get(vm).map(|v| &v.link), Some(Link::Process(p)) if p.ends.is_none())
     }
 
     fn drop(&mut self, index: u32, reason: DropReason) {
@@ -1020,8 +1073,18 @@ impl Engine {
     ) -> Option<(u32, Verdict)> {
         if let Link::Process(p) = &self.vms[vm].link {
             if p.ends.is_none() {
-                let on_failure = prog.table.vm_on_failure.get(vm).copied();
-                return self.visit_down(on_failure.unwrap_or_default(), index, mirror);
+                let mut on_failure = prog
+                    .table
+                    .vm_on_failure
+                    .get(vm)
+                    .copied()
+                    .unwrap_or_default();
+                if on_failure == OnFailure::Bypass && prog.chain(rule).get(pos as usize).is_none() {
+                    // Nothing after the VM to go on to (`to VM`, or the last hop): the
+                    // packet is lost to the down VM, not to the chain's end.
+                    on_failure = OnFailure::Drop;
+                }
+                return self.visit_down(on_failure, index, mirror);
             }
         }
         let counters = &self.stats.vms[vm];
@@ -1062,24 +1125,26 @@ impl Engine {
             };
             return self.answered(vm, pending, verdict);
         }
-        if matches!(self.vms[vm].link, Link::Process(_)) {
-            // A process must never stall the switch: no backlog, a full ring drops.
-            if !self.send(vm, pending) {
+        if let Link::Process(p) = &self.vms[vm].link {
+            if p.stalled || p.backlog.len() >= self.ring_slots {
+                // Stalled, or as far behind as a whole ring: drop, never wait.
                 if mirror {
                     self.stats.mirrors_done.add(1);
                 } else {
                     self.stats.count_drop(DropReason::VmFull, 1);
                 }
                 let _ = self.cache.free(pending.shared);
+                return None;
             }
-            return None;
         }
-        let fits = match &self.vms[vm].link {
-            Link::Thread { backlog, .. } => backlog.is_empty(),
-            Link::Inline(_) | Link::Process(_) => false,
-        };
+        let fits = self.vms[vm].link.backlog_len() == 0;
         if !(fits && self.send(vm, pending)) {
-            if let Link::Thread { backlog, .. } = &mut self.vms[vm].link {
+            if let Link::Process(p) = &mut self.vms[vm].link {
+                if p.backlog.is_empty() {
+                    p.last_progress = Instant::now();
+                }
+            }
+            if let Some(backlog) = self.vms[vm].link.backlog_mut() {
                 backlog.push_back(pending);
             }
         }
@@ -1155,6 +1220,20 @@ impl Engine {
             return;
         };
         p.ends = None;
+        p.stalled = false;
+        // Packets still waiting to be sent never reached it: dropped as for a down VM.
+        let waiting: Vec<Pending> = p.backlog.drain(..).collect();
+        for pending in waiting {
+            if pending.mirror {
+                self.stats.mirrors_done.add(1);
+            } else {
+                self.stats.count_drop(DropReason::VmDown, 1);
+            }
+            let _ = self.cache.free(pending.shared);
+        }
+        let Link::Process(p) = &mut self.vms[vm].link else {
+            return;
+        };
         let lost: Vec<Pending> = p.fifo.drain(..).collect();
         for pending in lost {
             if let Some(cache) = &mut self.vms[vm].copy_cache {
@@ -1166,6 +1245,43 @@ impl Engine {
                 self.stats.count_drop(DropReason::VmLost, 1);
             }
             let _ = self.cache.free(pending.shared);
+        }
+    }
+
+    /// A process that has left its backlog waiting for [`PROCESS_STALL`] without an
+    /// answer is declared stalled: its backlog is dropped and so is what comes for it,
+    /// until its ring is half empty again. Reads the clock only while a backlog waits.
+    fn check_stalls(&mut self) {
+        let mut now = None;
+        for i in 0..self.process_vms.len() {
+            let vm = self.process_vms[i];
+            let ring_slots = self.ring_slots;
+            let Link::Process(p) = &mut self.vms[vm].link else {
+                continue;
+            };
+            if p.stalled {
+                if p.fifo.len() <= ring_slots / 2 {
+                    p.stalled = false;
+                }
+                continue;
+            }
+            if p.backlog.is_empty() {
+                continue;
+            }
+            let now = *now.get_or_insert_with(Instant::now);
+            if now.duration_since(p.last_progress) < PROCESS_STALL {
+                continue;
+            }
+            p.stalled = true;
+            let dropped: Vec<Pending> = p.backlog.drain(..).collect();
+            for pending in dropped {
+                if pending.mirror {
+                    self.stats.mirrors_done.add(1);
+                } else {
+                    self.stats.count_drop(DropReason::VmFull, 1);
+                }
+                let _ = self.cache.free(pending.shared);
+            }
         }
     }
 
@@ -1314,6 +1430,11 @@ impl Engine {
             }) => rx.dequeue_burst(&mut answers),
             _ => 0,
         };
+        if n > 0 {
+            if let Link::Process(p) = &mut self.vms[vm].link {
+                p.last_progress = Instant::now();
+            }
+        }
         for &answer in &answers[..n] {
             let (given, verdict) = vm::wire::decode(answer);
             let Some(fifo) = self.vms[vm].link.fifo_mut() else {
@@ -1332,15 +1453,15 @@ impl Engine {
         }
         // Room freed: move the backlog in.
         loop {
-            let next = match &self.vms[vm].link {
-                Link::Thread { backlog, .. } => backlog.front().copied(),
-                Link::Inline(_) | Link::Process(_) => None,
-            };
+            let next = self.vms[vm]
+                .link
+                .backlog_mut()
+                .and_then(|b| b.front().copied());
             let Some(pending) = next else { break };
             if !self.send(vm, pending) {
                 break;
             }
-            if let Link::Thread { backlog, .. } = &mut self.vms[vm].link {
+            if let Some(backlog) = self.vms[vm].link.backlog_mut() {
                 backlog.pop_front();
             }
         }
