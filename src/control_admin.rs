@@ -149,6 +149,36 @@ struct Installed {
     origin: String,
     source: String,
     rules: Vec<RuleText>,
+    /// Bumped by every reload, so a client reading the text in slices sees a change.
+    version: u64,
+}
+
+/// Policy text per control-socket message: a message is one line of at most
+/// [`MAX_LINE`](netvm_runtime::control::MAX_LINE) bytes, and JSON may spell one byte in
+/// six (`\u0000`), so text travels in slices of this many bytes.
+pub const TEXT_SLICE_BYTES: usize = 8 * 1024;
+/// Rules per `stats` reply, for the same reason.
+pub const RULES_PER_REPLY: usize = 256;
+/// Rules of each kind (added, removed, changed) and warnings a `reload` reply lists; the
+/// counts are always exact.
+pub const LISTED_PER_KIND: usize = 20;
+/// Uploads (`stage`) in progress at once, and the bytes they may hold together.
+const UPLOADS_MAX: usize = 16;
+const UPLOAD_BYTES_MAX: usize = 64 << 20;
+
+/// `text[offset..]`, at most [`TEXT_SLICE_BYTES`], cut at a character boundary.
+fn text_slice(text: &str, offset: usize) -> Result<&str, String> {
+    if offset > text.len() || !text.is_char_boundary(offset) {
+        return Err(format!(
+            "offset {offset} is not a character boundary of a {}-byte text",
+            text.len()
+        ));
+    }
+    let mut end = (offset + TEXT_SLICE_BYTES).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(&text[offset..end])
 }
 
 /// The running policy of one switch; see the module doc.
@@ -158,6 +188,8 @@ pub struct LivePolicy {
     bindings: Bindings,
     started: Instant,
     installed: Mutex<Installed>,
+    /// Policy texts being uploaded in slices (`stage`), by the client's upload name.
+    uploads: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The directory a policy's `import "file"` is relative to: its own, when `origin` is a
@@ -219,7 +251,9 @@ impl LivePolicy {
                 origin,
                 source,
                 rules,
+                version: 0,
             }),
+            uploads: Mutex::default(),
         }
     }
 
@@ -261,6 +295,7 @@ impl LivePolicy {
             origin: origin.to_string(),
             source,
             rules,
+            version: installed.version + 1,
         };
         Ok(ReloadReport {
             origin: origin.to_string(),
@@ -363,30 +398,189 @@ impl LivePolicy {
 
     /// Answer one control-socket op (see the module doc).
     pub fn answer(&self, op: &str, args: &Value) -> Result<Value, String> {
+        let offset = |name: &str| args.get(name).and_then(Value::as_u64).unwrap_or(0) as usize;
         match op {
+            // {offset} → a slice of the running policy's text.
             "policy" => {
-                let (origin, source) = self.source();
-                Ok(json!({ "origin": origin, "source": source }))
+                let installed = self.installed();
+                let at = offset("offset");
+                let slice = text_slice(&installed.source, at)?;
+                Ok(json!({
+                    "origin": installed.origin,
+                    "version": installed.version,
+                    "total": installed.source.len(),
+                    "offset": at,
+                    "source": slice,
+                }))
             }
-            "reload" => {
-                let source = args
-                    .get("source")
+            // {upload, offset, text} → append a slice to an upload.
+            "stage" => {
+                let name = args
+                    .get("upload")
                     .and_then(Value::as_str)
-                    .ok_or("`reload` needs `source`, the policy's text")?;
+                    .ok_or("`stage` needs `upload`, a name for the upload")?;
+                let text = args
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .ok_or("`stage` needs `text`")?;
+                let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+                let held: usize = uploads.values().map(String::len).sum();
+                if held + text.len() > UPLOAD_BYTES_MAX {
+                    return Err(format!("uploads in progress exceed {UPLOAD_BYTES_MAX} bytes"));
+                }
+                if !uploads.contains_key(name) && uploads.len() >= UPLOADS_MAX {
+                    return Err(format!("{UPLOADS_MAX} uploads are already in progress"));
+                }
+                let upload = uploads.entry(name.to_string()).or_default();
+                if offset("offset") != upload.len() {
+                    let have = upload.len();
+                    uploads.remove(name);
+                    return Err(format!(
+                        "upload `{name}`: slice at offset {} but {have} bytes received; start over",
+                        offset("offset")
+                    ));
+                }
+                upload.push_str(text);
+                Ok(json!({ "staged": upload.len() }))
+            }
+            // {source | upload, origin} → check, compile, swap; the report or diagnostics.
+            "reload" => {
+                let source = match (args.get("source").and_then(Value::as_str), args.get("upload").and_then(Value::as_str)) {
+                    (Some(text), _) => text.to_string(),
+                    (None, Some(name)) => self
+                        .uploads
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(name)
+                        .ok_or_else(|| format!("no upload `{name}` (send it with `stage` first)"))?,
+                    (None, None) => return Err("`reload` needs `source` (the policy's text) or `upload`".into()),
+                };
                 let origin = match args.get("origin").and_then(Value::as_str) {
                     Some(o) => o.to_string(),
                     None => self.source().0,
                 };
-                let report = self
-                    .reload(&origin, source.to_string())
-                    .map_err(|e| e.full())?;
+                let mut report = self.reload(&origin, source).map_err(|e| {
+                    let full = e.full();
+                    // The reply must fit one message: keep the first diagnostics.
+                    match text_slice(&full, 0) {
+                        Ok(cut) if cut.len() < full.len() => {
+                            format!("{cut}\n... (diagnostics cut; run `netvm check` for all)\n{e}")
+                        }
+                        _ => full,
+                    }
+                })?;
+                report.diff = report.diff.capped(LISTED_PER_KIND);
+                report.warnings.truncate(LISTED_PER_KIND);
+                report.warnings.retain(|w| w.len() < TEXT_SLICE_BYTES);
                 Ok(json!({ "report": report }))
             }
-            "stats" => Ok(json!({ "stats": self.stats() })),
+            // {rules_from} → every counter, with at most RULES_PER_REPLY rules.
+            "stats" => {
+                let mut stats = self.stats();
+                let total = stats.rules.len();
+                let from = offset("rules_from").min(total);
+                stats.rules = stats.rules.drain(from..).take(RULES_PER_REPLY).collect();
+                Ok(json!({ "stats": stats, "rules_total": total, "rules_from": from }))
+            }
             other => Err(format!(
-                "unknown op `{other}` (this switch answers hello, attach, status, policy, reload, stats)"
+                "unknown op `{other}` (this switch answers hello, attach, status, policy, stage, reload, stats)"
             )),
         }
+    }
+}
+
+/// The client side of the admin ops, for `netvm reload` and `netvm repl --connect`.
+pub mod client {
+    use netvm_runtime::control::{ControlClient, ControlError};
+    use serde_json::{json, Value};
+
+    use super::{text_slice, ReloadReport, SwitchStats, TEXT_SLICE_BYTES};
+
+    fn field<T: serde::de::DeserializeOwned>(reply: &Value, name: &str) -> Result<T, ControlError> {
+        let value = reply
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ControlError::Protocol(format!("the switch's reply has no `{name}`")))?;
+        serde_json::from_value(value)
+            .map_err(|e| ControlError::Protocol(format!("the switch's `{name}` is malformed: {e}")))
+    }
+
+    /// The running policy's name and text, read in slices (retried if a reload lands
+    /// in between).
+    pub fn policy(client: &mut ControlClient) -> Result<(String, String), ControlError> {
+        'again: for _ in 0..5 {
+            let mut text = String::new();
+            let mut first: Option<(String, u64)> = None;
+            loop {
+                let reply = client.request("policy", json!({ "offset": text.len() }))?;
+                let origin: String = field(&reply, "origin")?;
+                let version: u64 = field(&reply, "version")?;
+                let total: usize = field(&reply, "total")?;
+                let slice: String = field(&reply, "source")?;
+                match &first {
+                    None => first = Some((origin, version)),
+                    Some((_, v)) if *v != version => continue 'again,
+                    Some(_) => {}
+                }
+                if slice.is_empty() && text.len() < total {
+                    return Err(ControlError::Protocol(
+                        "the switch sent an empty slice".into(),
+                    ));
+                }
+                text.push_str(&slice);
+                if text.len() >= total {
+                    let (origin, _) = first.unwrap_or_default();
+                    return Ok((origin, text));
+                }
+            }
+        }
+        Err(ControlError::Protocol(
+            "the policy kept changing while it was read".into(),
+        ))
+    }
+
+    /// Hand `source` (named `origin`) to the switch: one message when it is small, else
+    /// uploaded in slices first. A refusal is `ControlError::Remote` with the diagnostics.
+    pub fn reload(
+        client: &mut ControlClient,
+        origin: &str,
+        source: &str,
+    ) -> Result<ReloadReport, ControlError> {
+        let reply = if source.len() <= TEXT_SLICE_BYTES {
+            client.request("reload", json!({ "origin": origin, "source": source }))?
+        } else {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let upload = format!("{}-{nanos}", std::process::id());
+            let mut offset = 0;
+            while offset < source.len() {
+                let slice = text_slice(source, offset).map_err(ControlError::Protocol)?;
+                client.request(
+                    "stage",
+                    json!({ "upload": upload, "offset": offset, "text": slice }),
+                )?;
+                offset += slice.len();
+            }
+            client.request("reload", json!({ "origin": origin, "upload": upload }))?
+        };
+        field(&reply, "report")
+    }
+
+    /// Every counter, the rules read in pages.
+    pub fn stats(client: &mut ControlClient) -> Result<SwitchStats, ControlError> {
+        let reply = client.request("stats", json!({}))?;
+        let mut stats: SwitchStats = field(&reply, "stats")?;
+        let total: usize = field(&reply, "rules_total")?;
+        while stats.rules.len() < total {
+            let reply = client.request("stats", json!({ "rules_from": stats.rules.len() }))?;
+            let page: SwitchStats = field(&reply, "stats")?;
+            if page.rules.is_empty() {
+                break;
+            }
+            stats.rules.extend(page.rules);
+        }
+        Ok(stats)
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use netvm_runtime::control::{resolve_socket, ControlClient, ControlError};
 
-use crate::control_admin::ReloadReport;
+use crate::control_admin::client;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,19 +28,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_or_else(|_| args.policy.clone(), |p| p.display().to_string());
     let socket = resolve_socket(args.control.as_deref()).map_err(|e| e.to_string())?;
     let mut client = ControlClient::connect(&socket).map_err(|e| e.to_string())?;
-    let reply = client.request(
-        "reload",
-        serde_json::json!({ "origin": origin, "source": source }),
-    );
-    match reply {
-        Ok(reply) => {
-            let report: ReloadReport = reply
-                .get("report")
-                .cloned()
-                .ok_or("the switch's reply has no `report`".to_string())
-                .and_then(|r| {
-                    serde_json::from_value(r).map_err(|e| format!("malformed report: {e}"))
-                })?;
+    match client::reload(&mut client, &origin, &source) {
+        Ok(report) => {
             for warning in &report.warnings {
                 eprintln!("{warning}\n");
             }

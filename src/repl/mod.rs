@@ -27,7 +27,7 @@ use netvm_lang::source::SourceFile;
 use netvm_lang::{Checked, Diagnostic, FileId, SourceMap, Span};
 
 use crate::control_admin::{
-    check_source, render_diagnostics, LivePolicy, ReloadReport, SwitchStats,
+    self, check_source, render_diagnostics, LivePolicy, ReloadReport, SwitchStats,
 };
 use crate::policy_table::{self, PolicyDiff};
 
@@ -62,40 +62,17 @@ impl SwitchLink for LocalSwitch {
 /// A `netvm run` reached through its control socket.
 pub struct RemoteSwitch(pub netvm_runtime::control::ControlClient);
 
-impl RemoteSwitch {
-    fn ask(&mut self, op: &str, args: serde_json::Value) -> Result<serde_json::Value, String> {
-        self.0.request(op, args).map_err(|e| e.to_string())
-    }
-}
-
-fn field<T: serde::de::DeserializeOwned>(
-    reply: &serde_json::Value,
-    name: &str,
-) -> Result<T, String> {
-    let value = reply
-        .get(name)
-        .cloned()
-        .ok_or_else(|| format!("the switch's reply has no `{name}`"))?;
-    serde_json::from_value(value).map_err(|e| format!("the switch's `{name}` is malformed: {e}"))
-}
-
 impl SwitchLink for RemoteSwitch {
     fn policy(&mut self) -> Result<(String, String), String> {
-        let reply = self.ask("policy", serde_json::json!({}))?;
-        Ok((field(&reply, "origin")?, field(&reply, "source")?))
+        control_admin::client::policy(&mut self.0).map_err(|e| e.to_string())
     }
 
     fn install(&mut self, origin: &str, source: &str) -> Result<ReloadReport, String> {
-        let reply = self.ask(
-            "reload",
-            serde_json::json!({ "origin": origin, "source": source }),
-        )?;
-        field(&reply, "report")
+        control_admin::client::reload(&mut self.0, origin, source).map_err(|e| e.to_string())
     }
 
     fn stats(&mut self) -> Result<SwitchStats, String> {
-        let reply = self.ask("stats", serde_json::json!({}))?;
-        field(&reply, "stats")
+        control_admin::client::stats(&mut self.0).map_err(|e| e.to_string())
     }
 }
 
