@@ -416,3 +416,54 @@ fn misbehaving_clients_get_an_error_and_are_disconnected_and_the_switch_runs_on(
         switch.log()
     );
 }
+
+#[test]
+fn on_failure_bypass_skips_a_down_vm_and_balance_uses_the_live_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.json");
+    let policy = "port a\nport b\n\
+                  vm scrub trusted on_failure bypass\n\
+                  vm w1, w2 trusted\n\
+                  group web = {w1, w2}\n\
+                  rule all : ip => chain scrub -> balance web -> out b\n";
+    let (mut switch, control) = start_switch(
+        dir.path(),
+        policy,
+        &[
+            "--bind".into(),
+            "a=gen:flows=64,size=64,count=20000".into(),
+            "--bind".into(),
+            "b=null".into(),
+            "--vm".into(),
+            "scrub=process".into(),
+            "--vm".into(),
+            "w1=process".into(),
+            "--vm".into(),
+            "w2=process".into(),
+            "--wait-for-vms".into(),
+            "3".into(),
+            "--stats-json".into(),
+            stats.display().to_string(),
+        ],
+    );
+    // Only w1 comes: scrub stays down (bypassed), w2 stays down (its flows go to w1).
+    let w1 = start_nf(dir.path(), &control, "forward", "w1", &[]);
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+    drop(w1);
+    let s = stats_json(&stats);
+    assert_eq!(s["tx"], 20000, "every packet out: {s}");
+    assert_eq!(s["drops"]["vm_down"], 0, "{s}");
+    let vms = s["vms"].as_array().unwrap();
+    assert_eq!(vms[0]["packets_in"], 0, "scrub was bypassed");
+    assert_eq!(
+        vms[1]["packets_in"], 20000,
+        "all flows went to the live member"
+    );
+    assert_eq!(vms[2]["packets_in"], 0);
+    assert_eq!(s["buffers_returned"], s["buffers"]);
+}
