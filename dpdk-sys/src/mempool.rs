@@ -184,9 +184,9 @@ impl Mempool {
     }
 
     /// Whether `mbuf` came from this pool.
+    #[inline]
     pub fn owns(&self, mbuf: &Mbuf) -> bool {
-        // SAFETY: mbuf is live; reads its pool pointer.
-        unsafe { ffi::netvm_rte_mbuf_pool(mbuf.as_ptr()) == self.as_ptr() }
+        mbuf.header().pool == self.as_ptr()
     }
 
     /// One buffer, empty (length 0, default headroom), or `None` when the pool is exhausted.
@@ -227,10 +227,18 @@ unsafe impl Send for Mbuf {}
 unsafe impl Sync for Mbuf {}
 
 impl Mbuf {
+    /// The mbuf header. The fast-path accessors below read and write its plain fields
+    /// directly (bindgen's layout tests pin their offsets), so they inline.
+    #[inline]
+    fn header(&self) -> &ffi::rte_mbuf {
+        // SAFETY: self owns a live mbuf; shared access only reads it.
+        unsafe { self.0.as_ref() }
+    }
+
     /// Length of the whole packet (all segments).
+    #[inline]
     pub fn len(&self) -> usize {
-        // SAFETY: self owns a live mbuf.
-        unsafe { ffi::netvm_rte_pktmbuf_pkt_len(self.0.as_ptr()) as usize }
+        self.header().pkt_len as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -238,9 +246,9 @@ impl Mbuf {
     }
 
     /// Number of segments (1 for everything this crate allocates).
+    #[inline]
     pub fn segments(&self) -> u16 {
-        // SAFETY: self owns a live mbuf.
-        unsafe { ffi::netvm_rte_pktmbuf_nb_segs(self.0.as_ptr()) }
+        self.header().nb_segs
     }
 
     /// The bytes of the first segment.
@@ -318,16 +326,35 @@ impl Mbuf {
     }
 
     /// Offset of the first data byte from the start of the buffer (`data_off`).
+    #[inline]
     pub fn data_offset(&self) -> u16 {
-        // SAFETY: self owns a live mbuf.
-        unsafe { ffi::netvm_rte_pktmbuf_data_off(self.0.as_ptr()) }
+        self.header().data_off
+    }
+
+    /// Bytes of the first segment (`data_len`).
+    #[inline]
+    pub fn data_len(&self) -> u16 {
+        self.header().data_len
     }
 
     /// Start of the buffer the mbuf points at (`buf_addr`; the data is
     /// [`data_offset`](Self::data_offset) bytes further).
+    #[inline]
     pub fn buf_addr(&self) -> *mut u8 {
-        // SAFETY: self owns a live mbuf.
-        unsafe { ffi::netvm_rte_mbuf_buf_addr(self.0.as_ptr()).cast() }
+        self.header().buf_addr.cast()
+    }
+
+    /// Makes the single-segment packet `len` bytes at `offset` from the buffer's start.
+    ///
+    /// # Safety
+    /// `offset + len` fits the buffer (`buf_len`), and those bytes are initialised.
+    #[inline]
+    pub unsafe fn set_data_window(&mut self, offset: u16, len: u16) {
+        // SAFETY: self owns the mbuf exclusively (&mut); plain field stores.
+        let m = unsafe { self.0.as_mut() };
+        m.data_off = offset;
+        m.data_len = len;
+        m.pkt_len = len.into();
     }
 
     /// References to the external buffer this mbuf is attached to, `None` when its buffer is
@@ -347,9 +374,12 @@ impl Mbuf {
     /// The mbuf comes from a pinned external pool, `addr` is a buffer as long as that pool's
     /// buffers and meets [`Mempool::pinned_external`]'s conditions, and the old buffer is
     /// now the caller's to account for.
+    #[inline]
     pub unsafe fn set_buffer(&mut self, addr: *mut u8, iova: u64) {
-        // SAFETY: forwarded from the caller.
-        unsafe { ffi::netvm_rte_mbuf_set_buf(self.0.as_ptr(), addr.cast(), iova) }
+        // SAFETY: self owns the mbuf exclusively (&mut); the caller vouches for the buffer.
+        let m = unsafe { self.0.as_mut() };
+        m.buf_addr = addr.cast();
+        m.buf_iova = iova;
     }
 
     /// Attaches the external buffer `[addr, addr + buf_bytes)` to a fresh mbuf of a

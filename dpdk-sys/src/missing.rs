@@ -189,6 +189,14 @@ impl Mbuf {
     pub fn buf_addr(&self) -> *mut u8 {
         match self.never {}
     }
+    pub fn data_len(&self) -> u16 {
+        match self.never {}
+    }
+    /// # Safety
+    /// Unreachable in this build (no `Mbuf` exists).
+    pub unsafe fn set_data_window(&mut self, _offset: u16, _len: u16) {
+        match self.never {}
+    }
     pub fn external_refs(&self) -> Option<u16> {
         match self.never {}
     }

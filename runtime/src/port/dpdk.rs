@@ -25,14 +25,19 @@
 //! external memory (`rte_extmem_register`, IOVA = VA when the EAL runs IOVA-as-VA).
 //! - **RX.** A received mbuf's buffer *is* a pool buffer holding the frame: its data
 //!   window is set from the mbuf and its index handed to the switch
-//!   ([`RxBurst::push_held`]); the mbuf is re-pointed at a fresh buffer from the switch's
-//!   cache and freed back to DPDK. Cost per packet: one buffer from the cache and two
-//!   pointer stores instead of a memcpy; the pool lends `rxq × 512 + 512` buffers to the
+//!   ([`RxBurst::push_held`]); the mbuf is re-pointed at a spare buffer (from the switch's
+//!   cache) and freed back to DPDK. Invariant: every mbuf of that pool holds exactly one
+//!   pool buffer nobody else references. Cost per packet: a spare buffer and two pointer
+//!   stores instead of a memcpy; the pool lends `(rxq + txq) × 512 + 512` buffers to the
 //!   device for as long as the port runs.
-//! - **TX.** Each outgoing frame gets an mbuf with no data room of its own, attached to
-//!   the frame's pool buffer (`rte_pktmbuf_attach_extbuf`), holding one more reference
-//!   on it; when the driver frees the mbuf (sent, or dropped), DPDK's callback drops that
-//!   reference. Cost per packet: an mbuf from a DPDK pool, a refcount increment and its
+//! - **TX**, frame only the switch holds (the common case): an mbuf of the same receive pool
+//!   is re-pointed at the frame's buffer with one more reference on it, which becomes the
+//!   mbuf's own once the switch lets go after the burst; the mbuf's previous buffer
+//!   becomes a spare. When the driver frees the mbuf it rejoins the pool with a buffer
+//!   only it holds, as the invariant wants. Cost: an mbuf and one refcount increment.
+//! - **TX**, frame a mirror also holds: an mbuf with no data room of its own is attached
+//!   to the buffer (`rte_pktmbuf_attach_extbuf`) with one more reference, which DPDK's
+//!   free callback drops when the driver is done. Cost: an mbuf, the increment and its
 //!   decrement.
 //! - **Copies** happen only where no buffer can be lent: a received mbuf that is not one
 //!   of ours (a frame another port's pool owns, or an attached buffer someone else also
@@ -448,6 +453,7 @@ mod driver {
         /// IOVA-as-VA mode; else physical, read once here; `BAD_IOVA` when unknown).
         region_base: usize,
         page_bytes: usize,
+        page_shift: u32,
         page_iovas: Vec<u64>,
     }
 
@@ -473,6 +479,7 @@ mod driver {
                 capacity: pool.capacity(),
                 region_base,
                 page_bytes,
+                page_shift: page_bytes.trailing_zeros(),
                 page_iovas,
             }
         }
@@ -486,9 +493,10 @@ mod driver {
         /// virtual devices (no DMA); real NICs want vfio-pci (IOVA as VA). See docs/dpdk.md.
         fn iova(&self, index: u32) -> u64 {
             let offset = self.room(index) as usize - self.region_base;
-            match self.page_iovas.get(offset / self.page_bytes) {
+            // page_bytes is a power of two: shift and mask, no division per packet.
+            match self.page_iovas.get(offset >> self.page_shift) {
                 Some(&BAD_IOVA) | None => BAD_IOVA,
-                Some(&page) => page + (offset % self.page_bytes) as u64,
+                Some(&page) => page + (offset & (self.page_bytes - 1)) as u64,
             }
         }
 
@@ -533,6 +541,7 @@ mod driver {
         rx_mbufs: Vec<Mbuf>,
         done_mbufs: Vec<Mbuf>,
         tx_mbufs: Vec<Mbuf>,
+        pinned_mbufs: Vec<Mbuf>,
         last_rx: Instant,
         /// The region's base, counted in [`POOLS_IN_USE`].
         region_base: usize,
@@ -629,7 +638,10 @@ mod driver {
             let registered = register_region(eal, &zone)?;
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
 
-            let lent = self.spec.rx_queues as usize * RING_SLOTS as usize + RX_SPARE_BUFFERS;
+            // Receive rings, frames in flight on the transmit rings (sent from the same
+            // pool when only the switch holds their buffer), bursts and the lcore cache.
+            let lent = (self.spec.rx_queues + self.spec.tx_queues) as usize * RING_SLOTS as usize
+                + RX_SPARE_BUFFERS;
             let mut buffers = vec![0u32; lent];
             let got = pool.alloc_burst(&mut buffers);
             if got < lent {
@@ -699,6 +711,7 @@ mod driver {
                 rx_mbufs: Vec::with_capacity(MAX_BURST),
                 done_mbufs: Vec::with_capacity(MAX_BURST),
                 tx_mbufs: Vec::with_capacity(MAX_BURST),
+                pinned_mbufs: Vec::with_capacity(MAX_BURST),
                 last_rx: Instant::now(),
                 region_base: registered,
             })
@@ -813,53 +826,112 @@ mod driver {
                 return 0;
             };
             let count = frames.len().min(MAX_BURST);
-            if count == 0 || !run.tx_pool.alloc_bulk(&mut run.tx_mbufs, count) {
+            if count == 0 {
                 return 0;
             }
-            let zone = &run.zone;
-            let opaque = Arc::as_ptr(zone).cast_mut().cast::<c_void>();
-            let mut ready = 0;
-            for (m, frame) in run.tx_mbufs.iter_mut().zip(&frames[..count]) {
-                let (index, offset) = match zone.locate(frame) {
-                    Some((index, offset)) if zone.pool.clone_ref(index).is_ok() => {
-                        bump(&self.counters.tx_in_place, 1);
-                        (index, offset)
-                    }
-                    _ => {
-                        // Not a pool buffer: copy it into one.
-                        let Some(copy) = zone.pool.alloc() else { break };
-                        // SAFETY: `copy` was just allocated; ours alone.
-                        if unsafe { zone.pool.write_data(copy, frame) }.is_err() {
-                            let _ = zone.pool.free(copy);
-                            break;
-                        }
-                        bump(&self.counters.copied_packets, 1);
-                        bump(&self.counters.copied_bytes, frame.len() as u64);
-                        (copy, crate::layout::BUF_HEADROOM)
-                    }
-                };
-                // SAFETY: a fresh mbuf of the attach pool; the buffer's room is BUF_ROOM
-                // bytes, held by the reference taken above until `release_buffer` drops
-                // it; nobody writes a buffer with more than one reference; `opaque` is
-                // the zone, alive while this port or any attached mbuf is (see finish).
-                unsafe {
-                    m.attach_external(
-                        zone.room(index),
-                        zone.iova(index),
-                        BUF_ROOM as u16,
-                        offset as u16,
-                        frame.len() as u16,
-                        release_buffer,
-                        opaque,
-                    )
-                };
-                ready += 1;
+            let zone = run.zone.clone();
+            let pool = &zone.pool;
+            // Receive-pool mbufs, for frames whose buffer only the switch holds.
+            let mut pinned = std::mem::take(&mut run.pinned_mbufs);
+            if !run.rx_pool.alloc_bulk(&mut pinned, count) {
+                pinned.clear();
             }
-            let mut unready = run.tx_mbufs.split_off(ready);
-            let sent = run.tx_queue.tx_burst(&mut run.tx_mbufs);
-            Mbuf::free_bulk(&mut run.tx_mbufs);
-            Mbuf::free_bulk(&mut unready);
+            let mut pinned_left = pinned.drain(..);
+            let mut out = std::mem::take(&mut run.tx_mbufs);
+            for frame in &frames[..count] {
+                let located = zone.locate(frame);
+                let exclusive = located.filter(|&(i, _)| pool.refcount(i) == Ok(1));
+                if let Some((index, offset)) = exclusive {
+                    if let Some(mut m) = pinned_left.next() {
+                        let lent = zone.index_of_room(m.buf_addr() as usize);
+                        if let (Some(lent), Ok(())) = (lent, pool.clone_ref(index)) {
+                            // SAFETY: `m` is a receive-pool mbuf; `index` is a pool
+                            // buffer whose only other holder, the switch, lets go after
+                            // this burst, leaving the mbuf the one reference the pool's
+                            // invariant asks for; the window lies in its room (locate).
+                            unsafe {
+                                m.set_buffer(zone.room(index), zone.iova(index));
+                                m.set_data_window(offset as u16, frame.len() as u16);
+                            }
+                            // The mbuf's previous buffer is ours now: a spare for RX.
+                            run.spare.push(lent);
+                            bump(&self.counters.tx_in_place, 1);
+                            out.push(m);
+                            continue;
+                        }
+                        run.done_mbufs.push(m);
+                    }
+                }
+                match Self::attached(&self.counters, &zone, &run.tx_pool, frame, located) {
+                    Some(m) => out.push(m),
+                    None => break,
+                }
+            }
+            run.done_mbufs.extend(pinned_left);
+            run.pinned_mbufs = pinned;
+            let ready = out.len();
+            let sent = run.tx_queue.tx_burst(&mut out);
+            // Unsent mbufs go back to their pools (pinned ones keep their buffer; attached
+            // ones drop their reference).
+            Mbuf::free_bulk(&mut out);
+            Mbuf::free_bulk(&mut run.done_mbufs);
+            run.tx_mbufs = out;
+            if run.spare.len() > 4 * MAX_BURST {
+                let _ = pool.free_burst(&run.spare[2 * MAX_BURST..]);
+                run.spare.truncate(2 * MAX_BURST);
+            }
+            if ready == 0 {
+                return 0;
+            }
             sent
+        }
+
+        /// An mbuf of the attach pool carrying `frame`: attached to its pool buffer (one
+        /// more reference, dropped by DPDK's callback), or to a copy when the frame does
+        /// not lie in the pool. `None` when no mbuf or buffer is left.
+        fn attached(
+            counters: &DpdkCounters,
+            zone: &Arc<Zone>,
+            tx_pool: &Mempool,
+            frame: &[u8],
+            located: Option<(u32, usize)>,
+        ) -> Option<Mbuf> {
+            let mut m = tx_pool.alloc()?;
+            let pool = &zone.pool;
+            let (index, offset) = match located {
+                Some((index, offset)) if pool.clone_ref(index).is_ok() => {
+                    bump(&counters.tx_in_place, 1);
+                    (index, offset)
+                }
+                _ => {
+                    let copy = pool.alloc()?;
+                    // SAFETY: `copy` was just allocated; ours alone.
+                    if unsafe { pool.write_data(copy, frame) }.is_err() {
+                        let _ = pool.free(copy);
+                        return None;
+                    }
+                    bump(&counters.copied_packets, 1);
+                    bump(&counters.copied_bytes, frame.len() as u64);
+                    (copy, crate::layout::BUF_HEADROOM)
+                }
+            };
+            let opaque = Arc::as_ptr(zone).cast_mut().cast::<c_void>();
+            // SAFETY: a fresh mbuf of the attach pool; the buffer's room is BUF_ROOM bytes,
+            // held by the reference taken above until `release_buffer` drops it; nobody
+            // writes a buffer with more than one reference; `opaque` is the zone, alive
+            // while this port or any attached mbuf is (see `stop`).
+            unsafe {
+                m.attach_external(
+                    zone.room(index),
+                    zone.iova(index),
+                    BUF_ROOM as u16,
+                    offset as u16,
+                    frame.len() as u16,
+                    release_buffer,
+                    opaque,
+                )
+            };
+            Some(m)
         }
 
         /// Stop the device and take back every lent buffer.
@@ -1162,7 +1234,7 @@ mod tests {
 
     #[cfg(feature = "dpdk")]
     #[test]
-    fn net_ring_hands_back_the_very_buffers_it_was_given_without_copying_a_byte() {
+    fn net_ring_hands_back_the_very_buffers_it_was_given_and_counts_the_one_it_must_copy() {
         use crate::port::RxBurst;
         if let Some(why) = eal_skip_reason() {
             eprintln!("SKIPPED net_ring zero-copy loopback: {why}");
@@ -1179,8 +1251,11 @@ mod tests {
         );
 
         let mut cache = pool.cache(64).unwrap();
-        let mut sent = vec![0u32; 20];
-        assert_eq!(cache.alloc_burst(&mut sent), 20);
+        // 20 frames only the sender holds, then one a mirror also holds: its buffer cannot
+        // join the device's receive pool, so it goes out attached and comes back as a
+        // copy, which the counters must show.
+        let mut sent = vec![0u32; 21];
+        assert_eq!(cache.alloc_burst(&mut sent), 21);
         let mut expected = Vec::new();
         for (i, &index) in sent.iter().enumerate() {
             let frame: Vec<u8> = (0..60 + i).map(|b| (b * 7 + i) as u8).collect();
@@ -1188,13 +1263,15 @@ mod tests {
             unsafe { pool.write_data(index, &frame).unwrap() };
             expected.push(frame);
         }
+        let mirrored = sent[20];
+        pool.clone_ref(mirrored).unwrap();
         {
             // SAFETY: we hold every buffer and nobody writes them.
             let frames: Vec<&[u8]> = sent
                 .iter()
                 .map(|&i| unsafe { pool.buf_data(i) }.unwrap())
                 .collect();
-            assert_eq!(port.tx_burst(&frames), 20);
+            assert_eq!(port.tx_burst(&frames), 21);
         }
         // The switch lets go of its reference after sending; the mbufs in the ring keep
         // the buffers alive.
@@ -1206,22 +1283,33 @@ mod tests {
             port.rx_burst(&mut burst);
             burst.len()
         };
-        assert_eq!(received, 20);
+        assert_eq!(received, 21);
         assert_eq!(
             &out[..20],
-            &sent[..],
+            &sent[..20],
             "the same buffers came back, in order"
         );
-        for (i, &index) in out[..20].iter().enumerate() {
+        assert_ne!(out[20], mirrored, "a shared buffer comes back as a copy");
+        for (i, &index) in out[..21].iter().enumerate() {
             // SAFETY: the burst handed us these buffers.
             assert_eq!(unsafe { pool.buf_data(index) }.unwrap(), &expected[i][..]);
             assert_eq!(pool.port(index), Ok(5));
             assert_eq!(pool.refcount(index), Ok(1));
         }
-        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 0);
-        assert_eq!(counters.tx_in_place.load(Ordering::Relaxed), 20);
+        assert_eq!(
+            pool.refcount(mirrored),
+            Ok(1),
+            "the attachment let go of it"
+        );
+        assert_eq!(counters.copied_packets.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            counters.copied_bytes.load(Ordering::Relaxed),
+            expected[20].len() as u64
+        );
+        assert_eq!(counters.tx_in_place.load(Ordering::Relaxed), 21);
         assert_eq!(counters.rx_in_place.load(Ordering::Relaxed), 20);
-        cache.free_burst(&out[..20]).unwrap();
+        cache.free_burst(&out[..21]).unwrap();
+        cache.free(mirrored).unwrap();
         port.finish().unwrap();
         drop(cache);
         assert_eq!(
