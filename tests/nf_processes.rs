@@ -94,6 +94,10 @@ fn a_chain_of_two_processes_delivers_every_frame_byte_exact() {
             "mon=process".into(),
             "--wait-for-vms".into(),
             "30".into(),
+            // Byte-exact means no overflow: wait for the processes however loaded the
+            // machine running the tests is.
+            "--vm-stall-ms".into(),
+            "10000".into(),
             "--stats-json".into(),
             stats.display().to_string(),
         ],

@@ -88,6 +88,9 @@ pub struct SwitchConfig {
     /// Hold RX until every process VM has attached, or this long has passed (then the
     /// policy's `on_failure` applies to the missing ones).
     pub wait_for_processes: Option<Duration>,
+    /// How long a VM process may leave packets waiting for it without answering before
+    /// it is declared stalled and its overflow is dropped (RX pauses meanwhile).
+    pub process_stall: Duration,
 }
 
 impl Default for SwitchConfig {
@@ -102,6 +105,7 @@ impl Default for SwitchConfig {
             cores: None,
             duration: None,
             wait_for_processes: None,
+            process_stall: DEFAULT_PROCESS_STALL,
         }
     }
 }
@@ -467,6 +471,11 @@ impl Switch {
             .map(|(i, _)| i)
             .collect();
         let mut engine = Engine {
+            current: program.clone(),
+            generation: 0,
+            current_holds: 0,
+            retired: Vec::new(),
+            process_stall: self.config.process_stall,
             rx_gate: self
                 .config
                 .wait_for_processes
@@ -494,7 +503,8 @@ impl Switch {
         );
         // Processes still attached lose nothing now (every packet was answered, or
         // counted lost after the grace period); tell the control threads we are gone.
-        engine.close_external(&self.program.load());
+        let last = engine.current.clone();
+        engine.close_external(&last);
         self.external.engine.finished.store(true, Ordering::Release);
 
         shutdown.store(true, Ordering::Release);
@@ -642,6 +652,9 @@ struct Pending {
     /// Next hop of the chain once the VM is done.
     pos: u32,
     mirror: bool,
+    /// The program the packet was classified by: it finishes that program's chain even
+    /// if a reload installs another meanwhile.
+    generation: u32,
 }
 
 /// A VM run by another process: rings like a thread's, but the process may come and go.
@@ -667,8 +680,8 @@ struct ProcessLink {
 }
 
 /// How long a VM process may leave a backlog waiting without answering anything before
-/// the switch stops waiting for it and drops its overflow.
-const PROCESS_STALL: Duration = Duration::from_millis(2);
+/// the switch stops waiting for it and drops its overflow ([`SwitchConfig::process_stall`]).
+pub const DEFAULT_PROCESS_STALL: Duration = Duration::from_millis(10);
 
 enum Link {
     Inline(Box<dyn NetworkFunction>),
@@ -741,8 +754,17 @@ const PROCESS_GRACE: Duration = Duration::from_secs(2);
 
 /// The switch thread's state.
 struct Engine {
+    /// The program new packets are classified by, and its generation.
+    current: Arc<Program>,
+    generation: u32,
+    /// Packets queued to VMs under `current`.
+    current_holds: usize,
+    /// Programs replaced by a reload that queued packets still refer to:
+    /// (generation, program, packets), freed when the count reaches 0.
+    retired: Vec<(u32, Arc<Program>, usize)>,
     /// VMs run by processes (checked once per round for attach/detach).
     process_vms: Vec<usize>,
+    process_stall: Duration,
     /// RX waits until every process VM is up or this instant passes.
     rx_gate: Option<Instant>,
     pool: PacketPool,
@@ -788,14 +810,20 @@ impl Engine {
         let mut drained_at: Option<Instant> = None;
         loop {
             round += 1;
+            {
+                let installed = program.load();
+                if !Arc::ptr_eq(&installed, &self.current) {
+                    self.install(program.load_full());
+                }
+            }
+            let prog = self.current.clone();
             if !self.process_vms.is_empty() {
-                self.sync_external(&program.load());
+                self.sync_external(&prog);
             }
             if !stopping && round % 256 == 0 {
                 let expired = duration.is_some_and(|d| start.elapsed() >= d);
                 stopping = expired || stop.load(Ordering::Relaxed);
             }
-            let prog = program.load();
             let mut work = 0;
             let backlog: usize = self.vms.iter().map(|v| v.link.backlog_len()).sum();
             if !self.process_vms.is_empty() {
@@ -828,7 +856,7 @@ impl Engine {
                     // answer): give them a grace period, then count the rest lost.
                     let since = *drained_at.get_or_insert_with(Instant::now);
                     if since.elapsed() >= PROCESS_GRACE {
-                        self.close_external(&program.load());
+                        self.close_external(&prog);
                         drained_at = None;
                     }
                 }
@@ -1115,6 +1143,7 @@ impl Engine {
             rule,
             pos,
             mirror,
+            generation: self.generation,
         };
         if matches!(self.vms[vm].link, Link::Inline(_)) {
             let (index, verdict) = self.run_inline(vm, index, mirror);
@@ -1137,6 +1166,8 @@ impl Engine {
                 return None;
             }
         }
+        // From here the packet is queued to the VM (its ring or its backlog).
+        self.hold(pending.generation);
         let fits = self.vms[vm].link.backlog_len() == 0;
         if !(fits && self.send(vm, pending)) {
             if let Link::Process(p) = &mut self.vms[vm].link {
@@ -1224,6 +1255,7 @@ impl Engine {
         // Packets still waiting to be sent never reached it: dropped as for a down VM.
         let waiting: Vec<Pending> = p.backlog.drain(..).collect();
         for pending in waiting {
+            self.release(pending.generation);
             if pending.mirror {
                 self.stats.mirrors_done.add(1);
             } else {
@@ -1236,6 +1268,7 @@ impl Engine {
         };
         let lost: Vec<Pending> = p.fifo.drain(..).collect();
         for pending in lost {
+            self.release(pending.generation);
             if let Some(cache) = &mut self.vms[vm].copy_cache {
                 let _ = cache.free(pending.given);
             }
@@ -1248,7 +1281,7 @@ impl Engine {
         }
     }
 
-    /// A process that has left its backlog waiting for [`PROCESS_STALL`] without an
+    /// A process that has left its backlog waiting for `process_stall` without an
     /// answer is declared stalled: its backlog is dropped and so is what comes for it,
     /// until its ring is half empty again. Reads the clock only while a backlog waits.
     fn check_stalls(&mut self) {
@@ -1269,12 +1302,13 @@ impl Engine {
                 continue;
             }
             let now = *now.get_or_insert_with(Instant::now);
-            if now.duration_since(p.last_progress) < PROCESS_STALL {
+            if now.duration_since(p.last_progress) < self.process_stall {
                 continue;
             }
             p.stalled = true;
             let dropped: Vec<Pending> = p.backlog.drain(..).collect();
             for pending in dropped {
+                self.release(pending.generation);
                 if pending.mirror {
                     self.stats.mirrors_done.add(1);
                 } else {
@@ -1283,6 +1317,44 @@ impl Engine {
                 let _ = self.cache.free(pending.shared);
             }
         }
+    }
+
+    /// A reload installed `program`: packets queued from now on belong to it; the one it
+    /// replaces stays alive while queued packets still need its chains.
+    fn install(&mut self, program: Arc<Program>) {
+        let old = std::mem::replace(&mut self.current, program);
+        if self.current_holds > 0 {
+            self.retired
+                .push((self.generation, old, self.current_holds));
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.current_holds = 0;
+    }
+
+    /// A packet classified by program `generation` was queued to a VM.
+    fn hold(&mut self, generation: u32) {
+        if generation == self.generation {
+            self.current_holds += 1;
+        } else if let Some(r) = self.retired.iter_mut().find(|r| r.0 == generation) {
+            r.2 += 1;
+        }
+    }
+
+    /// That packet left its VM's queue. Returns its program when it is not the current
+    /// one (a retired program is dropped with its last packet, after this one is done).
+    fn release(&mut self, generation: u32) -> Option<Arc<Program>> {
+        if generation == self.generation {
+            self.current_holds = self.current_holds.saturating_sub(1);
+            return None;
+        }
+        let at = self.retired.iter().position(|r| r.0 == generation)?;
+        let entry = &mut self.retired[at];
+        entry.2 = entry.2.saturating_sub(1);
+        let program = entry.1.clone();
+        if entry.2 == 0 {
+            self.retired.swap_remove(at);
+        }
+        Some(program)
     }
 
     /// Whether every process VM is attached.
@@ -1447,8 +1519,13 @@ impl Engine {
             // The FIFO, not the VM, says which buffer this is; a VM that answers with
             // another index has its verdict ignored.
             let verdict = (given == pending.given).then_some(verdict);
+            let classified_by = self.release(pending.generation);
             if let Some((index, verdict)) = self.answered(vm, pending, verdict) {
-                self.apply(prog, index, pending, verdict);
+                match &classified_by {
+                    // Classified before a reload: finish the old program's chain.
+                    Some(old) => self.apply(old, index, pending, verdict),
+                    None => self.apply(prog, index, pending, verdict),
+                }
             }
         }
         // Room freed: move the backlog in.
