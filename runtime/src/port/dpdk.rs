@@ -159,8 +159,9 @@ impl DeviceSpec {
         Ok(spec)
     }
 
-    /// The `net_pcap` reads a finite file (not `infinite_rx=1`), or has no receive side.
-    fn finite_pcap_rx(&self) -> bool {
+    /// Whether this is a `net_pcap` reading a finite file (not `infinite_rx=1`), or with no
+    /// receive side: its input drains.
+    pub fn finite_pcap_rx(&self) -> bool {
         let arg = |k: &str| {
             self.device_args
                 .split(',')
@@ -173,8 +174,8 @@ impl DeviceSpec {
             && !self.device_args.contains("infinite_rx=1")
     }
 
-    /// Whether `name[,args]` is how the device was written.
-    fn display(&self) -> String {
+    /// The device as written (`name,args`, queues when not 1), for reports.
+    pub fn display(&self) -> String {
         let mut text = self.name.clone();
         if !self.device_args.is_empty() {
             text.push(',');
@@ -283,21 +284,20 @@ pub struct DpdkCounters {
 }
 
 impl DpdkCounters {
-    fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-
-    fn summary(&self) -> String {
+    /// `in place: rx N tx M; copied: P packets, B bytes`, for the port's description.
+    pub fn summary(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "in place: rx {} tx {}; copied: {} packets, {} bytes",
-            Self::get(&self.rx_in_place),
-            Self::get(&self.tx_in_place),
-            Self::get(&self.copied_packets),
-            Self::get(&self.copied_bytes)
+            get(&self.rx_in_place),
+            get(&self.tx_in_place),
+            get(&self.copied_packets),
+            get(&self.copied_bytes)
         )
     }
 }
 
+#[cfg(feature = "dpdk")]
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
