@@ -240,7 +240,7 @@ impl LivePolicy {
         let rules = checked
             .policy
             .as_ref()
-            .map(|p| policy_table::rule_texts(p, checked.sources()))
+            .map(|p| policy_table::rule_texts(p, &checked.program))
             .unwrap_or_default();
         LivePolicy {
             handle,
@@ -282,7 +282,7 @@ impl LivePolicy {
         };
         let check = start.elapsed();
         let diff_start = Instant::now();
-        let rules = policy_table::rule_texts(policy, checked.sources());
+        let rules = policy_table::rule_texts(policy, &checked.program);
         let diff = PolicyDiff::between(&installed.rules, &rules);
         let diff_time = diff_start.elapsed();
         let warnings = checked
@@ -592,4 +592,89 @@ impl netvm_runtime::control::AdminHandler for LivePolicy {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netvm_runtime::Program;
+
+    const POLICY: &str = "port a\nport b\nrule web : tcp.dport == 80 => out b\ndefault => out b\n";
+
+    fn live() -> LivePolicy {
+        let checked = check_source("live.nvr", POLICY);
+        let policy = checked.policy.as_ref().expect("the test policy checks");
+        let (classifier, _) = policy_table::compile(policy).unwrap();
+        let handle = ProgramHandle::new(
+            Program::new(classifier, policy_table::policy_table(policy)).unwrap(),
+        );
+        LivePolicy::new(
+            handle,
+            Arc::new(Stats::new(2, 0)),
+            Bindings::default(),
+            "live.nvr".into(),
+            POLICY.into(),
+            &checked,
+        )
+    }
+
+    #[test]
+    fn text_slices_end_on_character_boundaries_and_cover_the_text() {
+        let text = "é".repeat(TEXT_SLICE_BYTES); // two bytes each
+        let mut offset = 0;
+        let mut joined = String::new();
+        while offset < text.len() {
+            let slice = text_slice(&text, offset).unwrap();
+            assert!(slice.len() <= TEXT_SLICE_BYTES && !slice.is_empty());
+            joined.push_str(slice);
+            offset += slice.len();
+        }
+        assert_eq!(joined, text);
+        assert!(text_slice(&text, 1).is_err(), "inside a character");
+        assert!(text_slice(&text, text.len() + 1).is_err());
+    }
+
+    #[test]
+    fn an_upload_in_slices_reloads_and_an_out_of_order_slice_is_refused() {
+        let live = live();
+        let next = POLICY.replace("rule web", "rule dns : udp => out b\nrule web");
+        let (head, tail) = next.split_at(10);
+        let stage = |offset: usize, text: &str| {
+            live.answer(
+                "stage",
+                &json!({ "upload": "u1", "offset": offset, "text": text }),
+            )
+        };
+        stage(0, head).unwrap();
+        assert!(stage(3, tail).unwrap_err().contains("start over"));
+        stage(0, head).unwrap();
+        stage(head.len(), tail).unwrap();
+        let reply = live.answer("reload", &json!({ "upload": "u1" })).unwrap();
+        let report: ReloadReport = serde_json::from_value(reply["report"].clone()).unwrap();
+        assert_eq!(report.diff.counts(), [1, 0, 0]);
+        assert_eq!(live.source().1, next);
+        assert!(live
+            .answer("reload", &json!({ "upload": "u1" }))
+            .unwrap_err()
+            .contains("no upload"));
+        let policy = live.answer("policy", &json!({})).unwrap();
+        assert_eq!(policy["version"], 1);
+        assert_eq!(policy["total"], next.len());
+    }
+
+    #[test]
+    fn a_refused_reload_answers_the_diagnostics_and_keeps_the_policy() {
+        let live = live();
+        let broken = POLICY.replace("out b\ndefault", "out c\ndefault");
+        let err = live
+            .answer("reload", &json!({ "source": broken, "origin": "x.nvr" }))
+            .unwrap_err();
+        assert!(err.contains("x.nvr:3:"), "{err}");
+        assert!(err.ends_with("still running the previous policy"), "{err}");
+        assert_eq!(live.source(), ("live.nvr".to_string(), POLICY.to_string()));
+        assert!(live
+            .answer("frobnicate", &json!({}))
+            .unwrap_err()
+            .contains("unknown op"));
+    }
 }

@@ -126,31 +126,27 @@ pub struct RuleText {
     pub name: String,
     /// The rule's predicate and actions as written, whitespace collapsed.
     pub text: String,
-    /// The lowered predicate (the classifier IR of this rule alone, with consts, lets and
-    /// sets resolved) and the actions by name. Two rules with the same meaning classify
-    /// and steer every packet alike, however they are written; an edited `const` changes
-    /// the meaning of every rule that uses it.
+    /// A 64-bit hash of the lowered predicate (the classifier IR of this rule alone,
+    /// consts, lets and sets resolved) and the actions by name. Rules with the same
+    /// meaning classify and steer every packet alike, however they are written; an edited
+    /// `const` changes the meaning of every rule that uses it.
     #[serde(skip)]
-    pub meaning: String,
+    pub meaning: u64,
 }
 
-/// Every rule of `policy` with its source text from `sources`.
-pub fn rule_texts(policy: &Policy, sources: &netvm_lang::SourceMap) -> Vec<RuleText> {
+/// Every rule of `policy` with its source text, from the `program` it was checked from
+/// (whose syntax trees hold each rule's whole declaration).
+pub fn rule_texts(policy: &Policy, program: &netvm_lang::Program) -> Vec<RuleText> {
     use std::collections::HashMap;
-    // A checked rule keeps the span of its name; its predicate and actions are found
-    // by parsing its file again (once per file) and taking the declaration there.
-    let mut written: HashMap<netvm_lang::Span, String> = HashMap::new();
-    let mut parsed_files = std::collections::HashSet::new();
-    for r in &policy.rules {
-        if !parsed_files.insert(r.span.file) {
-            continue;
-        }
-        let text = &sources.get(r.span.file).text;
-        let (file, _) = netvm_lang::parse::parse_file(r.span.file, text);
-        for decl in &file.decls {
+    use std::hash::{Hash, Hasher};
+    // A checked rule keeps the span of its name; its declaration is found by that span.
+    let mut written: HashMap<netvm_lang::Span, &str> = HashMap::new();
+    for file in &program.files {
+        let text = &program.sources.get(file.id).text;
+        for decl in &file.ast.decls {
             if let netvm_lang::ast::DeclKind::Rule { name, pred, .. } = &decl.kind {
                 let body = text.get(pred.span().start as usize..decl.span().end as usize);
-                written.insert(name.span(), body.unwrap_or("").to_string());
+                written.insert(name.span(), body.unwrap_or(""));
             }
         }
     }
@@ -164,10 +160,16 @@ pub fn rule_texts(policy: &Policy, sources: &netvm_lang::SourceMap) -> Vec<RuleT
                 None => format!("... => {actions}"),
             };
             let lowered = netvm_compiler::lower::lower_pred(&r.pred);
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            lowered.atoms.hash(&mut hasher);
+            lowered.rules.hash(&mut hasher);
+            lowered.literals.hash(&mut hasher);
+            lowered.regexes.hash(&mut hasher);
+            actions.hash(&mut hasher);
             RuleText {
                 name: r.name.clone(),
                 text,
-                meaning: format!("{lowered:?} => {actions}"),
+                meaning: hasher.finish(),
             }
         })
         .collect()
@@ -365,7 +367,7 @@ mod tests {
     fn rules(text: &str) -> Vec<RuleText> {
         let checked = netvm_lang::check_text("diff.nvr", text);
         let policy = checked.policy.as_ref().expect("test policies check");
-        rule_texts(policy, checked.sources())
+        rule_texts(policy, &checked.program)
     }
 
     const BASE: &str = "const P = 22\nport a\nport b\n\

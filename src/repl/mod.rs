@@ -356,7 +356,7 @@ impl ReplSession {
     fn rules(&mut self) -> Result<Reply, String> {
         let (checked, _) = self.running()?;
         let policy = checked.policy.as_ref().expect("running() checked it");
-        let texts = policy_table::rule_texts(policy, checked.sources());
+        let texts = policy_table::rule_texts(policy, &checked.program);
         let stats = self.link.stats()?;
         let mut out = format!(
             "{:>3}  {:<16} {:>12} {:>14}  {}\n",
@@ -579,8 +579,8 @@ impl ReplSession {
         };
         let old = running.policy.as_ref().expect("running() checked it");
         let diff = PolicyDiff::between(
-            &policy_table::rule_texts(old, running.sources()),
-            &policy_table::rule_texts(new, candidate.sources()),
+            &policy_table::rule_texts(old, &running.program),
+            &policy_table::rule_texts(new, &candidate.program),
         );
         let mut out = diff.to_string();
         let names = |p: &netvm_lang::Policy| {
