@@ -260,7 +260,7 @@ fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result
         iov_len: bytes.len(),
     };
     // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((fds.len() * size_of::<RawFd>()) as u32) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
     let mut control = vec![0u64; space.div_ceil(8)];
     // SAFETY: msghdr is plain data; zeroed is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -275,7 +275,7 @@ fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * size_of::<RawFd>()) as u32) as _;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
         std::ptr::copy_nonoverlapping(
             fds.as_ptr(),
             libc::CMSG_DATA(cmsg).cast::<RawFd>(),
@@ -527,8 +527,11 @@ pub struct ControlState {
     pub started: Instant,
     /// Told one line per event an operator wants to see: a client refused, a VM
     /// attached, a VM down. The runtime prints nothing itself.
-    pub log: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub log: Option<EventLog>,
 }
+
+/// Where [`ControlState`] reports events.
+pub type EventLog = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl ControlState {
     fn log(&self, message: impl FnOnce() -> String) {
@@ -745,7 +748,7 @@ fn accept_loop(
             }
         }
         if let (Ok(clone), Ok(mut list)) = (connection.stream().try_clone(), connections.lock()) {
-            list.retain(|s| peer_alive(s));
+            list.retain(peer_alive);
             list.push(clone);
         }
         let state = state.clone();
