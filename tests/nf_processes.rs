@@ -156,12 +156,11 @@ fn packets_in(control: &Path, vm: &str) -> u64 {
     status(control).map_or(0, |s| vm_row(&s, vm)["packets_in"].as_u64().unwrap())
 }
 
-#[test]
-fn a_killed_process_is_reclaimed_the_other_chain_runs_on_and_a_restart_reattaches() {
-    let dir = tempfile::tempdir().unwrap();
-    let stats = dir.path().join("stats.json");
-    let (mut switch, control) = start_switch(
-        dir.path(),
+/// A switch running TWO_CHAINS from a generator for `seconds`, with `fw` attached and
+/// passing packets: (switch, control socket, fw's process).
+fn two_chains_with_fw(dir: &Path, seconds: u32, stats: &Path) -> (Proc, std::path::PathBuf, Proc) {
+    let (switch, control) = start_switch(
+        dir,
         TWO_CHAINS,
         &[
             "--bind".into(),
@@ -173,15 +172,23 @@ fn a_killed_process_is_reclaimed_the_other_chain_runs_on_and_a_restart_reattache
             "--wait-for-vms".into(),
             "30".into(),
             "--duration".into(),
-            "12".into(),
+            seconds.to_string(),
             "--stats-json".into(),
             stats.display().to_string(),
         ],
     );
-    let fw = start_nf(dir.path(), &control, "forward", "fw", &[]);
+    let fw = start_nf(dir, &control, "forward", "fw", &[]);
     wait_for("fw to pass packets", Duration::from_secs(20), || {
         packets_in(&control, "fw") > 1000
     });
+    (switch, control, fw)
+}
+
+#[test]
+fn a_killed_process_is_reclaimed_the_other_chain_runs_on_and_a_restart_reattaches() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.json");
+    let (mut switch, control, fw) = two_chains_with_fw(dir.path(), 12, &stats);
 
     // Full load, then SIGKILL.
     fw.signal(libc::SIGKILL);
@@ -251,28 +258,7 @@ fn a_killed_process_is_reclaimed_the_other_chain_runs_on_and_a_restart_reattache
 fn a_stalled_process_fills_its_ring_and_the_switch_drops_the_overflow() {
     let dir = tempfile::tempdir().unwrap();
     let stats = dir.path().join("stats.json");
-    let (mut switch, control) = start_switch(
-        dir.path(),
-        TWO_CHAINS,
-        &[
-            "--bind".into(),
-            "a=gen:flows=32,size=64,tcp=50,udp=50,icmp=0".into(),
-            "--bind".into(),
-            "b=null".into(),
-            "--vm".into(),
-            "fw=process".into(),
-            "--wait-for-vms".into(),
-            "30".into(),
-            "--duration".into(),
-            "8".into(),
-            "--stats-json".into(),
-            stats.display().to_string(),
-        ],
-    );
-    let fw = start_nf(dir.path(), &control, "forward", "fw", &[]);
-    wait_for("fw to pass packets", Duration::from_secs(20), || {
-        packets_in(&control, "fw") > 1000
-    });
+    let (mut switch, control, fw) = two_chains_with_fw(dir.path(), 8, &stats);
     // Alive but not draining.
     fw.signal(libc::SIGSTOP);
     wait_for("overflow drops", Duration::from_secs(10), || {

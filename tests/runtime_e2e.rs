@@ -9,6 +9,9 @@ use std::process::Command;
 
 use netvm_packet::{BaseProto, Decoded, Field, PacketSpec};
 
+mod support;
+use support::{read_pcap, write_pcap};
+
 const POLICY: &str = r#"
 port wan
 port lan
@@ -82,16 +85,6 @@ fn traffic() -> (Vec<Vec<u8>>, PerFlow) {
     (input, expected)
 }
 
-fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
-    for (i, f) in frames.iter().enumerate() {
-        let ts = std::time::Duration::from_micros(i as u64);
-        w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, f.len() as u32, f))
-            .unwrap();
-    }
-}
-
 fn write_pcapng(path: &Path, frames: &[Vec<u8>]) {
     use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;
     use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock;
@@ -113,16 +106,6 @@ fn write_pcapng(path: &Path, frames: &[Vec<u8>]) {
         })
         .unwrap();
     }
-}
-
-fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
-    let file = std::fs::File::open(path).unwrap();
-    let mut r = pcap_file::pcap::PcapReader::new(file).unwrap();
-    let mut out = Vec::new();
-    while let Some(p) = r.next_packet() {
-        out.push(p.unwrap().data.into_owned());
-    }
-    out
 }
 
 fn flow_of(frame: &[u8]) -> u32 {
