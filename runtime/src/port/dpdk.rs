@@ -335,7 +335,7 @@ mod driver {
 
     use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, RxQueue, TxQueue};
 
-    use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS, HOW_TO_GET};
+    use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS};
     use crate::layout::{BUF_HEADER_BYTES, BUF_STRIDE};
     use crate::pool::{PacketPool, BUF_ROOM};
     use crate::port::{Port, PortError, RxBurst};
@@ -385,7 +385,8 @@ mod driver {
                 Ok(eal) => Ok(EalState { eal, args }),
                 Err(dpdk_sys::Error::DpdkMissing { reason }) => Err(format!(
                     "this build of netvm has the dpdk driver but found no DPDK when it was \
-                     built ({reason}); {HOW_TO_GET}"
+                     built ({reason}); {}",
+                    dpdk_sys::INSTALL_HINT
                 )),
                 Err(e) => Err(format!(
                     "initialising DPDK's EAL with `{}` failed: {e}",
