@@ -457,3 +457,98 @@ fn on_failure_bypass_skips_a_down_vm_and_balance_uses_the_live_members() {
     assert_eq!(vms[2]["packets_in"], 0);
     assert_eq!(s["buffers_returned"], s["buffers"]);
 }
+
+fn tcp_frame(client: bool, flags: u8, seq: u8) -> Vec<u8> {
+    let (src, dst, sport, dport) = if client {
+        (0x0a00_0001, 0x0a00_0002, 40000, 80)
+    } else {
+        (0x0a00_0002, 0x0a00_0001, 80, 40000)
+    };
+    let mut spec = PacketSpec::new(BaseProto::Tcp);
+    spec.set(Field::IpSrc, src)
+        .set(Field::IpDst, dst)
+        .set(Field::TcpSport, sport)
+        .set(Field::TcpDport, dport)
+        .set(Field::TcpFlags, u128::from(flags));
+    spec.payload = Some(vec![seq; 10]);
+    spec.build().unwrap()
+}
+
+/// The from-scratch example NF (examples/nf/stateful_firewall.rs), built by cargo.
+fn stateful_firewall_binary() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "netvm-nf",
+            "--example",
+            "stateful-firewall",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the example");
+    let netvm = std::path::PathBuf::from(env!("CARGO_BIN_EXE_netvm"));
+    netvm.parent().unwrap().join("examples/stateful-firewall")
+}
+
+#[test]
+fn the_example_stateful_firewall_passes_opened_connections_and_drops_strays() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const PSH: u8 = 0x08;
+    let connection = vec![
+        tcp_frame(true, SYN, 1),
+        tcp_frame(false, SYN | ACK, 2),
+        tcp_frame(true, ACK, 3),
+        tcp_frame(true, PSH | ACK, 4),
+        tcp_frame(false, PSH | ACK, 5),
+        tcp_frame(true, FIN | ACK, 6),
+        tcp_frame(false, FIN | ACK, 7),
+    ];
+    // After both FINs the connection is closed: a late ACK is a stray too.
+    let strays = [tcp_frame(true, ACK, 8), tcp_frame(false, PSH | ACK, 9)];
+    let udp = udp_frame(53, 1, 1, b"query");
+    let mut input = vec![strays[1].clone()];
+    input.extend(connection.iter().cloned());
+    input.push(udp.clone());
+    input.push(strays[0].clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (in_pcap, out_pcap) = (dir.path().join("in.pcap"), dir.path().join("out.pcap"));
+    write_pcap(&in_pcap, &input);
+    let (mut switch, control) = start_switch(
+        dir.path(),
+        "port a\nport b\nvm fw trusted\nrule all : ip => chain fw -> out b\n",
+        &[
+            "--bind".into(),
+            format!("a=pcap:rx={}", in_pcap.display()),
+            "--bind".into(),
+            format!("b=pcap:tx={}", out_pcap.display()),
+            "--vm".into(),
+            "fw=process".into(),
+            "--wait-for-vms".into(),
+            "60".into(),
+            "--vm-stall-ms".into(),
+            "10000".into(),
+        ],
+    );
+    let mut command = std::process::Command::new(stateful_firewall_binary());
+    command.arg(&control).arg("fw");
+    let mut fw = Proc::spawn(command, dir.path().join("fw.log"));
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+    assert_eq!(fw.wait(Duration::from_secs(10)), Some(0), "{}", fw.log());
+
+    let mut expected = connection;
+    expected.push(udp);
+    assert_eq!(read_pcap(&out_pcap), expected);
+    let summary = "1 connections opened, 1 closed, 0 open; \
+                   7 packets passed, 2 dropped out of state, 1 not TCP";
+    assert!(fw.log().contains(summary), "{}", fw.log());
+}
