@@ -1381,6 +1381,58 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn several_queues_are_opened_and_all_polled_by_the_one_switch_thread() {
+        use crate::port::RxBurst;
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED several queues: {why}");
+            return;
+        }
+        let pool = test_pool(4096);
+        let mut port =
+            DpdkPort::open(DeviceSpec::parse("net_null_mq0,rxq=3,txq=2").unwrap()).unwrap();
+        port.attach_pool(&pool).unwrap();
+        assert_eq!(
+            pool.capacity() - pool.available(),
+            (3 + 2) * 512 + 512,
+            "buffers lent for 3 receive and 2 transmit rings"
+        );
+        let mut cache = pool.cache(64).unwrap();
+        let mut total = 0;
+        for _ in 0..6 {
+            let mut out = [0u32; 32];
+            let n = {
+                let mut burst = RxBurst::new(&mut cache, &mut out, 0);
+                port.rx_burst(&mut burst);
+                burst.len()
+            };
+            total += n;
+            cache.free_burst(&out[..n]).unwrap();
+        }
+        assert_eq!(total, 6 * 32, "full bursts while the polls rotate over the queues");
+        port.finish().unwrap();
+        drop(cache);
+        assert_eq!(pool.available(), pool.capacity());
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn a_pool_too_small_for_the_rings_is_refused_with_the_number_needed() {
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED small pool: {why}");
+            return;
+        }
+        let pool = test_pool(1000);
+        let mut port = DpdkPort::open(DeviceSpec::parse("net_null_small0").unwrap()).unwrap();
+        let err = port.attach_pool(&pool).unwrap_err().to_string();
+        assert!(err.contains("needs 1536 pool buffers"), "{err}");
+        assert!(err.contains("raise --buffers"), "{err}");
+        assert!(port.describe().contains("FAILED"), "{}", port.describe());
+        assert!(port.rx_done() && !port.has_tx());
+        assert_eq!(pool.available(), pool.capacity(), "nothing kept on failure");
+    }
+
     #[cfg(not(feature = "dpdk"))]
     #[test]
     fn without_the_feature_a_dpdk_port_says_how_to_get_it() {
