@@ -761,12 +761,14 @@ mod driver {
             let mut in_place = 0;
             for mut m in mbufs.drain(..) {
                 let len = m.len();
-                if m.segments() != 1 || len > BUF_ROOM {
+                let offset = m.data_offset() as usize;
+                // Several segments (a frame larger than a buffer), or a window that does
+                // not fit a pool buffer's room: not forwardable whole.
+                if m.segments() != 1 || offset + len > BUF_ROOM {
                     burst.count_oversize();
                     run.done_mbufs.push(m);
                     continue;
                 }
-                let offset = m.data_offset() as usize;
                 let own = zone.index_of_room(m.buf_addr() as usize);
                 let index = match own {
                     // Ours: the frame is already in a pool buffer; hand it over and give
