@@ -150,6 +150,28 @@ impl Eal {
         (phys != unsafe { ffi::netvm_rte_bad_iova() }).then_some(phys)
     }
 
+    /// Maps `[addr, addr + len)` (registered external memory) for DMA by the device behind
+    /// port `name`, at IO address `iova` (`rte_dev_dma_map`; what vfio-pci needs before a
+    /// NIC may write into memory DPDK did not allocate).
+    ///
+    /// # Safety
+    /// The range stays mapped and registered while the device may use it.
+    pub unsafe fn dma_map(&self, name: &str, addr: *mut u8, iova: u64, len: usize) -> Result<()> {
+        let port_id = self.port_by_name(name)?;
+        let mut info = std::mem::MaybeUninit::<ffi::rte_eth_dev_info>::zeroed();
+        // SAFETY: info is a valid out pointer; an all-zero rte_eth_dev_info is valid.
+        let ret = unsafe { ffi::rte_eth_dev_info_get(port_id, info.as_mut_ptr()) };
+        check("rte_eth_dev_info_get", ret)?;
+        // SAFETY: filled by DPDK (or still zeroed, which is valid).
+        let device = unsafe { info.assume_init() }.device;
+        // SAFETY: device is the port's rte_device; the caller keeps the range mapped.
+        let ret = unsafe { ffi::rte_dev_dma_map(device, addr.cast(), iova, len) };
+        if ret < 0 {
+            return Err(call_error("rte_dev_dma_map", errno()));
+        }
+        Ok(())
+    }
+
     /// Makes the calling thread an EAL thread (an lcore id of its own), so that mempool
     /// per-lcore caches serve it. Does nothing on a thread that already has one.
     pub fn register_thread(&self) -> Result<()> {

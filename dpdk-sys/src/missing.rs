@@ -73,6 +73,17 @@ pub mod eal {
         }
         /// # Safety
         /// Unreachable in this build (no `Eal` exists).
+        pub unsafe fn dma_map(
+            &self,
+            _name: &str,
+            _addr: *mut u8,
+            _iova: u64,
+            _len: usize,
+        ) -> Result<()> {
+            match self.never {}
+        }
+        /// # Safety
+        /// Unreachable in this build (no `Eal` exists).
         pub unsafe fn extmem_register(
             &self,
             _addr: *mut u8,

@@ -685,6 +685,23 @@ mod driver {
             let tx_pool =
                 Mempool::for_attached(eal, &format!("netvm-tx{id}"), tx_mbufs, MEMPOOL_CACHE, None)
                     .map_err(|e| give_back(format!("creating the transmit pool: {e}")))?;
+            if self.spec.pci && eal.iova_is_va() {
+                // A NIC behind vfio-pci may only DMA into memory mapped for it. The region's
+                // IOVAs are its addresses here. The mapping stays until the process exits
+                // (one switch per process; DPDK keeps the device after the port closes).
+                let region = pool.region();
+                // SAFETY: the region stays mapped and registered while the port runs (the
+                // pool holds it; it is unregistered only after the device is closed).
+                unsafe {
+                    eal.dma_map(
+                        &self.spec.name,
+                        region.base_addr() as *mut u8,
+                        region.base_addr() as u64,
+                        region.len_bytes(),
+                    )
+                }
+                .map_err(|e| give_back(format!("mapping the shared region for DMA: {e}")))?;
+            }
             let config = PortConfig {
                 rx_queues: self.spec.rx_queues,
                 tx_queues: self.spec.tx_queues,
