@@ -22,7 +22,9 @@
 //! pool: a DPDK "pinned external buffer" pool (`rte_pktmbuf_pool_create_extbuf`) whose
 //! mbufs each point at one pool buffer's room (headroom + data room, so DPDK's
 //! `data_off` is netvm's `data_offset`). The region is registered with the EAL as
-//! external memory (`rte_extmem_register`, IOVA = VA when the EAL runs IOVA-as-VA).
+//! external memory (`rte_extmem_register`, IOVA = VA when the EAL runs IOVA-as-VA, else
+//! each page's physical address) and, for a PCI device under IOVA-as-VA, mapped for its
+//! DMA (`rte_dev_dma_map`; untested here, no NIC).
 //! - **RX.** A received mbuf's buffer *is* a pool buffer holding the frame: its data
 //!   window is set from the mbuf and its index handed to the switch
 //!   ([`RxBurst::push_held`]); the mbuf is re-pointed at a spare buffer (from the switch's
