@@ -27,7 +27,7 @@
 //! DMA (`rte_dev_dma_map`; untested here, no NIC).
 //! - **RX.** A received mbuf's buffer *is* a pool buffer holding the frame: its data
 //!   window is set from the mbuf and its index handed to the switch
-//!   ([`RxBurst::push_held`]); the mbuf is re-pointed at a spare buffer (from the switch's
+//!   ([`RxBurst::push_held`](super::RxBurst::push_held)); the mbuf is re-pointed at a spare buffer (from the switch's
 //!   cache) and freed back to DPDK. Invariant: every mbuf of that pool holds exactly one
 //!   pool buffer nobody else references. Cost per packet: a spare buffer and two pointer
 //!   stores instead of a memcpy; the pool lends `(rxq + txq) × 512 + 512` buffers to the
@@ -55,7 +55,8 @@
 //! multi-threaded switch and is **not done**.
 //!
 //! The device is configured and started when the port learns the pool
-//! ([`Port::attach_pool`], or its first receive burst), on the switch thread, which is
+//! ([`Port::attach_pool`]; until the switch calls that, at its first receive burst, or
+//! when asked to send first, over the pool the frames lie in), on the switch thread, which is
 //! registered as an EAL thread so DPDK's per-lcore mempool caches serve it. At
 //! [`Port::finish`] the device is stopped and closed (flushing `tx_pcap` files) and every
 //! lent buffer goes back to the pool.
@@ -68,7 +69,7 @@ use std::sync::Mutex;
 
 use super::{bad_args, Port, PortError};
 
-/// Most RX queues a port opens.
+/// Most receive or transmit queues a port opens.
 pub const MAX_QUEUES: u16 = 64;
 
 /// How to open a DPDK device, from `dpdk:DEVICE[,ARGS]`.
