@@ -40,7 +40,27 @@ impl Drop for PoolHandle {
     }
 }
 
+/// A mempool name as DPDK takes it.
+fn pool_name(name: &str) -> Result<CString> {
+    CString::new(name).map_err(|_| Error::Nul {
+        what: "a mempool name",
+        value: name.into(),
+    })
+}
+
+fn socket_or_any(socket_id: Option<u32>) -> i32 {
+    socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32)
+}
+
 impl Mempool {
+    /// Wraps what a pool-creating `call` returned (NULL: its `rte_errno`).
+    fn created(raw: *mut ffi::rte_mempool, call: &'static str) -> Result<Mempool> {
+        let raw = NonNull::new(raw).ok_or_else(|| call_error(call, errno()))?;
+        Ok(Mempool {
+            inner: Arc::new(PoolHandle(raw)),
+        })
+    }
+
     /// Creates a pool of `mbufs` buffers of `data_room_bytes` each (including the
     /// `RTE_PKTMBUF_HEADROOM` of 128 bytes; `ffi::RTE_MBUF_DEFAULT_BUF_SIZE` fits a 1518-byte
     /// frame), with a per-lcore cache of `cache_mbufs`, on NUMA node `socket_id` (`None`: any).
@@ -53,11 +73,8 @@ impl Mempool {
         data_room_bytes: u16,
         socket_id: Option<u32>,
     ) -> Result<Mempool> {
-        let c_name = CString::new(name).map_err(|_| Error::Nul {
-            what: "a mempool name",
-            value: name.into(),
-        })?;
-        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        let c_name = pool_name(name)?;
+        let socket = socket_or_any(socket_id);
         // SAFETY: c_name is a valid C string (DPDK copies it); the EAL is initialised.
         let raw = unsafe {
             ffi::rte_pktmbuf_pool_create(
@@ -69,11 +86,7 @@ impl Mempool {
                 socket,
             )
         };
-        let raw =
-            NonNull::new(raw).ok_or_else(|| call_error("rte_pktmbuf_pool_create", errno()))?;
-        Ok(Mempool {
-            inner: Arc::new(PoolHandle(raw)),
-        })
+        Mempool::created(raw, "rte_pktmbuf_pool_create")
     }
 
     /// A pool of `buffers.len()` mbufs whose data rooms are `buffers` — memory DPDK does not
@@ -94,10 +107,7 @@ impl Mempool {
         cache_mbufs: u32,
         socket_id: Option<u32>,
     ) -> Result<Mempool> {
-        let c_name = CString::new(name).map_err(|_| Error::Nul {
-            what: "a mempool name",
-            value: name.into(),
-        })?;
+        let c_name = pool_name(name)?;
         let count = u32::try_from(buffers.len()).map_err(|_| Error::Config {
             port: 0,
             message: format!(
@@ -114,7 +124,7 @@ impl Mempool {
                 elt_size: buf_bytes,
             })
             .collect();
-        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        let socket = socket_or_any(socket_id);
         // SAFETY: c_name is a valid C string; `areas` holds `count` descriptors of buffers
         // the caller promises are valid for the pool's life; DPDK copies the descriptors.
         let raw = unsafe {
@@ -129,11 +139,7 @@ impl Mempool {
                 count,
             )
         };
-        let raw = NonNull::new(raw)
-            .ok_or_else(|| call_error("rte_pktmbuf_pool_create_extbuf", errno()))?;
-        Ok(Mempool {
-            inner: Arc::new(PoolHandle(raw)),
-        })
+        Mempool::created(raw, "rte_pktmbuf_pool_create_extbuf")
     }
 
     /// A pool of `mbufs` mbufs with no data room of their own, each with room for the shared
@@ -145,22 +151,15 @@ impl Mempool {
         cache_mbufs: u32,
         socket_id: Option<u32>,
     ) -> Result<Mempool> {
-        let c_name = CString::new(name).map_err(|_| Error::Nul {
-            what: "a mempool name",
-            value: name.into(),
-        })?;
-        let socket = socket_id.map_or(ffi::SOCKET_ID_ANY, |s| s as i32);
+        let c_name = pool_name(name)?;
+        let socket = socket_or_any(socket_id);
         // SAFETY: returns a constant.
         let priv_bytes = unsafe { ffi::netvm_rte_mbuf_ext_shinfo_priv_bytes() };
         // SAFETY: c_name is a valid C string (DPDK copies it); the EAL is initialised.
         let raw = unsafe {
             ffi::rte_pktmbuf_pool_create(c_name.as_ptr(), mbufs, cache_mbufs, priv_bytes, 0, socket)
         };
-        let raw =
-            NonNull::new(raw).ok_or_else(|| call_error("rte_pktmbuf_pool_create", errno()))?;
-        Ok(Mempool {
-            inner: Arc::new(PoolHandle(raw)),
-        })
+        Mempool::created(raw, "rte_pktmbuf_pool_create")
     }
 
     /// Appends `count` buffers to `out`, all or none (`false` when the pool has fewer).

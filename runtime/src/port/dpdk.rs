@@ -1260,6 +1260,22 @@ mod tests {
         crate::pool::PacketPool::new(region).unwrap()
     }
 
+    /// Stop the port, drop the cache, and check that every buffer the port borrowed is back.
+    #[cfg(feature = "dpdk")]
+    fn finish_with_every_buffer_back(
+        mut port: DpdkPort,
+        cache: crate::pool::PoolCache,
+        pool: &crate::pool::PacketPool,
+    ) {
+        port.finish().unwrap();
+        drop(cache);
+        assert_eq!(
+            pool.available(),
+            pool.capacity(),
+            "every lent buffer is back"
+        );
+    }
+
     #[cfg(feature = "dpdk")]
     #[test]
     fn net_ring_hands_back_the_very_buffers_it_was_given_and_counts_the_one_it_must_copy() {
@@ -1338,13 +1354,7 @@ mod tests {
         assert_eq!(counters.rx_in_place.load(Ordering::Relaxed), 20);
         cache.free_burst(&out[..21]).unwrap();
         cache.free(mirrored).unwrap();
-        port.finish().unwrap();
-        drop(cache);
-        assert_eq!(
-            pool.available(),
-            pool.capacity(),
-            "every lent buffer is back"
-        );
+        finish_with_every_buffer_back(port, cache, &pool);
     }
 
     #[cfg(feature = "dpdk")]
@@ -1399,13 +1409,7 @@ mod tests {
             "{}",
             port.describe()
         );
-        port.finish().unwrap();
-        drop(cache);
-        assert_eq!(
-            pool.available(),
-            pool.capacity(),
-            "every lent buffer is back"
-        );
+        finish_with_every_buffer_back(port, cache, &pool);
     }
 
     #[cfg(feature = "dpdk")]
@@ -1442,9 +1446,7 @@ mod tests {
             6 * 32,
             "full bursts while the polls rotate over the queues"
         );
-        port.finish().unwrap();
-        drop(cache);
-        assert_eq!(pool.available(), pool.capacity());
+        finish_with_every_buffer_back(port, cache, &pool);
     }
 
     #[cfg(feature = "dpdk")]
