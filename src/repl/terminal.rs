@@ -99,8 +99,14 @@ pub fn complete_word(line: &str, pos: usize, names: &[String]) -> Option<(usize,
         } else {
             Vec::new()
         }
-    } else if before[..start].trim_end().ends_with("import") && !word.starts_with("std") {
-        return None;
+    } else if first == "import" && !in_first_word {
+        if !word.starts_with("std") {
+            return None;
+        }
+        netvm_lang::load::STDLIB
+            .iter()
+            .map(|(name, _)| format!("std.{name}"))
+            .collect()
     } else {
         let mut all: Vec<String> = KEYWORDS.iter().map(|k| k.to_string()).collect();
         all.extend(catalogue());
@@ -412,6 +418,9 @@ mod tests {
             complete_word(":load exa", 9, &names).is_none(),
             "file paths"
         );
+        assert!(complete_word("import \"./la", 12, &names).is_none());
+        let (_, words) = complete_word("import std.n", 12, &names).unwrap();
+        assert_eq!(words, ["std.nets"]);
     }
 
     #[test]
