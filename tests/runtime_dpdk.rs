@@ -48,6 +48,7 @@ mod with_dpdk {
     use std::time::{Duration, Instant};
 
     use netvm_packet::{BaseProto, Field, PacketSpec};
+    use netvm_runtime::port::dpdk::hugepages_free;
 
     use super::netvm_run;
 
@@ -80,18 +81,6 @@ mod with_dpdk {
         stderr
             .contains("found no DPDK")
             .then(|| format!("this build has no DPDK: {}", stderr.trim()))
-    }
-
-    /// Free 2 MiB huge pages: the huge-page runs need some for the EAL and the region.
-    fn hugepages_free() -> u64 {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("HugePages_Free:"))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0)
     }
 
     fn frames() -> Vec<Vec<u8>> {

@@ -210,7 +210,8 @@ pub fn set_eal_args(args: Vec<String>) {
     }
 }
 
-fn hugepages_free() -> u64 {
+/// Free 2 MiB huge pages (`HugePages_Free` in `/proc/meminfo`; 0 when unreadable).
+pub fn hugepages_free() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
