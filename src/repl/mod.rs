@@ -215,7 +215,12 @@ impl ReplSession {
                 needs("a FILE")?;
                 let source = std::fs::read_to_string(arg)
                     .map_err(|e| format!("cannot read `{arg}`: {e}"))?;
-                self.install(arg, source)
+                // A switch behind a socket has its own working directory: name the file
+                // (and so where its imports resolve) by its full path.
+                let origin = std::path::Path::new(arg)
+                    .canonicalize()
+                    .map_or_else(|_| arg.to_string(), |p| p.display().to_string());
+                self.install(&origin, source)
             }
             "reload" => {
                 let (origin, _) = self.link.policy()?;
