@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rexpect::session::{spawn_command, PtySession};
 
 const POLICY: &str = "\
+import std.ports
 port src
 port sink
 rule tcp_out : tcp => out sink
@@ -158,6 +159,12 @@ fn tab_completes_commands_fields_and_declared_names() {
     p.exp_string("sink").unwrap();
     keys(&mut p, "\r");
     p.exp_string("added rule `dns`").unwrap();
+    p.exp_string("netvm> ").unwrap();
+    // Names from imports complete too (HTTPS from std.ports).
+    keys(&mut p, "const MY_WEB = {HTTP, HTTPS_A\t");
+    p.exp_string("HTTPS_ALT").unwrap();
+    keys(&mut p, "}\r");
+    p.exp_string("added const `MY_WEB`").unwrap();
     p.exp_string("netvm> ").unwrap();
     keys(&mut p, ":show tcp_o\t");
     p.exp_string("tcp_out").unwrap();

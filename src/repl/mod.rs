@@ -160,6 +160,8 @@ pub struct ReplSession {
     last_stats: Option<(Instant, SwitchStats)>,
     /// Counts inputs, so each typed text gets its own name in diagnostics.
     inputs: usize,
+    /// The policy text the completion names were computed from, and the names.
+    names: Option<(String, Vec<String>)>,
 }
 
 impl ReplSession {
@@ -168,15 +170,35 @@ impl ReplSession {
             link,
             last_stats: None,
             inputs: 0,
+            names: None,
         }
     }
 
-    /// Names declared by the running policy (for completion).
+    /// Names the running policy can use (for completion): what it declares and what
+    /// its imports declare (`SSH` from `std.ports`). Recomputed only when the text changed.
     pub fn declared_names(&mut self) -> Vec<String> {
-        self.link
-            .policy()
-            .map(|(_, source)| edit::declared_names(&source))
-            .unwrap_or_default()
+        let Ok((origin, source)) = self.link.policy() else {
+            return Vec::new();
+        };
+        if let Some((text, names)) = &self.names {
+            if *text == source {
+                return names.clone();
+            }
+        }
+        let checked = check_source(&origin, &source);
+        let mut names = edit::declared_names(&source);
+        for file in checked.program.files.iter().skip(1) {
+            for decl in &file.ast.decls {
+                use netvm_lang::ast::DeclKind;
+                if let DeclKind::Const { name, .. } | DeclKind::Let { name, .. } = &decl.kind {
+                    names.push(name.text.clone());
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        self.names = Some((source, names.clone()));
+        names
     }
 
     /// Handle one input: a `:command` or a declaration.
@@ -900,6 +922,8 @@ test \"ssh is dropped\" {
             "{tests}"
         );
         assert_eq!(s.handle(":show SSH").text, "const SSH = 22\n");
+        let names = s.declared_names();
+        assert!(names.contains(&"web".to_string()) && names.contains(&"fw".to_string()));
         let help = s.handle(":help").text;
         for (name, _, _) in COMMANDS {
             assert!(help.contains(name), "{name} missing from :help");

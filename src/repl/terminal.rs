@@ -333,6 +333,7 @@ pub fn run(session: &mut ReplSession, banner: &str) -> Result<(), String> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let config = rustyline::Config::builder()
         .auto_add_history(false)
+        .completion_type(rustyline::CompletionType::List)
         .max_history_size(5000)
         .map_err(|e| e.to_string())?
         .build();
