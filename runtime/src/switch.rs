@@ -132,6 +132,12 @@ pub enum SwitchError {
     Numa(#[from] crate::numa::NumaError),
     #[error("a VM thread panicked")]
     VmPanicked,
+    #[error("port `{port}` could not start on the shared pool")]
+    Port {
+        port: String,
+        #[source]
+        source: crate::port::PortError,
+    },
 }
 
 /// An untrusted VM's own memory: a region holding only its private buffers and rings.
@@ -229,6 +235,16 @@ impl Switch {
             config.hugepages,
         )?;
         let pool = PacketPool::new(region.clone())?;
+        // Ports whose device writes straight into pool buffers (dpdk) set up now, so a
+        // failure stops the switch before it runs.
+        let mut ports = ports;
+        for (i, port) in ports.iter_mut().enumerate() {
+            port.attach_pool(&pool)
+                .map_err(|source| SwitchError::Port {
+                    port: table.port_names[i].clone(),
+                    source,
+                })?;
+        }
         let mut private = Vec::with_capacity(vms.len());
         for &trusted in &table.vm_trusted {
             private.push(if trusted {
