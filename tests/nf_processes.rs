@@ -395,9 +395,27 @@ fn misbehaving_clients_get_an_error_and_are_disconnected_and_the_switch_runs_on(
     });
     let replies = raw_session(&control, &[h, br#"{"op":"attach","vm":"fw"}"#, b"bye"]);
     assert!(error_at(&replies, 1, "already attached").contains("already attached"));
-    // The switch is still healthy and counting.
+    // The switch is still healthy and counting, and says so to an operator.
     let s = status(&control).expect("status after the abuse");
     assert!(s["rx"].as_u64().unwrap() > 0);
+    let table = netvm()
+        .args(["status", "--control"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let fw_line = table
+        .lines()
+        .find(|l| l.starts_with("fw "))
+        .unwrap_or_default();
+    assert!(
+        fw_line.contains("process") && fw_line.contains("trusted") && fw_line.contains("up"),
+        "{table}"
+    );
+    assert!(
+        table.contains("other") && table.contains("built-in"),
+        "{table}"
+    );
     drop(fw);
     switch.signal(libc::SIGINT);
     assert!(
