@@ -407,6 +407,38 @@ default => out lan
     }
 
     #[test]
+    fn adding_then_deleting_a_rule_gives_back_every_example_byte_for_byte() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "nvr") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let before = decls(&text).len();
+            for typed in [
+                "rule zz_new : udp.dport == 9 => drop",
+                "const ZZ_NEW = 9",
+                "test \"zz\" {\n  udp { udp.dport = 9 } => drop\n}",
+            ] {
+                let (decl, _) = netvm_lang::parse::parse_decl(FileId(1), typed).unwrap();
+                let s = splice(&text, typed, &decl).unwrap();
+                assert_eq!(decls(&s.source).len(), before + 1, "{}", path.display());
+                assert_eq!(&s.source[s.at..s.at + s.len], typed);
+                let name = match DeclKey::of(&decl) {
+                    DeclKey::Rule(n) | DeclKey::Named(n) | DeclKey::Test(n) => n,
+                    _ => unreachable!(),
+                };
+                let (back, _) = delete(&s.source, &name).unwrap();
+                assert_eq!(back, text, "{} after {typed}", path.display());
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "the examples were found");
+    }
+
+    #[test]
     fn show_finds_rules_and_consts() {
         assert_eq!(show(POLICY, "SSH").unwrap(), "const SSH = 22");
         assert_eq!(
