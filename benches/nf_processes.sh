@@ -67,9 +67,11 @@ CONFIGS=(
   "thread2u1500 1500 untrusted 2 thread"
   "proc2u1500 1500 untrusted 2 process"
 )
+# ONLY="base64 thread1 proc1" limits the run to those configurations.
 for r in $(seq "$ROUNDS"); do
   for c in "${CONFIGS[@]}"; do
     set -- $c
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $1 "* ]]; then continue; fi
     rate=$(run "$@")
     RATES[$1]="${RATES[$1]:-} $rate"
     printf 'round %d  %-12s %8.3f Mpps\n' "$r" "$1" "$rate"
@@ -81,6 +83,7 @@ rates = {k: [float(x) for x in v.split()] for k, v in re.findall(r'\[(\w+)\]="([
 med = {k: statistics.median(v) for k, v in rates.items()}
 print("\nmedians (Mpps):", ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
 def hop(chain, base, n): return (1e3 / med[chain] - 1e3 / med[base]) / n
+def have(*names): return all(n in med for n in names)
 for label, chain, base, n in [
     ("in-process thread, 1 hop", "thread1", "base64", 1),
     ("NF process,        1 hop", "proc1", "base64", 1),
@@ -93,9 +96,14 @@ for label, chain, base, n in [
     ("thread untrusted 1500 B, 2 hops", "thread2u1500", "base1500", 2),
     ("NF process untrusted 1500 B, 2 hops", "proc2u1500", "base1500", 2),
 ]:
-    print(f"per-hop {label}: {hop(chain, base, n):7.1f} ns")
-print(f"process/thread per-hop ratio, 2 hops: {hop('proc2','base64',2)/hop('thread2','base64',2):.2f}x")
-print(f"process/thread per-hop ratio, 1 hop:  {hop('proc1','base64',1)/hop('thread1','base64',1):.2f}x")
-print(f"NF processes, trusted/untrusted rate: 64 B {med['proc2']/med['proc2u']:.2f}x, 1500 B {med['proc2t1500']/med['proc2u1500']:.2f}x")
-print(f"threads,      trusted/untrusted rate: 64 B {med['thread2']/med['thread2u']:.2f}x, 1500 B {med['thread2t1500']/med['thread2u1500']:.2f}x")
+    if have(chain, base):
+        print(f"per-hop {label}: {hop(chain, base, n):7.1f} ns")
+if have('proc2', 'thread2', 'base64'):
+    print(f"process/thread per-hop ratio, 2 hops: {hop('proc2','base64',2)/hop('thread2','base64',2):.2f}x")
+if have('proc1', 'thread1', 'base64'):
+    print(f"process/thread per-hop ratio, 1 hop:  {hop('proc1','base64',1)/hop('thread1','base64',1):.2f}x")
+if have('proc2', 'proc2u', 'proc2t1500', 'proc2u1500'):
+    print(f"NF processes, trusted/untrusted rate: 64 B {med['proc2']/med['proc2u']:.2f}x, 1500 B {med['proc2t1500']/med['proc2u1500']:.2f}x")
+if have('thread2', 'thread2u', 'thread2t1500', 'thread2u1500'):
+    print(f"threads,      trusted/untrusted rate: 64 B {med['thread2']/med['thread2u']:.2f}x, 1500 B {med['thread2t1500']/med['thread2u1500']:.2f}x")
 PY
