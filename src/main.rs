@@ -42,6 +42,11 @@ enum Command {
     Bench(commands::bench::Args),
     /// Run the switch: bind ports and VMs, forward packets, print per-port/VM/rule counters.
     Run(commands::run::Args),
+    /// Run a built-in network function as its own process, attached to a VM of a running
+    /// switch (bound there with `--vm NAME=process`).
+    Nf(commands::nf::Args),
+    /// Show a running switch's VMs (processes, state, ring fill), ports and drops.
+    Status(commands::status::Args),
     /// Edit a switch's policy at a prompt: a switch in this process, or `--connect` to a
     /// running `netvm run`.
     Repl(commands::repl::Args),
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Nf(args) => commands::nf::run(args),
+        Command::Status(args) => commands::status::run(args),
         Command::Repl(args) => commands::repl::run(args),
         Command::Reload(args) => commands::reload::run(args),
     };

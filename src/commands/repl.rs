@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use netvm_runtime::control::{resolve_socket, ControlClient};
+use netvm_runtime::control::{resolve_socket, AdminHandler, ControlClient};
 
 use crate::commands::run::{self, Launched, SwitchArgs};
 use crate::control_admin::{check_source, LivePolicy};
@@ -22,7 +22,8 @@ pub struct Args {
     policy: Option<String>,
     /// Attach to a running `netvm run` through its control socket instead of starting a
     /// switch (without PATH: the only running switch's socket). The binding options below
-    /// are for an in-process switch and are ignored here.
+    /// are for an in-process switch and are ignored here; for one, `--control PATH` opens
+    /// a control socket (none by default).
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "")]
     connect: Option<String>,
     #[command(flatten)]
@@ -74,6 +75,15 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         source,
         &checked,
     ));
+    // A control socket only when asked for (`--control PATH`): then `netvm reload`, `netvm
+    // status` and another `netvm repl --connect` reach this switch too.
+    let control = match args.switch.control {
+        Some(_) => {
+            let admin: Arc<dyn AdminHandler> = live.clone();
+            run::start_control(&args.switch, &switch, Some(admin))?
+        }
+        None => None,
+    };
     let stop = switch.stop_flag();
     let runner = std::thread::Builder::new()
         .name("netvm-switch".into())
@@ -90,6 +100,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     }
     let mut session = ReplSession::new(Box::new(LocalSwitch(live)));
     let outcome = repl::terminal::run(&mut session, &banner);
+    drop(control);
 
     stop.store(true, Ordering::Relaxed);
     let report = runner

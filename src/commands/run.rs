@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netvm_runtime::control::{self, AdminHandler, ControlServer};
 use netvm_runtime::numa::parse_cpulist;
 use netvm_runtime::port::{self, Port};
 use netvm_runtime::region::HugepagePolicy;
@@ -60,9 +61,24 @@ pub struct SwitchArgs {
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     eal: Option<String>,
     /// Run a VM as a built-in: forward, counter, drop-every:N, pcap-tap:FILE,
-    /// rewrite:dscp=N, delay:us=N.
+    /// rewrite:dscp=N, delay:us=N; or `process`: a network function process attaches to
+    /// it through the control socket (`netvm nf BUILTIN --vm VM`, or a `netvm-nf` program).
     #[arg(long = "vm", value_name = "VM=BUILTIN[:ARGS]")]
     vms: Vec<String>,
+    /// The control socket (`netvm status`, `netvm reload`, `netvm nf`, `netvm repl
+    /// --connect`); default `/run/netvm/netvm-PID.sock` (or under $XDG_RUNTIME_DIR or
+    /// /tmp/netvm-UID when /run is not writable); `none` for no socket.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<String>,
+    /// Hold RX until every `process` VM has attached, for at most this many seconds
+    /// (then the policy's `on_failure` applies to the ones missing).
+    #[arg(long, value_name = "SECONDS")]
+    wait_for_vms: Option<f64>,
+    /// How long a `process` VM may leave packets waiting without answering before the
+    /// switch declares it stalled and drops its overflow (milliseconds; RX pauses
+    /// meanwhile, as for any VM that falls behind).
+    #[arg(long, value_name = "MS", default_value_t = 10.0)]
+    vm_stall_ms: f64,
     /// Stop after this many seconds (default: when inputs drain; 3 s for a generator
     /// without count).
     #[arg(long)]
@@ -159,14 +175,14 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         duration,
     } = launch(policy, &args.switch, true)?;
     let source = checked.sources().get(netvm_lang::FileId(0)).text.clone();
-    let live = LivePolicy::new(
+    let live = Arc::new(LivePolicy::new(
         handle,
         switch.stats(),
         bindings,
         args.policy.clone(),
         source,
         &checked,
-    );
+    ));
 
     // Before the banner: whoever waits for it may signal us at once.
     // SAFETY: the handlers only store to atomics, which is async-signal-safe.
@@ -197,6 +213,11 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         );
     }
 
+    // Admin requests (reload, rules, ...) are answered by the live policy; the runtime
+    // answers hello, attach and status itself.
+    let admin: Option<Arc<dyn AdminHandler>> = Some(live.clone());
+    let control = start_control(&args.switch, &switch, admin)?;
+
     let stats = switch.stats();
     let stop = switch.stop_flag();
     let done = Arc::new(AtomicBool::new(false));
@@ -219,6 +240,8 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|_| "the switch thread panicked".to_string())?
         .map_err(|e| error_chain(&e))?;
 
+    // Closing the socket tells attached VM processes the switch is gone.
+    drop(control);
     print_report(&report);
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&to_json(&report, &args.policy))
@@ -298,13 +321,22 @@ pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launc
         let nf = vm::builtin(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
         bindings.vm_functions.push(nf.describe());
         binding_lines.push(format!(
-            "  vm   {:<12} {} ({})",
+            "  vm   {:<12} {} ({}{})",
             v.name,
-            nf.describe(),
+            if nf.external() {
+                format!("process: attach with `netvm nf BUILTIN --vm {}`", v.name)
+            } else {
+                nf.describe()
+            },
             if v.trusted {
                 "trusted, zero-copy"
             } else {
                 "untrusted, private copies"
+            },
+            match v.on_failure {
+                netvm_lang::policy::OnFailure::Bypass => ", bypassed while down",
+                netvm_lang::policy::OnFailure::Drop if nf.external() => ", dropped while down",
+                netvm_lang::policy::OnFailure::Drop => "",
             }
         ));
         vms.push(nf);
@@ -349,6 +381,19 @@ pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launc
         vm_mode,
         cores,
         duration,
+        wait_for_processes: match args.wait_for_vms {
+            Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => return Err(format!("--wait-for-vms {s}: expected seconds")),
+            None => None,
+        },
+        process_stall: if args.vm_stall_ms.is_finite() && args.vm_stall_ms > 0.0 {
+            Duration::from_secs_f64(args.vm_stall_ms / 1e3)
+        } else {
+            return Err(format!(
+                "--vm-stall-ms {}: expected a positive number of milliseconds",
+                args.vm_stall_ms
+            ));
+        },
         ..SwitchConfig::default()
     };
     let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
@@ -363,6 +408,29 @@ pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launc
         vm_mode,
         duration,
     })
+}
+
+/// Start the control socket `args.control` names (default: one per process under
+/// [`control::default_socket_dir`]) and print where it is.
+pub fn start_control(
+    args: &SwitchArgs,
+    switch: &Switch,
+    admin: Option<Arc<dyn AdminHandler>>,
+) -> Result<Option<ControlServer>, String> {
+    let path = match args.control.as_deref() {
+        Some("none") => {
+            eprintln!("  control socket: none (--control none)");
+            return Ok(None);
+        }
+        Some(path) => std::path::PathBuf::from(path),
+        None => control::default_socket_path(std::process::id()),
+    };
+    let mut state = switch.control_state();
+    state.log = Some(Arc::new(|event: &str| eprintln!("  control: {event}")));
+    let server = ControlServer::start(&path, Arc::new(state), admin)
+        .map_err(|e| format!("--control {}: {}", path.display(), error_chain(&e)))?;
+    eprintln!("  control socket: {}", path.display());
+    Ok(Some(server))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
