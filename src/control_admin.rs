@@ -9,8 +9,11 @@
 //! never takes it.
 //!
 //! It is also the binary's side of the control socket (the runtime's `AdminHandler`):
-//! ops `policy`, `reload`, `rules` and `stats`, answered with the serde types of this
-//! module, which the clients (`netvm reload`, `netvm repl --connect`) read back.
+//! ops `policy`, `stage`, `reload` and `stats`, answered with the serde types of this
+//! module. A socket message is one line of at most 64 KiB, so policy text travels in
+//! slices and rule counters in pages; [`client`] is the other side, shared by `netvm
+//! reload` and `netvm repl --connect`. It does not answer `hello`, `attach` or `status`
+//! (the runtime does) and never prints: the callers decide what the operator sees.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
