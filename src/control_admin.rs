@@ -231,15 +231,15 @@ pub fn render_diagnostics(
 }
 
 impl LivePolicy {
-    /// The policy `checked` (from `source`, named `origin`) is what `handle` runs now.
+    /// The policy `checked` (named `origin`) is what `handle` runs now.
     pub fn new(
         handle: ProgramHandle,
         stats: Arc<Stats>,
         bindings: Bindings,
         origin: String,
-        source: String,
         checked: &netvm_lang::Checked,
     ) -> LivePolicy {
+        let source = checked.sources().get(netvm_lang::FileId(0)).text.clone();
         let rules = checked
             .policy
             .as_ref()
@@ -616,7 +616,6 @@ mod tests {
             Arc::new(Stats::new(2, 0)),
             Bindings::default(),
             "live.nvr".into(),
-            POLICY.into(),
             &checked,
         )
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use netvm_runtime::control::{resolve_socket, AdminHandler, ControlClient};
 
 use crate::commands::run::{self, Launched, SwitchArgs};
-use crate::control_admin::{check_source, LivePolicy};
+use crate::control_admin::check_source;
 use crate::repl::{self, LocalSwitch, RemoteSwitch, ReplSession};
 use crate::report::{self, Format};
 
@@ -60,21 +60,11 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     };
     let Launched {
         switch,
-        handle,
+        live,
         engine,
         binding_lines,
-        bindings,
         ..
-    } = run::launch(policy, &args.switch, false)?;
-    let source = checked.sources().get(netvm_lang::FileId(0)).text.clone();
-    let live = Arc::new(LivePolicy::new(
-        handle,
-        switch.stats(),
-        bindings,
-        origin.clone(),
-        source,
-        &checked,
-    ));
+    } = run::launch(&origin, &checked, &args.switch, false)?;
     // A control socket only when asked for (`--control PATH`): then `netvm reload`, `netvm
     // status` and another `netvm repl --connect` reach this switch too.
     let control = match args.switch.control {

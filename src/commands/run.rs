@@ -30,8 +30,6 @@ use netvm_runtime::{
     VmMode,
 };
 
-use netvm_lang::Policy;
-
 use crate::control_admin::{Bindings, LivePolicy};
 use crate::policy_table;
 use crate::report::{self, Format};
@@ -167,22 +165,12 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     };
     let Launched {
         switch,
-        handle,
+        live,
         engine,
         binding_lines,
-        bindings,
         vm_mode,
         duration,
-    } = launch(policy, &args.switch, true)?;
-    let source = checked.sources().get(netvm_lang::FileId(0)).text.clone();
-    let live = Arc::new(LivePolicy::new(
-        handle,
-        switch.stats(),
-        bindings,
-        args.policy.clone(),
-        source,
-        &checked,
-    ));
+    } = launch(&args.policy, &checked, &args.switch, true)?;
 
     // Before the banner: whoever waits for it may signal us at once.
     // SAFETY: the handlers only store to atomics, which is async-signal-safe.
@@ -258,20 +246,30 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
 /// A switch built from a policy and the binding options, not yet running.
 pub struct Launched {
     pub switch: Switch,
-    pub handle: ProgramHandle,
+    /// The switch's policy and the one way to change it (SIGHUP, control socket, REPL).
+    pub live: Arc<LivePolicy>,
     /// "Cranelift JIT" or the interpreter with the JIT's reason.
     pub engine: String,
     /// One line per port and VM: how it is bound.
     pub binding_lines: Vec<String>,
-    pub bindings: Bindings,
     pub vm_mode: VmMode,
     pub duration: Option<Duration>,
 }
 
-/// Compile `policy`, open its ports and VMs as `args` bind them (else as the policy's
-/// own bindings or the embedded defaults say) and build the switch. With `bounded`, an
-/// unbounded generator and no `--duration` runs 3 seconds; without, until stopped.
-pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launched, String> {
+/// Compile the policy `checked` (named `origin`), open its ports and VMs as `args` bind
+/// them (else as the policy's own bindings or the embedded defaults say) and build the
+/// switch. With `bounded`, an unbounded generator and no `--duration` runs 3 seconds;
+/// without, until stopped.
+pub fn launch(
+    origin: &str,
+    checked: &netvm_lang::Checked,
+    args: &SwitchArgs,
+    bounded: bool,
+) -> Result<Launched, String> {
+    let policy = checked
+        .policy
+        .as_ref()
+        .ok_or_else(|| format!("{origin}: the policy has errors"))?;
     let table = policy_table::policy_table(policy);
     let (classifier, engine) = policy_table::compile(policy)?;
 
@@ -399,12 +397,18 @@ pub fn launch(policy: &Policy, args: &SwitchArgs, bounded: bool) -> Result<Launc
     let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
     let handle = ProgramHandle::new(program);
     let switch = Switch::new(config, handle.clone(), ports, vms).map_err(|e| error_chain(&e))?;
+    let live = Arc::new(LivePolicy::new(
+        handle,
+        switch.stats(),
+        bindings,
+        origin.to_string(),
+        checked,
+    ));
     Ok(Launched {
         switch,
-        handle,
+        live,
         engine,
         binding_lines,
-        bindings,
         vm_mode,
         duration,
     })

@@ -815,7 +815,6 @@ test \"ssh is dropped\" {
             Arc::new(Stats::new(2, 1)),
             Bindings::default(),
             "policy.nvr".into(),
-            POLICY.into(),
             &checked,
         ));
         (ReplSession::new(Box::new(LocalSwitch(live.clone()))), live)
