@@ -165,9 +165,21 @@ pub const RULES_PER_REPLY: usize = 256;
 /// Rules of each kind (added, removed, changed) and warnings a `reload` reply lists; the
 /// counts are always exact.
 pub const LISTED_PER_KIND: usize = 20;
+/// Characters of a rule's text a `reload` reply shows.
+pub const LISTED_TEXT_CHARS: usize = 200;
 /// Uploads (`stage`) in progress at once, and the bytes they may hold together.
 const UPLOADS_MAX: usize = 16;
 const UPLOAD_BYTES_MAX: usize = 64 << 20;
+
+/// How long an upload may wait for its next slice before it is dropped (its client died).
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// A policy text arriving in slices.
+#[derive(Default)]
+struct Upload {
+    text: String,
+    last_slice: Option<Instant>,
+}
 
 /// `text[offset..]`, at most [`TEXT_SLICE_BYTES`], cut at a character boundary.
 fn text_slice(text: &str, offset: usize) -> Result<&str, String> {
@@ -192,7 +204,7 @@ pub struct LivePolicy {
     started: Instant,
     installed: Mutex<Installed>,
     /// Policy texts being uploaded in slices (`stage`), by the client's upload name.
-    uploads: Mutex<std::collections::HashMap<String, String>>,
+    uploads: Mutex<std::collections::HashMap<String, Upload>>,
 }
 
 /// The directory a policy's `import "file"` is relative to: its own, when `origin` is a
@@ -399,6 +411,14 @@ impl LivePolicy {
         }
     }
 
+    fn take_upload(&self, name: &str) -> Result<String, String> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads
+            .remove(name)
+            .map(|u| u.text)
+            .ok_or_else(|| format!("no upload `{name}` (send it with `stage` first)"))
+    }
+
     /// Answer one control-socket op (see the module doc).
     pub fn answer(&self, op: &str, args: &Value) -> Result<Value, String> {
         let offset = |name: &str| args.get(name).and_then(Value::as_u64).unwrap_or(0) as usize;
@@ -427,7 +447,8 @@ impl LivePolicy {
                     .and_then(Value::as_str)
                     .ok_or("`stage` needs `text`")?;
                 let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-                let held: usize = uploads.values().map(String::len).sum();
+                uploads.retain(|_, u| u.last_slice.is_some_and(|t| t.elapsed() < UPLOAD_IDLE));
+                let held: usize = uploads.values().map(|u| u.text.len()).sum();
                 if held + text.len() > UPLOAD_BYTES_MAX {
                     return Err(format!("uploads in progress exceed {UPLOAD_BYTES_MAX} bytes"));
                 }
@@ -435,28 +456,28 @@ impl LivePolicy {
                     return Err(format!("{UPLOADS_MAX} uploads are already in progress"));
                 }
                 let upload = uploads.entry(name.to_string()).or_default();
-                if offset("offset") != upload.len() {
-                    let have = upload.len();
+                if offset("offset") != upload.text.len() {
+                    let have = upload.text.len();
                     uploads.remove(name);
                     return Err(format!(
                         "upload `{name}`: slice at offset {} but {have} bytes received; start over",
                         offset("offset")
                     ));
                 }
-                upload.push_str(text);
-                Ok(json!({ "staged": upload.len() }))
+                upload.text.push_str(text);
+                upload.last_slice = Some(Instant::now());
+                Ok(json!({ "staged": upload.text.len() }))
             }
             // {source | upload, origin} → check, compile, swap; the report or diagnostics.
             "reload" => {
-                let source = match (args.get("source").and_then(Value::as_str), args.get("upload").and_then(Value::as_str)) {
+                let inline = args.get("source").and_then(Value::as_str);
+                let upload = args.get("upload").and_then(Value::as_str);
+                let source = match (inline, upload) {
                     (Some(text), _) => text.to_string(),
-                    (None, Some(name)) => self
-                        .uploads
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(name)
-                        .ok_or_else(|| format!("no upload `{name}` (send it with `stage` first)"))?,
-                    (None, None) => return Err("`reload` needs `source` (the policy's text) or `upload`".into()),
+                    (None, Some(name)) => self.take_upload(name)?,
+                    (None, None) => {
+                        return Err("`reload` needs `source` (the policy's text) or `upload`".into())
+                    }
                 };
                 let origin = match args.get("origin").and_then(Value::as_str) {
                     Some(o) => o.to_string(),
@@ -472,9 +493,7 @@ impl LivePolicy {
                         _ => full,
                     }
                 })?;
-                report.diff = report.diff.capped(LISTED_PER_KIND);
-                report.warnings.truncate(LISTED_PER_KIND);
-                report.warnings.retain(|w| w.len() < TEXT_SLICE_BYTES);
+                fit_in_one_message(&mut report);
                 Ok(json!({ "report": report }))
             }
             // {rules_from} → every counter, with at most RULES_PER_REPLY rules.
@@ -489,6 +508,43 @@ impl LivePolicy {
                 "unknown op `{other}` (this switch answers hello, attach, status, policy, stage, reload, stats)"
             )),
         }
+    }
+}
+
+/// Shorten a reload's report so that its reply fits one socket message whatever the
+/// policy: at most [`LISTED_PER_KIND`] rules of each kind (the counts stay exact), rule
+/// texts cut to [`LISTED_TEXT_CHARS`], and warnings up to [`TEXT_SLICE_BYTES`] in all,
+/// then a line saying how many were left out.
+fn fit_in_one_message(report: &mut ReloadReport) {
+    fn cut(text: &mut String) {
+        if let Some((at, _)) = text.char_indices().nth(LISTED_TEXT_CHARS) {
+            text.truncate(at);
+            text.push('…');
+        }
+    }
+    report.diff = report.diff.capped(LISTED_PER_KIND);
+    for rule in report.diff.added.iter_mut().chain(&mut report.diff.removed) {
+        cut(&mut rule.text);
+    }
+    for (before, after) in &mut report.diff.changed {
+        cut(&mut before.text);
+        cut(&mut after.text);
+    }
+    let mut bytes = 0;
+    let kept = report
+        .warnings
+        .iter()
+        .take_while(|w| {
+            bytes += w.len();
+            bytes <= TEXT_SLICE_BYTES
+        })
+        .count();
+    let left_out = report.warnings.len() - kept;
+    report.warnings.truncate(kept);
+    if left_out > 0 {
+        report.warnings.push(format!(
+            "... and {left_out} more warnings (`netvm check` shows them all)"
+        ));
     }
 }
 
@@ -662,6 +718,43 @@ mod tests {
         let policy = live.answer("policy", &json!({})).unwrap();
         assert_eq!(policy["version"], 1);
         assert_eq!(policy["total"], next.len());
+    }
+
+    #[test]
+    fn a_reload_reply_of_a_huge_change_still_fits_one_message() {
+        let live = live();
+        let mut next = String::from("port a\nport b\n");
+        for i in 0..300 {
+            // Long rules, every one shadowed by the first (a warning each).
+            let set: Vec<String> = (1..100).map(|p| p.to_string()).collect();
+            next.push_str(&format!(
+                "rule r{i} : tcp.dport in {{{}}} => drop\n",
+                set.join(", ")
+            ));
+        }
+        next.push_str("default => out b\n");
+        let reply = live.answer("reload", &json!({ "source": next })).unwrap();
+        let line = serde_json::to_string(&reply).unwrap();
+        assert!(
+            line.len() < netvm_runtime::control::MAX_LINE,
+            "{} bytes",
+            line.len()
+        );
+        let report: ReloadReport = serde_json::from_value(reply["report"].clone()).unwrap();
+        assert_eq!(report.diff.counts(), [300, 1, 0]);
+        assert_eq!(report.diff.added.len(), LISTED_PER_KIND);
+        let longest = report
+            .diff
+            .added
+            .iter()
+            .map(|r| r.text.chars().count())
+            .max();
+        assert_eq!(
+            longest,
+            Some(LISTED_TEXT_CHARS + 1),
+            "cut, with an ellipsis"
+        );
+        assert!(report.warnings.last().unwrap().contains("more warnings"));
     }
 
     #[test]
