@@ -98,6 +98,30 @@ pub trait Port: Send {
     fn attach_pool(&mut self, _pool: &PacketPool) -> Result<(), PortError> {
         Ok(())
     }
+
+    /// Receive queues the port spreads traffic over (RSS), each of which one switch
+    /// thread can own: the switch runs this many switch threads unless told otherwise.
+    fn rx_queues(&self) -> usize {
+        1
+    }
+
+    /// The NUMA node the device sits on, when known: switch threads are pinned to its
+    /// cores and the shared pool is placed on it.
+    fn numa_node(&self) -> Option<usize> {
+        None
+    }
+
+    /// For a switch with `threads` switch threads, each polling and sending on its own
+    /// share of the port: returns the ports threads `1..threads` use, in order (this
+    /// one stays thread 0's). Called once, after [`Port::attach_pool`], before any
+    /// burst. Each returned port is polled by one thread only; the switch calls their
+    /// [`Port::finish`] before this one's. Drivers with one queue refuse.
+    fn split(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+        Err(PortError::Other(format!(
+            "`{}` has one queue and cannot be shared by {threads} switch threads",
+            self.describe()
+        )))
+    }
 }
 
 /// Receive-side buffer allocation for one burst.

@@ -1,6 +1,6 @@
 //! `null`: receives nothing, transmits into the void (a sink for benchmarks).
 
-use super::{Port, RxBurst};
+use super::{Port, PortError, RxBurst};
 
 #[derive(Debug, Default)]
 pub struct NullPort;
@@ -22,5 +22,12 @@ impl Port for NullPort {
 
     fn tx_burst(&mut self, frames: &[&[u8]]) -> usize {
         frames.len()
+    }
+
+    /// Every switch thread gets its own sink.
+    fn split(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+        Ok((1..threads)
+            .map(|_| Box::new(NullPort) as Box<dyn Port>)
+            .collect())
     }
 }
