@@ -340,9 +340,9 @@ impl LivePolicy {
         let ports = table
             .port_names
             .iter()
-            .zip(&s.ports)
             .enumerate()
-            .map(|(i, (name, c))| PortStats {
+            .map(|(i, name)| (i, name, s.port(i)))
+            .map(|(i, name, c)| PortStats {
                 name: name.clone(),
                 driver: self
                     .bindings
@@ -350,18 +350,18 @@ impl LivePolicy {
                     .get(i)
                     .cloned()
                     .unwrap_or_default(),
-                rx_packets: c.rx_packets.get(),
-                rx_bytes: c.rx_bytes.get(),
-                tx_packets: c.tx_packets.get(),
-                tx_bytes: c.tx_bytes.get(),
+                rx_packets: c.rx_packets,
+                rx_bytes: c.rx_bytes,
+                tx_packets: c.tx_packets,
+                tx_bytes: c.tx_bytes,
             })
             .collect();
         let vms = table
             .vm_names
             .iter()
-            .zip(&s.vms)
             .enumerate()
-            .map(|(i, (name, c))| VmStats {
+            .map(|(i, name)| (i, name, s.vm(i)))
+            .map(|(i, name, c)| VmStats {
                 name: name.clone(),
                 function: self
                     .bindings
@@ -370,32 +370,32 @@ impl LivePolicy {
                     .cloned()
                     .unwrap_or_default(),
                 trusted: table.vm_trusted.get(i).copied().unwrap_or(false),
-                packets_in: c.packets_in.get(),
-                mirrored_in: c.mirrored_in.get(),
-                passed: c.passed.get(),
-                dropped: c.dropped.get(),
+                packets_in: c.packets_in,
+                mirrored_in: c.mirrored_in,
+                passed: c.passed,
+                dropped: c.dropped,
             })
             .collect();
         let rules = table
             .rules
             .iter()
             .chain(std::iter::once(&table.default))
-            .zip(program.rule_counters())
-            .map(|(rule, c)| RuleStats {
+            .zip(program.rule_totals())
+            .map(|(rule, (packets, bytes))| RuleStats {
                 name: rule.name.clone(),
-                packets: c.packets.get(),
-                bytes: c.bytes.get(),
+                packets,
+                bytes,
             })
             .collect();
         let counters = table
             .counter_names
             .iter()
-            .zip(program.named_counters())
-            .map(|(name, c)| (name.clone(), c.get()))
+            .cloned()
+            .zip(program.named_totals())
             .collect();
         let drops = netvm_runtime::stats::DropReason::ALL
             .iter()
-            .map(|&r| (r.name().to_string(), s.drops[r as usize].get()))
+            .map(|&r| (r.name().to_string(), s.drops(r)))
             .filter(|(_, n)| *n > 0)
             .collect();
         SwitchStats {

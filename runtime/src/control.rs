@@ -549,7 +549,7 @@ impl ControlState {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let c = &self.stats.vms[i];
+                let c = self.stats.vm(i);
                 let external = self.external.vms.iter().find(|e| e.vm == i);
                 let (kind, state, pid, fill, attaches) = match external {
                     Some(e) => (
@@ -571,11 +571,11 @@ impl ControlState {
                     "pid": pid,
                     "ring_fill": fill,
                     "attaches": attaches,
-                    "packets_in": c.packets_in.get(),
-                    "mirrored_in": c.mirrored_in.get(),
-                    "passed": c.passed.get(),
-                    "dropped": c.dropped.get(),
-                    "copied_bytes": c.copied_bytes.get(),
+                    "packets_in": c.packets_in,
+                    "mirrored_in": c.mirrored_in,
+                    "passed": c.passed,
+                    "dropped": c.dropped,
+                    "copied_bytes": c.copied_bytes,
                 })
             })
             .collect();
@@ -584,23 +584,18 @@ impl ControlState {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let c = &self.stats.ports[i];
+                let c = self.stats.port(i);
                 json!({
                     "name": name,
                     "driver": self.port_drivers.get(i).cloned().unwrap_or_default(),
-                    "rx_packets": c.rx_packets.get(),
-                    "tx_packets": c.tx_packets.get(),
+                    "rx_packets": c.rx_packets,
+                    "tx_packets": c.tx_packets,
                 })
             })
             .collect();
         let drops: serde_json::Map<String, Value> = DropReason::ALL
             .iter()
-            .map(|&r| {
-                (
-                    r.name().to_string(),
-                    json!(self.stats.drops[r as usize].get()),
-                )
-            })
+            .map(|&r| (r.name().to_string(), json!(self.stats.drops(r))))
             .collect();
         json!({
             "pid": std::process::id(),

@@ -194,12 +194,13 @@ pub struct Program {
     pub table: PolicyTable,
     /// Each rule's fate as hops, then the default's: what the switch walks.
     chains: Vec<Vec<Hop>>,
-    /// Each rule's counters, then the default's. Shared (`Arc`) so a reload can hand a
-    /// rule that keeps its name the very same counters: increments from bursts still on
-    /// the old program land in them too.
-    rule_counters: Vec<Arc<RuleCounters>>,
-    /// The policy's named counters, in `table.counter_names` order.
-    named_counters: Vec<Arc<Counter>>,
+    /// Per switch thread (shard): each rule's counters, then the default's. Shared
+    /// (`Arc`) so a reload can hand a rule that keeps its name the very same counters:
+    /// increments from bursts still on the old program land in them too. One shard per
+    /// switch thread, so every counter has one writer.
+    rule_counters: Vec<Vec<Arc<RuleCounters>>>,
+    /// Per shard: the policy's named counters, in `table.counter_names` order.
+    named_counters: Vec<Vec<Arc<Counter>>>,
 }
 
 impl std::fmt::Debug for Program {
@@ -230,63 +231,115 @@ impl Program {
             .chain(std::iter::once(&table.default))
             .map(|a| a.fate.hops())
             .collect();
-        let rule_counters = (0..=table.rules.len())
-            .map(|_| Arc::new(RuleCounters::default()))
-            .collect();
-        let named_counters = (0..table.counter_names.len())
-            .map(|_| Arc::new(Counter::default()))
-            .collect();
-        Ok(Program {
+        let mut program = Program {
             classifier,
             table,
             chains,
-            rule_counters,
-            named_counters,
-        })
+            rule_counters: Vec::new(),
+            named_counters: Vec::new(),
+        };
+        program.set_shards(1);
+        Ok(program)
     }
 
-    /// Per-rule counters, one per rule then the default's.
+    /// The same program with counters for `threads` switch threads (a switch refuses a
+    /// program with fewer shards than it has switch threads).
+    pub fn with_shards(mut self, threads: usize) -> Program {
+        self.set_shards(threads);
+        self
+    }
+
+    /// Grow (never shrink) to `threads` shards of fresh counters.
+    fn set_shards(&mut self, threads: usize) {
+        while self.rule_counters.len() < threads.max(1) {
+            self.rule_counters.push(
+                (0..=self.table.rules.len())
+                    .map(|_| Arc::new(RuleCounters::default()))
+                    .collect(),
+            );
+            self.named_counters.push(
+                (0..self.table.counter_names.len())
+                    .map(|_| Arc::new(Counter::default()))
+                    .collect(),
+            );
+        }
+    }
+
+    /// How many switch threads can count into this program.
+    pub fn shards(&self) -> usize {
+        self.rule_counters.len()
+    }
+
+    /// Switch thread `shard`'s per-rule counters, one per rule then the default's.
+    /// Only that thread writes them. (A shard past the last, which a switch never asks
+    /// for, gets the last one.)
     #[inline]
-    pub fn rule_counters(&self) -> &[Arc<RuleCounters>] {
-        &self.rule_counters
+    pub fn rule_counters(&self, shard: usize) -> &[Arc<RuleCounters>] {
+        &self.rule_counters[shard.min(self.rule_counters.len() - 1)]
     }
 
-    /// Named counters, in `table.counter_names` order.
+    /// Switch thread `shard`'s named counters, in `table.counter_names` order.
     #[inline]
-    pub fn named_counters(&self) -> &[Arc<Counter>] {
-        &self.named_counters
+    pub fn named_counters(&self, shard: usize) -> &[Arc<Counter>] {
+        &self.named_counters[shard.min(self.named_counters.len() - 1)]
     }
 
-    /// Before installing `self` in place of `old`: share `old`'s counters for every rule
-    /// (the default included) and named counter that keeps its name. Returns how many
-    /// rule counters carried over. Call it off the data path, before the swap.
+    /// Each rule's (then the default's) packets and bytes, summed over the shards.
+    pub fn rule_totals(&self) -> Vec<(u64, u64)> {
+        let mut totals = vec![(0, 0); self.table.rules.len() + 1];
+        for shard in &self.rule_counters {
+            for (t, c) in totals.iter_mut().zip(shard) {
+                t.0 += c.packets.get();
+                t.1 += c.bytes.get();
+            }
+        }
+        totals
+    }
+
+    /// Each named counter, summed over the shards.
+    pub fn named_totals(&self) -> Vec<u64> {
+        let mut totals = vec![0; self.table.counter_names.len()];
+        for shard in &self.named_counters {
+            for (t, c) in totals.iter_mut().zip(shard) {
+                *t += c.get();
+            }
+        }
+        totals
+    }
+
+    /// Before installing `self` in place of `old`: take as many shards as `old` has, and
+    /// share `old`'s counters for every rule (the default included) and named counter
+    /// that keeps its name. Returns how many rule counters carried over. Call it off the
+    /// data path, before the swap.
     pub fn carry_counters_from(&mut self, old: &Program) -> usize {
         use std::collections::HashMap;
-        let old_rules: HashMap<&str, &Arc<RuleCounters>> = old
+        self.set_shards(old.shards());
+        let old_rules: HashMap<&str, usize> = old
             .table
             .rules
             .iter()
-            .map(|r| r.name.as_str())
-            .zip(&old.rule_counters)
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
             .collect();
         let mut carried = 0;
-        for (rule, slot) in self.table.rules.iter().zip(&mut self.rule_counters) {
-            if let Some(c) = old_rules.get(rule.name.as_str()) {
-                *slot = Arc::clone(c);
+        for (i, rule) in self.table.rules.iter().enumerate() {
+            if let Some(&j) = old_rules.get(rule.name.as_str()) {
+                for (new, old) in self.rule_counters.iter_mut().zip(&old.rule_counters) {
+                    new[i] = Arc::clone(&old[j]);
+                }
                 carried += 1;
             }
         }
-        if let (Some(new), Some(old)) = (self.rule_counters.last_mut(), old.rule_counters.last()) {
-            *new = Arc::clone(old);
+        for (new, old) in self.rule_counters.iter_mut().zip(&old.rule_counters) {
+            if let (Some(new), Some(old)) = (new.last_mut(), old.last()) {
+                *new = Arc::clone(old);
+            }
         }
-        for (name, slot) in self
-            .table
-            .counter_names
-            .iter()
-            .zip(&mut self.named_counters)
-        {
-            if let Some(i) = old.table.counter_names.iter().position(|n| n == name) {
-                *slot = Arc::clone(&old.named_counters[i]);
+        for (i, name) in self.table.counter_names.iter().enumerate() {
+            if let Some(j) = old.table.counter_names.iter().position(|n| n == name) {
+                for (new, old) in self.named_counters.iter_mut().zip(&old.named_counters) {
+                    new[i] = Arc::clone(&old[j]);
+                }
             }
         }
         carried
@@ -367,8 +420,11 @@ impl ProgramHandle {
     /// and nothing changes. The old program is freed when the returned `Arc` and the
     /// last in-flight burst's guard are both gone, so the caller chooses where that cost
     /// falls (not inside the swap).
-    pub fn swap(&self, program: Program) -> Result<Arc<Program>, PolicyTableError> {
+    /// The new program gets at least as many counter shards as the old one has (one
+    /// per switch thread).
+    pub fn swap(&self, mut program: Program) -> Result<Arc<Program>, PolicyTableError> {
         self.check_compatible(&program)?;
+        program.set_shards(self.current.load().shards());
         Ok(self.current.swap(Arc::new(program)))
     }
 }

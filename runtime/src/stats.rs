@@ -1,7 +1,8 @@
 //! Counters the switch keeps: per port, per VM, per rule, per named counter, and drops
 //! by reason.
 //!
-//! The switch thread is the only writer of every counter, so a bump is a relaxed load
+//! Each counter has one writer, its switch thread (several switch threads each write
+//! their own shard, [`StatsShard`], and readers sum), so a bump is a relaxed load
 //! and store (a plain `mov` on x86), not a locked read-modify-write; other threads (the
 //! live display) read them relaxed and may see a value one burst old. The invariant the
 //! switch keeps and [`StatsSnapshot::balanced`] checks: every received packet is either
@@ -10,6 +11,7 @@
 //! packets.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Why a packet did not leave by a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +120,9 @@ pub struct RuleCounters {
     pub bytes: Counter,
 }
 
-/// Every counter of one switch.
+/// The counters one switch thread writes: its ports' share, VM hand-offs, drops.
 #[derive(Debug)]
-pub struct Stats {
+pub struct StatsShard {
     pub ports: Vec<PortCounters>,
     pub vms: Vec<VmCounters>,
     pub drops: [Counter; DropReason::ALL.len()],
@@ -128,11 +130,9 @@ pub struct Stats {
     pub mirrors_done: Counter,
 }
 
-impl Stats {
-    /// Rule and named counters live in the [`crate::Program`] (so a hot reload can carry
-    /// them over by name); this holds the rest.
-    pub fn new(ports: usize, vms: usize) -> Stats {
-        Stats {
+impl StatsShard {
+    fn new(ports: usize, vms: usize) -> StatsShard {
+        StatsShard {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             vms: (0..vms).map(|_| VmCounters::default()).collect(),
             drops: Default::default(),
@@ -145,17 +145,121 @@ impl Stats {
     pub fn count_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].add(n);
     }
+}
+
+/// A port's counters summed over the switch threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// A VM's counters summed over the switch threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VmTotals {
+    pub packets_in: u64,
+    pub mirrored_in: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub copied_bytes: u64,
+}
+
+/// Every counter of one switch but the rules' (those live in the [`crate::Program`], so
+/// that a hot reload can carry them over by name): one [`StatsShard`] per switch thread,
+/// each written by that thread alone, so no counter is ever written by two threads.
+/// Readers sum the shards.
+#[derive(Debug)]
+pub struct Stats {
+    shards: Vec<Arc<StatsShard>>,
+}
+
+impl Stats {
+    /// Counters for a switch with one switch thread.
+    pub fn new(ports: usize, vms: usize) -> Stats {
+        Stats::sharded(ports, vms, 1)
+    }
+
+    /// Counters for a switch with `threads` switch threads (at least one).
+    pub fn sharded(ports: usize, vms: usize, threads: usize) -> Stats {
+        Stats {
+            shards: (0..threads.max(1))
+                .map(|_| Arc::new(StatsShard::new(ports, vms)))
+                .collect(),
+        }
+    }
+
+    /// The shard switch thread `thread` writes (the last one for a larger index).
+    pub fn shard(&self, thread: usize) -> Arc<StatsShard> {
+        self.shards[thread.min(self.shards.len() - 1)].clone()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.shards[0].ports.len()
+    }
+
+    pub fn vm_count(&self) -> usize {
+        self.shards[0].vms.len()
+    }
+
+    fn sum(&self, f: impl Fn(&StatsShard) -> u64) -> u64 {
+        self.shards.iter().map(|s| f(s)).sum()
+    }
+
+    /// Port `i`'s counters, summed (zeros for an index out of range).
+    pub fn port(&self, i: usize) -> PortTotals {
+        let get = |f: fn(&PortCounters) -> &Counter| {
+            self.sum(|s| s.ports.get(i).map_or(0, |p| f(p).get()))
+        };
+        PortTotals {
+            rx_packets: get(|p| &p.rx_packets),
+            rx_bytes: get(|p| &p.rx_bytes),
+            tx_packets: get(|p| &p.tx_packets),
+            tx_bytes: get(|p| &p.tx_bytes),
+        }
+    }
+
+    /// VM `i`'s counters, summed (zeros for an index out of range).
+    pub fn vm(&self, i: usize) -> VmTotals {
+        let get =
+            |f: fn(&VmCounters) -> &Counter| self.sum(|s| s.vms.get(i).map_or(0, |v| f(v).get()));
+        VmTotals {
+            packets_in: get(|v| &v.packets_in),
+            mirrored_in: get(|v| &v.mirrored_in),
+            passed: get(|v| &v.passed),
+            dropped: get(|v| &v.dropped),
+            copied_bytes: get(|v| &v.copied_bytes),
+        }
+    }
+
+    /// Packets dropped for `reason`.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.sum(|s| s.drops[reason as usize].get())
+    }
+
+    pub fn mirrored(&self) -> u64 {
+        self.sum(|s| s.mirrored.get())
+    }
+
+    pub fn mirrors_done(&self) -> u64 {
+        self.sum(|s| s.mirrors_done.get())
+    }
 
     pub fn rx_total(&self) -> u64 {
-        self.ports.iter().map(|p| p.rx_packets.get()).sum()
+        self.sum(|s| s.ports.iter().map(|p| p.rx_packets.get()).sum())
     }
 
     pub fn tx_total(&self) -> u64 {
-        self.ports.iter().map(|p| p.tx_packets.get()).sum()
+        self.sum(|s| s.ports.iter().map(|p| p.tx_packets.get()).sum())
     }
 
     pub fn drop_total(&self) -> u64 {
-        self.drops.iter().map(Counter::get).sum()
+        self.sum(|s| s.drops.iter().map(Counter::get).sum())
     }
 }
 

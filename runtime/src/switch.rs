@@ -47,11 +47,14 @@ use crate::pool::{PacketPool, PoolCache};
 use crate::port::{Port, RxBurst};
 use crate::region::{Backing, HugepagePolicy, RegionError, SharedRegion};
 use crate::ring::{Ring, RingConsumer, RingError, RingProducer};
-use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsSnapshot, VmRow};
+use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsShard, StatsSnapshot, VmRow};
 use crate::vm::{self, Frame, NetworkFunction, Verdict};
 
 /// Largest RX burst.
 pub const MAX_BURST: usize = 64;
+
+/// Most switch threads one switch runs.
+pub const MAX_SWITCH_THREADS: usize = 64;
 /// Most VMs a packet may visit on one trip (bounds `to` loops).
 pub const MAX_VISITS: usize = 32;
 
@@ -91,6 +94,9 @@ pub struct SwitchConfig {
     /// How long a VM process may leave packets waiting for it without answering before
     /// it is declared stalled and its overflow is dropped (RX pauses meanwhile).
     pub process_stall: Duration,
+    /// Switch threads, each polling its own share of every port (a receive queue of a
+    /// multi-queue device, [`Port::split`]) on its own core. 1: one thread polls all.
+    pub switch_threads: usize,
 }
 
 impl Default for SwitchConfig {
@@ -106,6 +112,7 @@ impl Default for SwitchConfig {
             duration: None,
             wait_for_processes: None,
             process_stall: DEFAULT_PROCESS_STALL,
+            switch_threads: 1,
         }
     }
 }
@@ -132,6 +139,10 @@ pub enum SwitchError {
     Numa(#[from] crate::numa::NumaError),
     #[error("a VM thread panicked")]
     VmPanicked,
+    #[error("a switch thread panicked")]
+    SwitchPanicked,
+    #[error("{threads} switch threads: {why}")]
+    Threads { threads: usize, why: String },
     #[error("port `{port}` could not start on the shared pool")]
     Port {
         port: String,
@@ -151,6 +162,8 @@ pub struct Switch {
     config: SwitchConfig,
     program: ProgramHandle,
     ports: Vec<Box<dyn Port>>,
+    /// The ports of switch threads 1.. (each port's share, [`Port::split`]).
+    split_ports: Vec<Vec<Box<dyn Port>>>,
     vms: Vec<Box<dyn NetworkFunction>>,
     region: Arc<SharedRegion>,
     pool: PacketPool,
@@ -225,10 +238,39 @@ impl Switch {
         if !(1..=MAX_BURST).contains(&config.burst_len) {
             return Err(SwitchError::BadBurst(config.burst_len));
         }
+        let threads = config.switch_threads;
+        let refuse = |why: String| Err(SwitchError::Threads { threads, why });
+        if threads == 0 || threads > MAX_SWITCH_THREADS {
+            return refuse(format!("expected 1 to {MAX_SWITCH_THREADS}"));
+        }
+        if threads > 1 {
+            if let Some(i) = vms.iter().position(|nf| nf.external()) {
+                return refuse(format!(
+                    "VM `{}` is a process, and VM processes attach to one switch thread \
+                     (run with one switch thread)",
+                    table.vm_names[i]
+                ));
+            }
+            if config.vm_mode == VmMode::Inline && !vms.is_empty() {
+                return refuse(
+                    "VMs run inline on the switch core only with one switch thread; \
+                     give them their own threads (--vm-mode thread)"
+                        .into(),
+                );
+            }
+            if loaded.shards() < threads {
+                return refuse(format!(
+                    "the program counts for {} (build it with Program::with_shards)",
+                    loaded.shards()
+                ));
+            }
+        }
         let region = SharedRegion::create(
             RegionConfig {
                 buffer_count: config.buffer_count,
-                ring_count: (2 * vms.len()).max(1),
+                // A ring pair per VM per switch thread: switch thread k, VM i uses
+                // rings 2(kV + i) and 2(kV + i) + 1.
+                ring_count: (2 * vms.len() * threads).max(1),
                 ring_slots: config.ring_slots,
                 counter_count: 0,
             },
@@ -245,6 +287,25 @@ impl Switch {
                     source,
                 })?;
         }
+        let mut split_ports: Vec<Vec<Box<dyn Port>>> = (1..threads).map(|_| Vec::new()).collect();
+        if threads > 1 {
+            for (i, port) in ports.iter_mut().enumerate() {
+                let shares = port.split(threads).map_err(|source| SwitchError::Port {
+                    port: table.port_names[i].clone(),
+                    source,
+                })?;
+                if shares.len() != threads - 1 {
+                    return refuse(format!(
+                        "port `{}` split into {} shares",
+                        table.port_names[i],
+                        shares.len() + 1
+                    ));
+                }
+                for (k, share) in shares.into_iter().enumerate() {
+                    split_ports[k].push(share);
+                }
+            }
+        }
         let mut private = Vec::with_capacity(vms.len());
         for &trusted in &table.vm_trusted {
             private.push(if trusted {
@@ -252,8 +313,8 @@ impl Switch {
             } else {
                 let region = SharedRegion::create_named(
                     RegionConfig {
-                        buffer_count: config.ring_slots + 4 * MAX_BURST,
-                        ring_count: 2,
+                        buffer_count: threads * (config.ring_slots + 4 * MAX_BURST),
+                        ring_count: 2 * threads,
                         ring_slots: config.ring_slots,
                         counter_count: 0,
                     },
@@ -278,16 +339,21 @@ impl Switch {
             &topology,
             &PlacementRequest {
                 cores,
-                switch_threads: 1,
+                switch_threads: threads,
                 vm_threads: if config.vm_mode == VmMode::Thread {
                     vms.len()
                 } else {
                     0
                 },
-                pool_node: None,
+                // Switch threads (and so their shares of the pool) go next to the
+                // devices they poll.
+                pool_node: ports
+                    .iter()
+                    .find_map(|p| p.numa_node())
+                    .filter(|node| topology.nodes().iter().any(|n| n.id == *node)),
             },
         )?;
-        let stats = Arc::new(Stats::new(ports.len(), vms.len()));
+        let stats = Arc::new(Stats::sharded(ports.len(), vms.len(), threads));
         let mut external = Vec::new();
         for (i, nf) in vms.iter().enumerate() {
             if !nf.external() {
@@ -312,6 +378,7 @@ impl Switch {
             config,
             program,
             ports,
+            split_ports,
             vms,
             region,
             pool,
@@ -388,9 +455,11 @@ impl Switch {
     }
 
     /// Run until the inputs are drained, `duration` passes or the stop flag is raised.
+    /// Switch thread 0 is the calling thread; threads 1.. are spawned for the run.
     pub fn run(mut self) -> Result<RunReport, SwitchError> {
         let start = Instant::now();
         let mut warnings = Vec::new();
+        let threads = self.config.switch_threads;
         let switch_core = self.placement.threads.first().map(|t| t.core);
         if let Some(core) = switch_core {
             if let Err(e) = numa::pin_current_thread(core) {
@@ -400,7 +469,10 @@ impl Switch {
         let program = self.program.load_full();
         let inline = self.config.vm_mode == VmMode::Inline;
         let shutdown = Arc::new(AtomicBool::new(false));
-        let mut slots = Vec::with_capacity(self.vms.len());
+        let vm_count = self.vms.len();
+        // Each switch thread's link to every VM, in VM order.
+        let mut slots: Vec<Vec<VmSlot>> =
+            (0..threads).map(|_| Vec::with_capacity(vm_count)).collect();
         let mut workers = Vec::new();
         // The placeholders of process VMs, given back to `self.vms` at the end.
         let mut externals = Vec::new();
@@ -412,11 +484,23 @@ impl Switch {
                 .map(|p| (p.pool.clone(), p.region.clone()));
             let writes = nf.writes();
             let hold = nf.hold();
-            let copy_cache = match &private {
-                Some((pool, _)) => Some(pool.cache(MAX_BURST)?),
-                None => None,
+            let copy_cache = || -> Result<Option<PoolCache>, SwitchError> {
+                Ok(match &private {
+                    Some((pool, _)) => Some(pool.cache(MAX_BURST)?),
+                    None => None,
+                })
             };
-            let link = if nf.external() {
+            let slot = |link: Link| -> Result<VmSlot, SwitchError> {
+                Ok(VmSlot {
+                    trusted,
+                    writes,
+                    hold,
+                    copy_cache: copy_cache()?,
+                    link,
+                })
+            };
+            if nf.external() {
+                // One switch thread (Switch::new refuses processes with more).
                 let ext = self
                     .external
                     .vms
@@ -427,7 +511,7 @@ impl Switch {
                 let ring_in = ext.region.ring(ext.ring_in)?;
                 let ring_out = ext.region.ring(ext.ring_out)?;
                 externals.push(nf);
-                Link::Process(ProcessLink {
+                slots[0].push(slot(Link::Process(ProcessLink {
                     ext,
                     ring_in,
                     ring_out,
@@ -438,85 +522,137 @@ impl Switch {
                     last_progress: Instant::now(),
                     stalled: false,
                     fifo: VecDeque::with_capacity(self.config.ring_slots),
-                })
-            } else if inline {
-                Link::Inline(nf)
-            } else {
+                }))?);
+                continue;
+            }
+            if inline {
+                // One switch thread (Switch::new refuses inline VMs with more).
+                slots[0].push(slot(Link::Inline(nf))?);
+                continue;
+            }
+            // A VM thread serves every switch thread, each over its own ring pair.
+            let mut pairs = Vec::with_capacity(threads);
+            for (k, engine_slots) in slots.iter_mut().enumerate() {
                 let (ring_in, ring_out) = match &private {
-                    Some((_, region)) => (region.ring(0)?, region.ring(1)?),
-                    None => (self.region.ring(2 * i)?, self.region.ring(2 * i + 1)?),
+                    Some((_, region)) => (region.ring(2 * k)?, region.ring(2 * k + 1)?),
+                    None => {
+                        let first = 2 * (k * vm_count + i);
+                        (self.region.ring(first)?, self.region.ring(first + 1)?)
+                    }
                 };
-                let worker = VmWorker {
-                    nf,
-                    // An untrusted VM's worker holds its private pool and nothing else.
-                    pool: match &private {
-                        Some((pool, _)) => pool.clone(),
-                        None => self.pool.clone(),
-                    },
-                    rx: ring_in.consumer()?,
-                    tx: ring_out.producer()?,
-                    shutdown: shutdown.clone(),
-                    idle: self.config.idle,
-                    core: self.placement.threads.get(1 + i).map(|t| t.core),
-                };
-                workers.push(
-                    thread::Builder::new()
-                        .name(format!("netvm-vm{i}"))
-                        .spawn(move || worker.run())
-                        .map_err(|_| SwitchError::VmPanicked)?,
-                );
-                Link::Thread {
+                pairs.push((ring_in.consumer()?, ring_out.producer()?));
+                engine_slots.push(slot(Link::Thread {
                     tx: ring_in.producer()?,
                     rx: ring_out.consumer()?,
                     fifo: VecDeque::with_capacity(self.config.ring_slots),
                     backlog: VecDeque::new(),
-                }
+                })?);
+            }
+            let worker = VmWorker {
+                nf,
+                // An untrusted VM's worker holds its private pool and nothing else.
+                pool: match &private {
+                    Some((pool, _)) => pool.clone(),
+                    None => self.pool.clone(),
+                },
+                pairs,
+                shutdown: shutdown.clone(),
+                idle: self.config.idle,
+                core: self.placement.threads.get(threads + i).map(|t| t.core),
             };
-            slots.push(VmSlot {
-                trusted,
-                writes,
-                hold,
-                copy_cache,
-                link,
-            });
+            workers.push(
+                thread::Builder::new()
+                    .name(format!("netvm-vm{i}"))
+                    .spawn(move || worker.run())
+                    .map_err(|_| SwitchError::VmPanicked)?,
+            );
         }
-        let process_vms: Vec<usize> = slots
+        let process_vms: Vec<usize> = slots[0]
             .iter()
             .enumerate()
             .filter(|(_, s)| matches!(s.link, Link::Process(_)))
             .map(|(i, _)| i)
             .collect();
-        let mut engine = Engine {
-            current: program.clone(),
-            generation: 0,
-            current_holds: 0,
-            retired: Vec::new(),
-            process_stall: self.config.process_stall,
-            rx_gate: self
-                .config
-                .wait_for_processes
-                .filter(|_| !process_vms.is_empty())
-                .map(|d| Instant::now() + d),
-            process_vms,
-            pool: self.pool.clone(),
-            cache: self.pool.cache(2 * MAX_BURST)?,
-            ports: std::mem::take(&mut self.ports),
-            tx_batches: Vec::new(),
-            vms: slots,
-            stats: self.stats.clone(),
-            burst_len: self.config.burst_len,
-            ring_slots: self.config.ring_slots,
-        };
-        engine.tx_batches = (0..engine.ports.len())
-            .map(|_| Vec::with_capacity(MAX_BURST))
+        let port_sets = std::iter::once(std::mem::take(&mut self.ports))
+            .chain(std::mem::take(&mut self.split_ports));
+        let mut engines = Vec::with_capacity(threads);
+        for (shard, (ports, vms)) in port_sets.zip(slots).enumerate() {
+            let process_vms = if shard == 0 {
+                process_vms.clone()
+            } else {
+                Vec::new()
+            };
+            let engine = Engine {
+                current: program.clone(),
+                generation: 0,
+                current_holds: 0,
+                retired: Vec::new(),
+                process_stall: self.config.process_stall,
+                rx_gate: self
+                    .config
+                    .wait_for_processes
+                    .filter(|_| !process_vms.is_empty())
+                    .map(|d| Instant::now() + d),
+                process_vms,
+                pool: self.pool.clone(),
+                cache: self.pool.cache(2 * MAX_BURST)?,
+                tx_batches: (0..ports.len())
+                    .map(|_| Vec::with_capacity(MAX_BURST))
+                    .collect(),
+                ports,
+                vms,
+                shard,
+                stats: self.stats.shard(shard),
+                burst_len: self.config.burst_len,
+                ring_slots: self.config.ring_slots,
+            };
+            engines.push(engine);
+        }
+        let mut others = engines.split_off(1);
+        let mut engine = engines.pop().ok_or(SwitchError::SwitchPanicked)?;
+        let (handle, stop) = (&self.program, &*self.stop);
+        let (duration, idle) = (self.config.duration, self.config.idle);
+        let cores: Vec<Option<usize>> = (1..threads)
+            .map(|k| self.placement.threads.get(k).map(|t| t.core))
             .collect();
-        engine.poll_until_done(
-            &self.program,
-            &self.stop,
-            self.config.duration,
-            self.config.idle,
-            start,
-        );
+        let mut panicked = false;
+        thread::scope(|scope| {
+            let mut running = Vec::new();
+            for (mut other, core) in others.drain(..).zip(cores) {
+                let spawned = thread::Builder::new()
+                    .name(format!("netvm-switch{}", other.shard))
+                    .spawn_scoped(scope, move || {
+                        let pinned = core.map(numa::pin_current_thread);
+                        other.poll_until_done(handle, stop, duration, idle, start);
+                        let warning = match pinned {
+                            Some(Err(e)) => Some(format!("{e}: {}", source_text(&e))),
+                            _ => None,
+                        };
+                        (other, warning)
+                    });
+                match spawned {
+                    Ok(h) => running.push(h),
+                    Err(e) => {
+                        // Its share of the ports goes unpolled: stop everyone.
+                        warnings.push(format!("starting a switch thread: {e}"));
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            engine.poll_until_done(handle, stop, duration, idle, start);
+            for h in running {
+                match h.join() {
+                    Ok((other, warning)) => {
+                        warnings.extend(warning);
+                        others.push(other);
+                    }
+                    Err(_) => panicked = true,
+                }
+            }
+        });
+        if panicked {
+            return Err(SwitchError::SwitchPanicked);
+        }
         // Processes still attached lose nothing now (every packet was answered, or
         // counted lost after the grace period); tell the control threads we are gone.
         let last = engine.current.clone();
@@ -552,6 +688,13 @@ impl Switch {
                 }
             }
         }
+        // Shares first: the port they were split from may close the device.
+        for port in others.iter_mut().flat_map(|e| e.ports.iter_mut()) {
+            if let Err(e) = port.finish() {
+                warnings.push(format!("{e}"));
+            }
+        }
+        drop(others);
         for port in engine.ports.iter_mut() {
             if let Err(e) = port.finish() {
                 warnings.push(format!("{e}"));
@@ -596,64 +739,64 @@ fn snapshot(
 ) -> StatsSnapshot {
     let t = &program.table;
     StatsSnapshot {
-        ports: stats
-            .ports
-            .iter()
-            .enumerate()
-            .map(|(i, c)| PortRow {
-                name: t.port_names.get(i).cloned().unwrap_or_default(),
-                driver: ports.get(i).map(|p| p.describe()).unwrap_or_default(),
-                rx_packets: c.rx_packets.get(),
-                rx_bytes: c.rx_bytes.get(),
-                tx_packets: c.tx_packets.get(),
-                tx_bytes: c.tx_bytes.get(),
+        ports: (0..stats.port_count())
+            .map(|i| {
+                let c = stats.port(i);
+                PortRow {
+                    name: t.port_names.get(i).cloned().unwrap_or_default(),
+                    driver: ports.get(i).map(|p| p.describe()).unwrap_or_default(),
+                    rx_packets: c.rx_packets,
+                    rx_bytes: c.rx_bytes,
+                    tx_packets: c.tx_packets,
+                    tx_bytes: c.tx_bytes,
+                }
             })
             .collect(),
-        vms: stats
-            .vms
-            .iter()
-            .enumerate()
-            .map(|(i, c)| VmRow {
-                name: t.vm_names.get(i).cloned().unwrap_or_default(),
-                function: vms.get(i).map(|v| v.describe()).unwrap_or_default(),
-                trusted: t.vm_trusted.get(i).copied().unwrap_or(false),
-                inline,
-                packets_in: c.packets_in.get(),
-                mirrored_in: c.mirrored_in.get(),
-                passed: c.passed.get(),
-                dropped: c.dropped.get(),
-                copied_bytes: c.copied_bytes.get(),
-                summary: summaries.get(i).cloned().flatten(),
+        vms: (0..stats.vm_count())
+            .map(|i| {
+                let c = stats.vm(i);
+                VmRow {
+                    name: t.vm_names.get(i).cloned().unwrap_or_default(),
+                    function: vms.get(i).map(|v| v.describe()).unwrap_or_default(),
+                    trusted: t.vm_trusted.get(i).copied().unwrap_or(false),
+                    inline,
+                    packets_in: c.packets_in,
+                    mirrored_in: c.mirrored_in,
+                    passed: c.passed,
+                    dropped: c.dropped,
+                    copied_bytes: c.copied_bytes,
+                    summary: summaries.get(i).cloned().flatten(),
+                }
             })
             .collect(),
         rules: program
-            .rule_counters()
-            .iter()
+            .rule_totals()
+            .into_iter()
             .enumerate()
-            .map(|(i, c)| RuleRow {
+            .map(|(i, (packets, bytes))| RuleRow {
                 name: t
                     .rules
                     .get(i)
                     .map_or_else(|| t.default.name.clone(), |r| r.name.clone()),
-                packets: c.packets.get(),
-                bytes: c.bytes.get(),
+                packets,
+                bytes,
             })
             .collect(),
         counters: t
             .counter_names
             .iter()
-            .zip(program.named_counters())
-            .map(|(n, c)| (n.clone(), c.get()))
+            .cloned()
+            .zip(program.named_totals())
             .collect(),
         drops: DropReason::ALL
             .iter()
-            .map(|&r| (r.name(), stats.drops[r as usize].get()))
+            .map(|&r| (r.name(), stats.drops(r)))
             .collect(),
         rx: stats.rx_total(),
         tx: stats.tx_total(),
         dropped: stats.drop_total(),
-        mirrored: stats.mirrored.get(),
-        mirrors_done: stats.mirrors_done.get(),
+        mirrored: stats.mirrored(),
+        mirrors_done: stats.mirrors_done(),
     }
 }
 
@@ -788,7 +931,9 @@ struct Engine {
     ports: Vec<Box<dyn Port>>,
     tx_batches: Vec<Vec<u32>>,
     vms: Vec<VmSlot>,
-    stats: Arc<Stats>,
+    /// Which switch thread this is: the counter shard it writes.
+    shard: usize,
+    stats: Arc<StatsShard>,
     burst_len: usize,
     ring_slots: usize,
 }
@@ -929,12 +1074,12 @@ impl Engine {
         for i in 0..n {
             bytes += lens[i] as u64;
             let rule = rules[i].min(prog.table.rules.len() as u32);
-            let rc = &prog.rule_counters()[rule as usize];
+            let rc = &prog.rule_counters(self.shard)[rule as usize];
             rc.packets.add(1);
             rc.bytes.add(lens[i] as u64);
             let action = prog.table.action(rule);
             for &c in &action.counters {
-                prog.named_counters()[c].add(1);
+                prog.named_counters(self.shard)[c].add(1);
             }
             for &m in &action.mirrors {
                 if self.pool.clone_ref(indices[i]).is_ok() {
@@ -1619,13 +1764,14 @@ impl Engine {
     }
 }
 
-/// A VM on its own thread: read indices, run the function, answer in order.
+/// A VM on its own thread: read indices, run the function, answer in order, over one
+/// ring pair per switch thread.
 struct VmWorker {
     nf: Box<dyn NetworkFunction>,
     /// The shared pool for a trusted VM, the VM's private pool for an untrusted one.
     pool: PacketPool,
-    rx: RingConsumer,
-    tx: RingProducer,
+    /// (packets in, answers out), one pair per switch thread.
+    pairs: Vec<(RingConsumer, RingProducer)>,
     shutdown: Arc<AtomicBool>,
     idle: IdlePolicy,
     core: Option<usize>,
@@ -1638,14 +1784,11 @@ impl VmWorker {
             let _ = numa::pin_current_thread(core);
         }
         let shutdown = self.shutdown.clone();
-        vm::serve(
-            self.nf.as_mut(),
-            &self.pool,
-            &mut self.rx,
-            &mut self.tx,
-            self.idle,
-            || shutdown.load(Ordering::Acquire),
-        );
+        let mut pairs: Vec<(&mut RingConsumer, &mut RingProducer)> =
+            self.pairs.iter_mut().map(|(rx, tx)| (rx, tx)).collect();
+        vm::serve_pairs(self.nf.as_mut(), &self.pool, &mut pairs, self.idle, || {
+            shutdown.load(Ordering::Acquire)
+        });
         self.nf
     }
 }

@@ -175,44 +175,63 @@ pub fn serve(
     rx: &mut RingConsumer,
     tx: &mut RingProducer,
     idle: IdlePolicy,
+    stop: impl FnMut() -> bool,
+) {
+    serve_pairs(nf, pool, &mut [(rx, tx)], idle, stop)
+}
+
+/// [`serve`] over several ring pairs (one per switch thread, for a VM thread of a switch
+/// with several): each pair is polled in turn and answered in its own order.
+pub fn serve_pairs(
+    nf: &mut dyn NetworkFunction,
+    pool: &PacketPool,
+    pairs: &mut [(&mut RingConsumer, &mut RingProducer)],
+    idle: IdlePolicy,
     mut stop: impl FnMut() -> bool,
 ) {
     let hold = nf.hold();
     let mut indices = [0u32; MAX_BURST];
-    let mut held: VecDeque<(u32, Instant)> = VecDeque::new();
+    let mut held: Vec<VecDeque<(u32, Instant)>> = pairs.iter().map(|_| VecDeque::new()).collect();
     let mut answers = [0u32; MAX_BURST];
     let mut idle_rounds = 0u32;
     loop {
-        let n = rx.dequeue_burst(&mut indices);
-        let now = Instant::now();
-        let mut ready = 0;
-        for &index in &indices[..n] {
-            let verdict = process_one(nf, pool, index);
-            let answer = wire::encode(index, verdict);
-            if hold.is_zero() {
-                answers[ready] = answer;
-                ready += 1;
-            } else {
-                held.push_back((answer, now + hold));
+        let mut worked = false;
+        for ((rx, tx), held) in pairs.iter_mut().zip(held.iter_mut()) {
+            let n = rx.dequeue_burst(&mut indices);
+            if n == 0 && held.is_empty() {
+                continue;
             }
-        }
-        if !answer_all(tx, &answers[..ready], &mut stop) {
-            return;
-        }
-        let mut released = 0;
-        while let Some(&(answer, due)) = held.front() {
-            if due > now || released == MAX_BURST {
-                break;
+            let now = Instant::now();
+            let mut ready = 0;
+            for &index in &indices[..n] {
+                let verdict = process_one(nf, pool, index);
+                let answer = wire::encode(index, verdict);
+                if hold.is_zero() {
+                    answers[ready] = answer;
+                    ready += 1;
+                } else {
+                    held.push_back((answer, now + hold));
+                }
             }
-            answers[released] = answer;
-            released += 1;
-            held.pop_front();
+            if !answer_all(tx, &answers[..ready], &mut stop) {
+                return;
+            }
+            let mut released = 0;
+            while let Some(&(answer, due)) = held.front() {
+                if due > now || released == MAX_BURST {
+                    break;
+                }
+                answers[released] = answer;
+                released += 1;
+                held.pop_front();
+            }
+            if !answer_all(tx, &answers[..released], &mut stop) {
+                return;
+            }
+            worked |= n > 0 || released > 0;
         }
-        if !answer_all(tx, &answers[..released], &mut stop) {
-            return;
-        }
-        if n == 0 && released == 0 {
-            if held.is_empty() && (idle_rounds % 64 == 0) && stop() {
+        if !worked {
+            if held.iter().all(VecDeque::is_empty) && (idle_rounds % 64 == 0) && stop() {
                 return;
             }
             idle_rounds = idle_rounds.wrapping_add(1);

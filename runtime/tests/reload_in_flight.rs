@@ -61,8 +61,8 @@ fn packets_in_a_vm_during_a_reload_finish_the_old_programs_chain() {
     let report = runner.join().unwrap();
 
     assert!(report.clean(), "{report:?}");
-    let under_old = old.rule_counters()[0].packets.get();
-    let under_new = handle.load().rule_counters()[0].packets.get();
+    let under_old = old.rule_totals()[0].0;
+    let under_new = handle.load().rule_totals()[0].0;
     assert_eq!(under_old + under_new, 3000);
     assert!(
         under_old >= 500 && under_new > 0,

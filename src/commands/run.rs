@@ -94,6 +94,12 @@ pub struct SwitchArgs {
     /// when there is a core for each, inline otherwise).
     #[arg(long, value_enum, default_value = "auto")]
     vm_mode: Mode,
+    /// Switch threads, each on its own core polling its own receive queue of every
+    /// port (`dpdk:DEV,rxq=N,txq=N`; a `gen` port splits its flows, a `null` sink is
+    /// shared out; other drivers have one queue). `auto`: as many as the ports have
+    /// receive queues (1 for single-queue ports).
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    switch_threads: String,
     /// Packets per RX burst.
     #[arg(long, default_value_t = 32)]
     burst: usize,
@@ -348,9 +354,28 @@ pub fn launch(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         Vec::len,
     );
+    let switch_threads = match args.switch_threads.as_str() {
+        "auto" => ports
+            .iter()
+            .map(|p| p.rx_queues())
+            .max()
+            .unwrap_or(1)
+            .max(1),
+        n => match n.parse::<usize>() {
+            Ok(n) if (1..=netvm_runtime::switch::MAX_SWITCH_THREADS).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "--switch-threads {n}: expected auto or 1 to {}",
+                    netvm_runtime::switch::MAX_SWITCH_THREADS
+                ))
+            }
+        },
+    };
     let vm_mode = match args.vm_mode {
         Mode::Inline => VmMode::Inline,
         Mode::Thread => VmMode::Thread,
+        // Inline VMs run on the one switch thread; with several, VMs get threads.
+        Mode::Auto if switch_threads > 1 => VmMode::Thread,
         Mode::Auto if available > vms.len() => VmMode::Thread,
         Mode::Auto => VmMode::Inline,
     };
@@ -392,9 +417,12 @@ pub fn launch(
                 args.vm_stall_ms
             ));
         },
+        switch_threads,
         ..SwitchConfig::default()
     };
-    let program = Program::new(classifier, table).map_err(|e| e.to_string())?;
+    let program = Program::new(classifier, table)
+        .map_err(|e| e.to_string())?
+        .with_shards(switch_threads);
     let handle = ProgramHandle::new(program);
     let switch = Switch::new(config, handle.clone(), ports, vms).map_err(|e| error_chain(&e))?;
     let live = Arc::new(LivePolicy::new(

@@ -159,9 +159,18 @@ fn template(c: &GenConfig, flow: usize, rng: &mut u64) -> Result<Vec<u8>, PortEr
 
 pub struct GenPort {
     config: GenConfig,
-    templates: Vec<Vec<u8>>,
+    /// One frame per flow, shared by the shares of a split generator.
+    templates: std::sync::Arc<Vec<Vec<u8>>>,
+    /// The flows (template indices) this generator sends: all of them, or its share
+    /// after [`Port::split`].
+    flows: Vec<usize>,
+    /// Position in `flows` of the next one to send.
     next_flow: usize,
+    /// Packets to send (`config.count`, or this share of it); 0: unbounded.
+    quota: u64,
     sent: u64,
+    /// `share/of` after a split, for reports.
+    share: Option<(usize, usize)>,
 }
 
 impl GenPort {
@@ -172,10 +181,31 @@ impl GenPort {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(GenPort {
             config: config.clone(),
-            templates,
+            flows: (0..templates.len()).collect(),
+            templates: std::sync::Arc::new(templates),
+            next_flow: 0,
+            quota: config.count,
+            sent: 0,
+            share: None,
+        })
+    }
+
+    /// Share `k` of `of`: the flows `f` with `f % of == k` (as RSS spreads flows over
+    /// queues), and of `count` the packets one generator would send to those flows, so
+    /// that the shares together send exactly what one would.
+    fn share(&self, k: usize, of: usize) -> GenPort {
+        let flows: Vec<usize> = (k..self.templates.len()).step_by(of).collect();
+        let (count, total) = (self.config.count, self.templates.len() as u64);
+        let per_flow = |f: usize| count / total + u64::from((f as u64) < count % total);
+        GenPort {
+            config: self.config.clone(),
+            templates: self.templates.clone(),
+            quota: flows.iter().map(|&f| per_flow(f)).sum(),
+            flows,
             next_flow: 0,
             sent: 0,
-        })
+            share: Some((k, of)),
+        }
     }
 
     /// The frames it will send, one per flow (for tests).
@@ -197,17 +227,21 @@ impl Port for GenPort {
             c.icmp_pct,
             c.dpi_pct,
             if c.prefilled { ",prefilled=1" } else { "" }
-        )
+        ) + &match self.share {
+            Some((k, of)) => format!(" (share {} of {of})", k + 1),
+            None => String::new(),
+        }
     }
 
     fn rx_burst(&mut self, burst: &mut RxBurst<'_>) {
         while !self.rx_done() {
+            let flow = self.flows[self.next_flow];
             let written_next = if self.config.prefilled {
-                match burst.push_prefilled(&self.templates, self.next_flow) {
-                    Some(t) => t == self.next_flow,
+                match burst.push_prefilled(&self.templates, flow) {
+                    Some(t) => t == flow,
                     None => break,
                 }
-            } else if burst.push(&self.templates[self.next_flow]) {
+            } else if burst.push(&self.templates[flow]) {
                 true
             } else {
                 break;
@@ -215,7 +249,7 @@ impl Port for GenPort {
             self.sent += 1;
             if written_next {
                 self.next_flow += 1;
-                if self.next_flow == self.templates.len() {
+                if self.next_flow == self.flows.len() {
                     self.next_flow = 0;
                 }
             }
@@ -223,7 +257,18 @@ impl Port for GenPort {
     }
 
     fn rx_done(&self) -> bool {
-        self.config.count != 0 && self.sent >= self.config.count
+        // A share with no flow (more threads than flows) sends nothing.
+        self.flows.is_empty() || (self.config.count != 0 && self.sent >= self.quota)
+    }
+
+    /// Like a multi-queue NIC under RSS: each switch thread gets the flows `f` with
+    /// `f % threads == k` and its share of `count`; together they send what one would.
+    fn split(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+        let shares = (1..threads)
+            .map(|k| Box::new(self.share(k, threads)) as Box<dyn Port>)
+            .collect();
+        *self = self.share(0, threads);
+        Ok(shares)
     }
 
     fn has_tx(&self) -> bool {
