@@ -1,6 +1,6 @@
 //! The switch: ports → classifier → chains of VMs → ports, every packet accounted for.
 //!
-//! One switch thread (pinned to its core) runs a poll loop:
+//! A switch thread (pinned to its core) runs a poll loop:
 //! 1. **RX**: each port fills a burst of up to `burst_len` buffers; the burst is
 //!    classified in one call; each packet's rule bumps its counters, mirrors get a second
 //!    reference (`clone_ref`) and go to their VMs, and the packet starts down its chain.
@@ -23,10 +23,21 @@
 //! in-flight packet is finished, the VM threads are joined, and [`RunReport`] says
 //! whether every buffer is back in every pool and whether rx = tx + drops.
 //!
-//! What it does not do yet: more than one switch thread (RX and TX are stages of one
-//! thread), and hot reload of the port or VM tables (a swapped [`Program`] must keep
-//! them; in-flight packets finish on the new program's chains, clamped). Rule and named
-//! counters belong to the [`Program`]; the final report shows the last program's.
+//! **Several switch threads** ([`SwitchConfig::switch_threads`], RSS): each runs the
+//! same loop on its own core (next to the ports' NUMA node) over its own share of every
+//! port ([`Port::split`]: a receive and a transmit queue of a multi-queue device, a
+//! generator's share of the flows), with its own buffer cache, its own counter shard
+//! ([`crate::stats::StatsShard`], and the program's rule counters per shard), and its
+//! own ring pair to every VM thread, which serves all of them. No state is shared
+//! between switch threads but the pool and the program handle, so nothing on the data
+//! path is locked or contended. A flow stays on one thread as long as the device hashes
+//! it to one queue. VMs run on their own threads then (inline VMs would need one
+//! instance per switch thread), and VM processes need one switch thread.
+//!
+//! What it does not do yet: hot reload of the port or VM tables (a swapped [`Program`]
+//! must keep them; in-flight packets finish on the program that classified them). Rule
+//! and named counters belong to the [`Program`]; the final report shows the last
+//! program's.
 
 use std::collections::VecDeque;
 use std::ops::Range;

@@ -125,41 +125,16 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         in_port = port as u32;
     }
     let explanation = explain(policy, &frame, in_port).map_err(|e| e.to_string())?;
-    let sources = checked.sources();
-    println!("packet: {described}");
-    if in_port != NO_PORT {
-        println!("  in_port {}", policy.ports[in_port as usize].name);
-    }
-    if explanation.headers.is_empty() {
-        println!("  (no complete Ethernet header: every header is absent)");
-    }
-    for (header, line) in &explanation.headers {
-        println!("  {header:<8} {line}");
-    }
-    println!("rules:");
-    for trace in &explanation.rules {
-        let rule = &policy.rules[trace.rule];
-        let mark = if trace.matched { "✓" } else { "✗" };
-        println!("  {mark} rule {}", rule.name);
-        for node in &trace.nodes {
-            let mark = if node.held { "✓" } else { "✗" };
-            let text: String = sources
-                .snippet(node.span)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            println!("      {}{mark} {text}", "  ".repeat(node.depth));
-        }
-    }
-    if explanation.rules.len() < policy.rules.len() {
-        let rest = policy.rules.len() - explanation.rules.len();
-        println!("  ({rest} later rules not tried: the first match wins)");
-    }
-    match explanation.matched {
-        Some(i) => println!("matched: rule {}", policy.rules[i].name),
-        None => println!("matched: default (no rule matched)"),
-    }
-    println!("actions: {}", explanation.actions);
+    print!(
+        "{}",
+        render(
+            policy,
+            &checked.sources(),
+            &explanation,
+            &described,
+            in_port
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -196,4 +171,56 @@ pub fn read_capture(path: &str) -> Result<Vec<Vec<u8>>, String> {
         }
     }
     Ok(frames)
+}
+
+/// What `netvm explain` (and the REPL's `:explain`) prints: the packet's headers, each
+/// rule tried with the conditions that held (✓) or not (✗), the match and its actions.
+pub fn render(
+    policy: &netvm_lang::Policy,
+    sources: &netvm_lang::SourceMap,
+    explanation: &netvm_compiler::explain::Explanation,
+    described: &str,
+    in_port: u32,
+) -> String {
+    use std::fmt::Write;
+    let mut out = format!("packet: {described}\n");
+    if in_port != NO_PORT {
+        let _ = writeln!(out, "  in_port {}", policy.ports[in_port as usize].name);
+    }
+    if explanation.headers.is_empty() {
+        out.push_str("  (no complete Ethernet header: every header is absent)\n");
+    }
+    for (header, line) in &explanation.headers {
+        let _ = writeln!(out, "  {header:<8} {line}");
+    }
+    out.push_str("rules:\n");
+    for trace in &explanation.rules {
+        let rule = &policy.rules[trace.rule];
+        let mark = if trace.matched { "✓" } else { "✗" };
+        let _ = writeln!(out, "  {mark} rule {}", rule.name);
+        for node in &trace.nodes {
+            let mark = if node.held { "✓" } else { "✗" };
+            let text = sources
+                .snippet(node.span)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let _ = writeln!(out, "      {}{mark} {text}", "  ".repeat(node.depth));
+        }
+    }
+    if explanation.rules.len() < policy.rules.len() {
+        let rest = policy.rules.len() - explanation.rules.len();
+        let _ = writeln!(
+            out,
+            "  ({rest} later rules not tried: the first match wins)"
+        );
+    }
+    match explanation.matched {
+        Some(i) => {
+            let _ = writeln!(out, "matched: rule {}", policy.rules[i].name);
+        }
+        None => out.push_str("matched: default (no rule matched)\n"),
+    }
+    let _ = writeln!(out, "actions: {}", explanation.actions);
+    out
 }

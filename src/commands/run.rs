@@ -200,17 +200,17 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     for line in switch.placement().to_string().lines() {
         eprintln!("  {line}");
     }
+    // Admin requests (reload, rules, ...) are answered by the live policy; the runtime
+    // answers hello, attach and status itself. The socket is up before the last banner
+    // line, so a script that waits for that line can connect at once.
+    let admin: Option<Arc<dyn AdminHandler>> = Some(live.clone());
+    let control = start_control(&args.switch, &switch, admin)?;
     if let Some(d) = duration {
         eprintln!(
             "  running for {:.1} s (Ctrl-C stops early)",
             d.as_secs_f64()
         );
     }
-
-    // Admin requests (reload, rules, ...) are answered by the live policy; the runtime
-    // answers hello, attach and status itself.
-    let admin: Option<Arc<dyn AdminHandler>> = Some(live.clone());
-    let control = start_control(&args.switch, &switch, admin)?;
 
     let stats = switch.stats();
     let stop = switch.stop_flag();

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use netvm_compiler::explain::explain;
 use netvm_compiler::testing::{case_frame, case_port, run_tests};
-use netvm_compiler::{Interpreter, NO_PORT};
+use netvm_compiler::Interpreter;
 use netvm_lang::source::SourceFile;
 use netvm_lang::{Checked, Diagnostic, FileId, SourceMap, Span};
 
@@ -720,47 +720,13 @@ pub fn explain_packet(origin: &str, source: &str, packet: &str) -> Result<String
     let frame = case_frame(case)?;
     let in_port = case_port(case);
     let explanation = explain(policy, &frame, in_port).map_err(|e| e.to_string())?;
-    let sources = checked.sources();
-    let mut out = format!("packet: {packet}\n");
-    if in_port != NO_PORT {
-        let _ = writeln!(out, "  in_port {}", policy.ports[in_port as usize].name);
-    }
-    if explanation.headers.is_empty() {
-        out.push_str("  (no complete Ethernet header: every header is absent)\n");
-    }
-    for (header, line) in &explanation.headers {
-        let _ = writeln!(out, "  {header:<8} {line}");
-    }
-    out.push_str("rules:\n");
-    for trace in &explanation.rules {
-        let rule = &policy.rules[trace.rule];
-        let mark = if trace.matched { "✓" } else { "✗" };
-        let _ = writeln!(out, "  {mark} rule {}", rule.name);
-        for node in &trace.nodes {
-            let mark = if node.held { "✓" } else { "✗" };
-            let text = sources
-                .snippet(node.span)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            let _ = writeln!(out, "      {}{mark} {text}", "  ".repeat(node.depth));
-        }
-    }
-    if explanation.rules.len() < policy.rules.len() {
-        let rest = policy.rules.len() - explanation.rules.len();
-        let _ = writeln!(
-            out,
-            "  ({rest} later rules not tried: the first match wins)"
-        );
-    }
-    match explanation.matched {
-        Some(i) => {
-            let _ = writeln!(out, "matched: rule {}", policy.rules[i].name);
-        }
-        None => out.push_str("matched: default (no rule matched)\n"),
-    }
-    let _ = writeln!(out, "actions: {}", explanation.actions);
-    Ok(out)
+    Ok(crate::commands::explain::render(
+        policy,
+        &checked.sources(),
+        &explanation,
+        packet,
+        in_port,
+    ))
 }
 
 /// The policy `netvm repl` starts on when given none: two ports (a generator and a
