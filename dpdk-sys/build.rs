@@ -46,6 +46,7 @@ const FUNCTIONS: &[&str] = &[
     "rte_eth_stats_reset",
     "rte_eth_dev_rss_hash_update",
     "rte_eth_dev_rss_reta_update",
+    "rte_eth_dev_rss_hash_conf_get",
     // virtual devices
     "rte_vdev_init",
     "rte_vdev_uninit",
@@ -84,6 +85,11 @@ const FUNCTIONS: &[&str] = &[
     // the shim over DPDK's static inline functions (src/shim.h)
     "netvm_rte_.*",
 ];
+
+/// Types bound with their fields, because the safe layer reads and writes them inline
+/// (the mbuf's fast-path fields: no call per field). `src/shim.c` reports the C compiler's
+/// offsets of those fields and `mempool::check_mbuf_layout` compares them at EAL init.
+const TYPES: &[&str] = &["rte_mbuf", "rte_eth_rss_conf"];
 
 /// Constants the safe layer and the runtime need.
 const VARS: &[&str] = &[
@@ -170,6 +176,9 @@ fn build() -> Result<String, Missing> {
         ));
     for f in FUNCTIONS {
         builder = builder.allowlist_function(f);
+    }
+    for t in TYPES {
+        builder = builder.allowlist_type(t);
     }
     for v in VARS {
         builder = builder.allowlist_var(v);

@@ -19,7 +19,9 @@ pub struct Eal {
 /// program name), e.g. `["--no-pci", "--in-memory", "--no-huge", "-m", "256",
 /// "--vdev=net_null0"]`.
 ///
-/// Fails with [`Error::EalAlreadyInitialised`] on a second call after a success.
+/// Fails with [`Error::EalAlreadyInitialised`] on a second call after a success, and with
+/// [`Error::MbufLayout`], before DPDK is touched, when the DPDK it runs with lays out
+/// `struct rte_mbuf` differently from the bindings ([`crate::check_mbuf_layout`]).
 pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Eal> {
     if INITIALISED.swap(true, Ordering::AcqRel) {
         return Err(Error::EalAlreadyInitialised);
@@ -33,6 +35,7 @@ pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Eal> {
 }
 
 fn init_once<S: AsRef<str>>(args: &[S]) -> Result<Eal> {
+    crate::check_mbuf_layout()?;
     let mut argv: Vec<*mut c_char> = Vec::with_capacity(args.len() + 2);
     for arg in std::iter::once("netvm").chain(args.iter().map(AsRef::as_ref)) {
         let arg = CString::new(arg).map_err(|_| Error::Nul {
@@ -96,6 +99,12 @@ impl Eal {
             return Err(Error::NoSuchPort(name.into()));
         }
         Ok(port_id)
+    }
+
+    /// The NUMA node of port `port_id`'s device, `None` when DPDK does not know
+    /// (`SOCKET_ID_ANY`, as for virtual devices) or there is no such port.
+    pub fn port_numa_node(&self, port_id: u16) -> Option<u32> {
+        crate::port::socket_of(port_id)
     }
 
     /// Creates a virtual device after init, like `--vdev=NAME,ARGS` does at init

@@ -29,6 +29,17 @@ pub enum Error {
     /// The requested configuration does not fit the device.
     #[error("port {port}: {message}")]
     Config { port: u16, message: String },
+    /// The DPDK found at run time lays out `struct rte_mbuf` differently from the headers
+    /// the bindings were generated from: its fields cannot be read inline.
+    #[error(
+        "DPDK's struct rte_mbuf does not match the bindings ({field}: C says {c}, Rust says \
+         {rust}); rebuild netvm against this DPDK"
+    )]
+    MbufLayout {
+        field: &'static str,
+        c: u64,
+        rust: u64,
+    },
     /// The queue handle was already taken, or is out of range.
     #[error("port {port}: {direction} queue {queue} does not exist or is already taken")]
     QueueUnavailable {

@@ -54,17 +54,17 @@ mod port;
 #[cfg(dpdk_missing)]
 mod missing;
 #[cfg(dpdk_missing)]
-pub use missing::{eal, Eal, Mbuf, Mempool, Port, RxQueue, TxQueue};
+pub use missing::{check_mbuf_layout, eal, Eal, Mbuf, Mempool, Port, RxQueue, TxQueue};
 
 #[cfg(not(dpdk_missing))]
 pub use eal::Eal;
 #[cfg(not(dpdk_missing))]
-pub use mempool::{Mbuf, Mempool};
+pub use mempool::{check_mbuf_layout, Mbuf, Mempool};
 #[cfg(not(dpdk_missing))]
 pub use port::{Port, RxQueue, TxQueue};
 
 mod config;
-pub use config::{ExternalBuffer, PortConfig, PortInfo, PortStats};
+pub use config::{symmetric_rss_key, ExternalBuffer, PortConfig, PortInfo, PortStats, Rss};
 
 /// What DPDK calls when the last mbuf attached to an external buffer lets it go:
 /// `release(buffer_address, opaque)` (`rte_mbuf_extbuf_free_callback_t`).

@@ -13,6 +13,62 @@ use std::sync::Arc;
 use crate::eal::{call_error, errno};
 use crate::{ffi, Eal, Error, ExternalBuffer, ExternalFree, Result};
 
+/// The `rte_mbuf` fields [`Mbuf`] reads and writes inline, named as in C, with their
+/// offsets in bindgen's layout, in the order of the shim's `enum netvm_mbuf_field`; the
+/// struct's size last.
+fn rust_mbuf_layout() -> [(&'static str, usize); 18] {
+    use std::mem::offset_of;
+    type M = ffi::rte_mbuf;
+    [
+        ("buf_addr", offset_of!(M, buf_addr)),
+        ("buf_iova", offset_of!(M, buf_iova)),
+        ("data_off", offset_of!(M, data_off)),
+        ("refcnt", offset_of!(M, refcnt)),
+        ("nb_segs", offset_of!(M, nb_segs)),
+        ("port", offset_of!(M, port)),
+        ("ol_flags", offset_of!(M, ol_flags)),
+        ("packet_type", offset_of!(M, __bindgen_anon_1.packet_type)),
+        ("pkt_len", offset_of!(M, pkt_len)),
+        ("data_len", offset_of!(M, data_len)),
+        ("vlan_tci", offset_of!(M, vlan_tci)),
+        ("vlan_tci_outer", offset_of!(M, vlan_tci_outer)),
+        ("buf_len", offset_of!(M, buf_len)),
+        ("pool", offset_of!(M, pool)),
+        ("next", offset_of!(M, next)),
+        ("tx_offload", offset_of!(M, __bindgen_anon_3.tx_offload)),
+        ("shinfo", offset_of!(M, shinfo)),
+        ("sizeof(struct rte_mbuf)", std::mem::size_of::<M>()),
+    ]
+}
+
+/// Checks that the C compiler, with DPDK's flags, lays out `struct rte_mbuf` as the Rust
+/// bindings do, field by field: [`Mbuf`]'s accessors read and write those fields inline,
+/// without a call into DPDK. [`crate::eal::init`] runs it first, so a DPDK upgraded under
+/// a built netvm is refused with [`Error::MbufLayout`] instead of misread.
+pub fn check_mbuf_layout() -> Result<()> {
+    let rust = rust_mbuf_layout();
+    let mut c = [u64::MAX; 18];
+    // SAFETY: `c` has room for the 18 values asked for; the shim writes at most that many.
+    let fields = unsafe { ffi::netvm_rte_mbuf_layout(c.as_mut_ptr(), c.len() as u32) };
+    if fields as usize != rust.len() {
+        return Err(Error::MbufLayout {
+            field: "number of fields checked",
+            c: fields.into(),
+            rust: rust.len() as u64,
+        });
+    }
+    for ((field, rust), c) in rust.into_iter().zip(c) {
+        if rust as u64 != c {
+            return Err(Error::MbufLayout {
+                field,
+                c,
+                rust: rust as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A pool of packet buffers, cheap to clone (the handles share one DPDK mempool).
 #[derive(Debug, Clone)]
 pub struct Mempool {
@@ -163,10 +219,14 @@ impl Mempool {
     }
 
     /// Appends `count` buffers to `out`, all or none (`false` when the pool has fewer).
+    #[inline]
     pub fn alloc_bulk(&self, out: &mut Vec<Mbuf>, count: usize) -> bool {
         let Ok(n) = u32::try_from(count) else {
             return false;
         };
+        if n == 0 {
+            return true;
+        }
         out.reserve(count);
         let len = out.len();
         // SAFETY: the spare capacity holds `count` slots; Mbuf is a transparent
@@ -205,6 +265,19 @@ impl Mempool {
     pub fn in_use(&self) -> u32 {
         // SAFETY: the pool is live; reads counters.
         unsafe { ffi::rte_mempool_in_use_count(self.as_ptr()) }
+    }
+
+    /// Returns the objects parked in every lcore's cache of this pool to its ring, so that
+    /// [`alloc_bulk`](Self::alloc_bulk) on any one thread can take all of
+    /// [`available`](Self::available) (which counts the caches; a thread reaches only its
+    /// own). For taking back every buffer at the end, after the threads that used the pool
+    /// have stopped.
+    ///
+    /// # Safety
+    /// No thread uses the pool during the call (no get, put, burst or device on it).
+    pub unsafe fn flush_caches(&self) {
+        // SAFETY: the pool is live; the caller promises no concurrent user of its caches.
+        unsafe { ffi::netvm_rte_mempool_flush_caches(self.as_ptr()) }
     }
 
     /// The DPDK mempool, for calls this layer does not wrap. Valid while any handle lives.
@@ -416,8 +489,13 @@ impl Mbuf {
         }
     }
 
-    /// Frees every mbuf in `mbufs` with one call (`rte_pktmbuf_free_bulk`), emptying it.
+    /// Frees every mbuf in `mbufs` with one call (`rte_pktmbuf_free_bulk`), emptying it;
+    /// no call when it is empty.
+    #[inline]
     pub fn free_bulk(mbufs: &mut Vec<Mbuf>) {
+        if mbufs.is_empty() {
+            return;
+        }
         let Ok(count) = u32::try_from(mbufs.len()) else {
             mbufs.clear();
             return;
@@ -452,5 +530,18 @@ impl Drop for Mbuf {
     fn drop(&mut self) {
         // SAFETY: self is the only owner; the buffer (and its chain) goes back to its pool.
         unsafe { ffi::netvm_rte_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_c_compiler_lays_out_rte_mbuf_as_the_bindings_do() {
+        super::check_mbuf_layout().expect("same layout");
+        let layout = super::rust_mbuf_layout();
+        assert_eq!(layout[0], ("buf_addr", 0));
+        // Two cache lines: the fields netvm touches per packet are all in the first.
+        assert_eq!(layout[17].1, 128);
+        assert!(layout[..14].iter().all(|&(_, at)| at < 64), "{layout:?}");
     }
 }

@@ -3,11 +3,16 @@
 //! needs an [`Eal`], so its body is unreachable (`match` on an empty enum). The raw-pointer
 //! accessors (`as_ptr`, `into_raw`, `from_raw`) exist only with DPDK, beside [`crate::ffi`].
 
-use crate::{Error, ExternalBuffer, ExternalFree, PortConfig, PortInfo, PortStats, Result};
+use crate::{Error, ExternalBuffer, ExternalFree, PortConfig, PortInfo, PortStats, Result, Rss};
 
 /// No value: the types below hold one, so none of them can exist.
 #[derive(Debug, Clone, Copy)]
 enum Never {}
+
+/// Always [`Error::DpdkMissing`] in this build: there is no mbuf to check.
+pub fn check_mbuf_layout() -> Result<()> {
+    Err(missing())
+}
 
 fn missing() -> Error {
     Error::DpdkMissing {
@@ -57,6 +62,9 @@ pub mod eal {
             match self.never {}
         }
         pub fn dev_probe(&self, _devargs: &str) -> Result<()> {
+            match self.never {}
+        }
+        pub fn port_numa_node(&self, _port_id: u16) -> Option<u32> {
             match self.never {}
         }
         pub fn iova_is_va(&self) -> bool {
@@ -153,6 +161,11 @@ impl Mempool {
         match self.never {}
     }
     pub fn in_use(&self) -> u32 {
+        match self.never {}
+    }
+    /// # Safety
+    /// Unreachable in this build (no `Mempool` exists).
+    pub unsafe fn flush_caches(&self) {
         match self.never {}
     }
 }
@@ -260,6 +273,12 @@ impl Port {
         match self.never {}
     }
     pub fn tx_queue(&self, _queue: u16) -> Result<TxQueue> {
+        match self.never {}
+    }
+    pub fn rss(&self) -> &Rss {
+        match self.never {}
+    }
+    pub fn rss_key(&self) -> Result<Vec<u8>> {
         match self.never {}
     }
 }

@@ -12,12 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::eal::check;
-use crate::{ffi, Eal, Error, Mbuf, Mempool, PortConfig, PortInfo, PortStats, Result};
+use crate::{
+    ffi, symmetric_rss_key, Eal, Error, Mbuf, Mempool, PortConfig, PortInfo, PortStats, Result, Rss,
+};
 
 /// A configured, started ethdev port.
 #[derive(Debug)]
 pub struct Port {
     inner: Arc<PortInner>,
+    rss: Rss,
 }
 
 #[derive(Debug)]
@@ -68,7 +71,7 @@ fn dev_info(port_id: u16) -> Result<ffi::rte_eth_dev_info> {
 }
 
 /// The NUMA node of a port, `None` when unknown.
-fn socket_of(port_id: u16) -> Option<u32> {
+pub(crate) fn socket_of(port_id: u16) -> Option<u32> {
     // SAFETY: a read-only query; returns -1 (SOCKET_ID_ANY) when unknown or invalid.
     let socket = unsafe { ffi::rte_eth_dev_socket_id(port_id) };
     u32::try_from(socket).ok()
@@ -97,14 +100,40 @@ impl Port {
         let mut conf = ffi::rte_eth_conf::default();
         // SAFETY: returns a constant.
         let rss_hf = unsafe { ffi::netvm_rte_eth_rss_ip_tcp_udp() } & info.flow_type_rss_offloads;
-        if config.rss && config.rx_queues > 1 && rss_hf != 0 {
-            conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
-            conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+        let mut rss = Rss::Off;
+        let mut key = Vec::new();
+        if config.rss && config.rx_queues > 1 {
+            rss = Rss::Unsupported;
+            if rss_hf != 0 {
+                conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+                conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+                rss = Rss::DefaultKey("not asked for".into());
+                if config.symmetric_rss_key {
+                    key = symmetric_rss_key(rss_key_bytes(&info).into());
+                    rss = Rss::Symmetric;
+                }
+            }
         }
-        // SAFETY: conf is a valid configuration that DPDK copies.
-        let ret =
-            unsafe { ffi::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, &conf) };
-        check("rte_eth_dev_configure", ret)?;
+        let configure = |conf: &ffi::rte_eth_conf| {
+            // SAFETY: conf is a valid configuration that DPDK copies (with the key it points
+            // at, which outlives the call).
+            let ret =
+                unsafe { ffi::rte_eth_dev_configure(id, config.rx_queues, config.tx_queues, conf) };
+            check("rte_eth_dev_configure", ret)
+        };
+        if rss == Rss::Symmetric {
+            conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
+            conf.rx_adv_conf.rss_conf.rss_key_len = rss_key_bytes(&info);
+            if let Err(e) = configure(&conf) {
+                // Some devices take no key at configure time: their own key, then.
+                conf.rx_adv_conf.rss_conf.rss_key = std::ptr::null_mut();
+                conf.rx_adv_conf.rss_conf.rss_key_len = 0;
+                rss = Rss::DefaultKey(format!("the device refused the symmetric key: {e}"));
+                configure(&conf)?;
+            }
+        } else {
+            configure(&conf)?;
+        }
 
         let socket = socket_of(id).map_or(ffi::SOCKET_ID_ANY as u32, |s| s);
         for q in 0..config.rx_queues {
@@ -138,6 +167,12 @@ impl Port {
             unsafe { ffi::rte_eth_promiscuous_enable(id) };
         }
 
+        if rss == Rss::Symmetric {
+            // Many drivers apply the configured key at start, some (net_null) only through
+            // the update call: make sure, then read back what the device keeps.
+            rss = apply_rss_key(id, &mut key, rss_hf);
+        }
+
         let taken = |n: u16| (0..n).map(|_| AtomicBool::new(false)).collect();
         Ok(Port {
             inner: Arc::new(PortInner {
@@ -146,7 +181,19 @@ impl Port {
                 tx_taken: taken(config.tx_queues),
                 _pool: pool.clone(),
             }),
+            rss,
         })
+    }
+
+    /// How the port spreads flows over its receive queues.
+    pub fn rss(&self) -> &Rss {
+        &self.rss
+    }
+
+    /// The RSS key the device holds now (`rte_eth_dev_rss_hash_conf_get`).
+    pub fn rss_key(&self) -> Result<Vec<u8>> {
+        let info = dev_info(self.inner.id)?;
+        read_rss_key(self.inner.id, rss_key_bytes(&info))
     }
 
     /// DPDK's port id.
@@ -229,6 +276,57 @@ impl Port {
             _not_sync: PhantomData,
         })
     }
+}
+
+/// The device's RSS key length: what it reports, or the classic 40 bytes for a device
+/// that reports none (`net_null` keeps a 40-byte key and says 0).
+fn rss_key_bytes(info: &ffi::rte_eth_dev_info) -> u8 {
+    if info.hash_key_size > 0 {
+        info.hash_key_size
+    } else {
+        40
+    }
+}
+
+/// Gives a started port `key` through `rte_eth_dev_rss_hash_update` and checks what it
+/// kept: [`Rss::Symmetric`] when it reads back as `key` (or cannot be read back after an
+/// accepted update), else why not.
+fn apply_rss_key(id: u16, key: &mut [u8], rss_hf: u64) -> Rss {
+    let Ok(len) = u8::try_from(key.len()) else {
+        return Rss::DefaultKey(format!("a {}-byte key is too long", key.len()));
+    };
+    let mut conf = ffi::rte_eth_rss_conf {
+        rss_key: key.as_mut_ptr(),
+        rss_key_len: len,
+        rss_hf,
+    };
+    // SAFETY: conf points at `key`, `len` bytes long, which DPDK copies.
+    let updated = check("rte_eth_dev_rss_hash_update", unsafe {
+        ffi::rte_eth_dev_rss_hash_update(id, &mut conf)
+    });
+    match (read_rss_key(id, len), updated) {
+        (Ok(kept), _) if kept == key => Rss::Symmetric,
+        (Ok(_), Err(e)) => Rss::DefaultKey(format!("the device refused the symmetric key: {e}")),
+        (Ok(_), Ok(())) => Rss::DefaultKey("the device did not keep the symmetric key".into()),
+        (Err(_), Ok(())) => Rss::Symmetric,
+        (Err(_), Err(e)) => {
+            // Taken at configure time, perhaps; the device cannot say which key it uses.
+            Rss::DefaultKey(format!("the device cannot say which key it uses ({e})"))
+        }
+    }
+}
+
+fn read_rss_key(id: u16, len: u8) -> Result<Vec<u8>> {
+    let mut key = vec![0u8; len.into()];
+    let mut conf = ffi::rte_eth_rss_conf {
+        rss_key: key.as_mut_ptr(),
+        rss_key_len: len,
+        rss_hf: 0,
+    };
+    // SAFETY: conf points at `len` writable bytes, the device's key size.
+    let ret = unsafe { ffi::rte_eth_dev_rss_hash_conf_get(id, &mut conf) };
+    check("rte_eth_dev_rss_hash_conf_get", ret)?;
+    Ok(key)
 }
 
 fn take(flags: &[AtomicBool], queue: u16) -> Option<()> {

@@ -1,6 +1,8 @@
 /* See shim.h: exported wrappers over DPDK's static inline functions. */
 #include "shim.h"
 
+#include <stddef.h>
+
 uint16_t netvm_rte_eth_rx_burst(uint16_t port_id, uint16_t queue_id,
                                 struct rte_mbuf **rx_pkts, uint16_t nb_pkts) {
   return rte_eth_rx_burst(port_id, queue_id, rx_pkts, nb_pkts);
@@ -94,3 +96,38 @@ uint16_t netvm_rte_mbuf_ext_refcnt(const struct rte_mbuf *m) {
 }
 
 int netvm_rte_mbuf_has_extbuf(const struct rte_mbuf *m) { return RTE_MBUF_HAS_EXTBUF(m) ? 1 : 0; }
+
+void netvm_rte_mempool_flush_caches(struct rte_mempool *mp) {
+  if (mp->cache_size == 0)
+    return;
+  for (unsigned int lcore = 0; lcore < RTE_MAX_LCORE; lcore++)
+    rte_mempool_cache_flush(&mp->local_cache[lcore], mp);
+}
+
+unsigned int netvm_rte_mbuf_layout(uint64_t *out, unsigned int n) {
+  const uint64_t layout[NETVM_MBUF_FIELDS] = {
+      [NETVM_MBUF_BUF_ADDR] = offsetof(struct rte_mbuf, buf_addr),
+      [NETVM_MBUF_BUF_IOVA] = offsetof(struct rte_mbuf, buf_iova),
+      [NETVM_MBUF_DATA_OFF] = offsetof(struct rte_mbuf, data_off),
+      [NETVM_MBUF_REFCNT] = offsetof(struct rte_mbuf, refcnt),
+      [NETVM_MBUF_NB_SEGS] = offsetof(struct rte_mbuf, nb_segs),
+      [NETVM_MBUF_PORT] = offsetof(struct rte_mbuf, port),
+      [NETVM_MBUF_OL_FLAGS] = offsetof(struct rte_mbuf, ol_flags),
+      [NETVM_MBUF_PACKET_TYPE] = offsetof(struct rte_mbuf, packet_type),
+      [NETVM_MBUF_PKT_LEN] = offsetof(struct rte_mbuf, pkt_len),
+      [NETVM_MBUF_DATA_LEN] = offsetof(struct rte_mbuf, data_len),
+      [NETVM_MBUF_VLAN_TCI] = offsetof(struct rte_mbuf, vlan_tci),
+      [NETVM_MBUF_VLAN_TCI_OUTER] = offsetof(struct rte_mbuf, vlan_tci_outer),
+      [NETVM_MBUF_BUF_LEN] = offsetof(struct rte_mbuf, buf_len),
+      [NETVM_MBUF_POOL] = offsetof(struct rte_mbuf, pool),
+      [NETVM_MBUF_NEXT] = offsetof(struct rte_mbuf, next),
+      [NETVM_MBUF_TX_OFFLOAD] = offsetof(struct rte_mbuf, tx_offload),
+      [NETVM_MBUF_SHINFO] = offsetof(struct rte_mbuf, shinfo),
+      [NETVM_MBUF_SIZE] = sizeof(struct rte_mbuf),
+  };
+  for (unsigned int i = 0; i < n && i < NETVM_MBUF_FIELDS; i++)
+    out[i] = layout[i];
+  return NETVM_MBUF_FIELDS;
+}
+
+uint64_t netvm_rte_mbuf_f_external(void) { return RTE_MBUF_F_EXTERNAL; }

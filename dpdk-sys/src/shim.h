@@ -73,6 +73,45 @@ uint16_t netvm_rte_mbuf_ext_refcnt(const struct rte_mbuf *m);
 /* Whether m carries an external buffer (RTE_MBUF_F_EXTERNAL). */
 int netvm_rte_mbuf_has_extbuf(const struct rte_mbuf *m);
 
+/*
+ * Returns every lcore's cache of mp to the pool's ring, so that one thread can take back
+ * every free object (rte_mempool_avail_count counts the caches; a get reaches only its
+ * own). No thread may use mp meanwhile.
+ */
+void netvm_rte_mempool_flush_caches(struct rte_mempool *mp);
+
+/*
+ * The offsets of the rte_mbuf fields the Rust side reads and writes inline, as this
+ * compiler laid them out, in the order of enum netvm_mbuf_field; and sizeof(struct
+ * rte_mbuf) last. dpdk-sys compares them with bindgen's layout before the EAL starts, so a
+ * DPDK whose mbuf differs from the headers the bindings came from is refused, not misread.
+ */
+enum netvm_mbuf_field {
+  NETVM_MBUF_BUF_ADDR,
+  NETVM_MBUF_BUF_IOVA,
+  NETVM_MBUF_DATA_OFF,
+  NETVM_MBUF_REFCNT,
+  NETVM_MBUF_NB_SEGS,
+  NETVM_MBUF_PORT,
+  NETVM_MBUF_OL_FLAGS,
+  NETVM_MBUF_PACKET_TYPE,
+  NETVM_MBUF_PKT_LEN,
+  NETVM_MBUF_DATA_LEN,
+  NETVM_MBUF_VLAN_TCI,
+  NETVM_MBUF_VLAN_TCI_OUTER,
+  NETVM_MBUF_BUF_LEN,
+  NETVM_MBUF_POOL,
+  NETVM_MBUF_NEXT,
+  NETVM_MBUF_TX_OFFLOAD,
+  NETVM_MBUF_SHINFO,
+  NETVM_MBUF_SIZE,
+  NETVM_MBUF_FIELDS
+};
+/* Writes min(n, NETVM_MBUF_FIELDS) values to out; returns NETVM_MBUF_FIELDS. */
+unsigned int netvm_rte_mbuf_layout(uint64_t *out, unsigned int n);
+/* RTE_MBUF_F_EXTERNAL, the flag rte_pktmbuf_reset keeps. */
+uint64_t netvm_rte_mbuf_f_external(void);
+
 unsigned int netvm_rte_lcore_id(void);
 /* Function-like macros bindgen cannot evaluate. */
 /* RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP: the hash types netvm spreads flows by. */

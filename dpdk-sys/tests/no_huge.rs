@@ -11,6 +11,7 @@ fn virtual_ports_work_without_huge_pages() {
     assert!(eal.port_count() >= 2, "net_null0 and net_ring0 probed");
     common::null_port_receives_and_transmits(&eal);
     common::ring_port_loops_back(&eal);
+    common::null_port_keeps_the_symmetric_rss_key(&eal);
     let dir = std::env::temp_dir().join(format!("dpdk-sys-no-huge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     common::pcap_port_is_byte_exact(&eal, &dir);

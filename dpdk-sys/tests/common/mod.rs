@@ -193,3 +193,36 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
     }
     frames
 }
+
+/// RSS over two queues of a `net_null` (which keeps the key it is given and reads it back):
+/// the port uses the symmetric key; a one-queue port has no RSS.
+pub fn null_port_keeps_the_symmetric_rss_key(eal: &Eal) {
+    use dpdk_sys::{symmetric_rss_key, Rss};
+    eal.vdev_init("net_null_rss0", "")
+        .expect("create net_null_rss0");
+    let pool = pool(eal, "rss_pool");
+    let config = PortConfig {
+        rx_queues: 2,
+        tx_queues: 2,
+        ..PortConfig::default()
+    };
+    {
+        let port = Port::start(eal, "net_null_rss0", &config, &pool).expect("start net_null_rss0");
+        assert_eq!(port.rss(), &Rss::Symmetric);
+        let key = port.rss_key().expect("net_null reads its key back");
+        assert_eq!(key.len(), 40);
+        assert_eq!(key, symmetric_rss_key(40));
+        // A vdev sits on the node of the thread that created it.
+        assert_eq!(
+            eal.port_numa_node(port.id()),
+            port.info().unwrap().socket_id
+        );
+        assert_eq!(eal.port_numa_node(u16::MAX), None, "no such port");
+    }
+
+    eal.vdev_init("net_null_rss1", "")
+        .expect("create net_null_rss1");
+    let one = Port::start(eal, "net_null_rss1", &PortConfig::default(), &pool)
+        .expect("start net_null_rss1");
+    assert_eq!(one.rss(), &Rss::Off);
+}
