@@ -184,15 +184,21 @@ impl PacketPool {
         n
     }
 
-    /// Add a reference to an allocated buffer (for mirroring it to another port).
+    /// Add a reference to an allocated buffer (for mirroring it to another port). The
+    /// caller holds a reference (the ownership rule), so the count is at least 1 and
+    /// cannot reach 0 meanwhile: one `fetch_add`, no compare-and-swap loop. A caller that
+    /// breaks the rule and clones a free buffer gets [`PoolError::NotAllocated`] and the
+    /// count is put back (racing an allocation of that very buffer, the misuse can still
+    /// lose it, never reach out of bounds). Counts near `u32::MAX`, which no number of
+    /// holders reaches, are refused the same way rather than wrapped.
     pub fn clone_ref(&self, index: u32) -> Result<(), PoolError> {
-        self.header(index)?
-            .refcount
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                (c != 0).then(|| c.saturating_add(1))
-            })
-            .map(drop)
-            .map_err(|_| PoolError::NotAllocated(index))
+        let refcount = &self.header(index)?.refcount;
+        let previous = refcount.fetch_add(1, Ordering::Relaxed);
+        if previous == 0 || previous >= u32::MAX / 2 {
+            refcount.fetch_sub(1, Ordering::Relaxed);
+            return Err(PoolError::NotAllocated(index));
+        }
+        Ok(())
     }
 
     /// References currently held on a buffer (0: it is free).
@@ -201,10 +207,19 @@ impl PacketPool {
     }
 
     /// Drop one reference; `Ok(true)` when it was the last, so the buffer must go back.
+    #[inline]
     fn release(&self, index: u32) -> Result<bool, PoolError> {
-        let previous = self
-            .header(index)?
-            .refcount
+        let refcount = &self.header(index)?.refcount;
+        // The only holder (the common case: no mirror) is alone with the count: no other
+        // thread may clone or free a buffer it does not hold, so a plain store ends it,
+        // without a locked instruction (DPDK's `rte_pktmbuf_prefree_seg` does the same).
+        // Acquire pairs with the Release decrements of earlier holders, as the fence
+        // below does.
+        if refcount.load(Ordering::Acquire) == 1 {
+            refcount.store(0, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let previous = refcount
             // Release: our reads/writes of the buffer happen before whoever frees it last.
             .fetch_update(Ordering::Release, Ordering::Relaxed, |c| c.checked_sub(1))
             .map_err(|_| PoolError::NotAllocated(index))?;

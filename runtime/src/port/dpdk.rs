@@ -50,16 +50,31 @@
 //!   reading a file, `net_af_packet` from the kernel's ring — is that driver's I/O.)
 //!
 //! **Queues.** `rxq=N` opens N receive queues with RSS (IP/TCP/UDP hash) where the device
-//! has it, `txq=N` N transmit queues; the one switch thread polls every receive queue in
-//! turn and sends on queue 0. One switch thread per queue (RSS scaling) needs a
-//! multi-threaded switch and is **not done**.
+//! has it, keyed with the symmetric Toeplitz key (0x6d5a repeated) so that both directions
+//! of a flow land on the same queue number — on every port, hence on the same switch
+//! thread; a device that refuses the key keeps its own and the port's description says
+//! so. `txq=N` opens N transmit queues. With one switch thread, it polls every receive
+//! queue in turn and sends on queue 0. With several, [`Port::split`] hands thread `k` the
+//! receive queues `k, k + threads, ...` and transmit queue `k` (a transmit queue is not
+//! thread-safe, so `txq` must cover the threads too), all over the one started device
+//! (an `Arc` the shares hold); each share keeps its own spare buffers and mbuf vectors,
+//! the counters are the port's.
 //!
 //! The device is configured and started when the port learns the pool
 //! ([`Port::attach_pool`]; until the switch calls that, at its first receive burst, or
-//! when asked to send first, over the pool the frames lie in), on the switch thread, which is
-//! registered as an EAL thread so DPDK's per-lcore mempool caches serve it. At
-//! [`Port::finish`] the device is stopped and closed (flushing `tx_pcap` files) and every
-//! lent buffer goes back to the pool.
+//! when asked to send first, over the pool the frames lie in). Each polling thread
+//! registers as an EAL thread at its first burst, so DPDK's per-lcore mempool caches serve
+//! it. A share's [`Port::finish`] gives back its spare buffers and hands its queues to the
+//! device; the port's own, last, stops and closes the device (flushing `tx_pcap` files),
+//! drains every queue, empties every lcore's mempool cache and takes back every lent
+//! buffer.
+//!
+//! **Per packet**, besides DPDK's own work: RX stores the data window and port straight
+//! into the buffer's header (after prefetching the burst's headers and first data lines)
+//! and re-points the mbuf; TX reads the refcount, stores 2 for a buffer only the switch
+//! holds, and re-points an mbuf. No call into the C shim per packet: mbuf fields are read
+//! and written inline (`dpdk_sys::Mbuf`, layout checked against the C compiler's at EAL
+//! init); per burst one `rx_burst`/`tx_burst` and at most one `alloc_bulk`/`free_bulk`.
 //!
 //! Without the `dpdk` feature the driver still parses its arguments and then says how to
 //! get it; with the feature and no DPDK on the build machine, DPDK's own message says so.
@@ -337,10 +352,10 @@ mod driver {
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
-    use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, RxQueue, TxQueue};
+    use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, Rss, RxQueue, TxQueue};
 
     use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS};
-    use crate::layout::{BUF_HEADER_BYTES, BUF_STRIDE};
+    use crate::layout::{BufHeader, BUF_HEADER_BYTES, BUF_STRIDE};
     use crate::pool::{PacketPool, BUF_ROOM};
     use crate::port::{Port, PortError, RxBurst};
     use crate::region::Backing;
@@ -460,6 +475,8 @@ mod driver {
         page_bytes: usize,
         page_shift: u32,
         page_iovas: Vec<u64>,
+        /// IO addresses are virtual addresses (the EAL's IOVA-as-VA mode): no table lookup.
+        iova_is_va: bool,
     }
 
     impl Zone {
@@ -471,7 +488,8 @@ mod driver {
                 Backing::SmallPages { .. } => 4096,
             };
             let pages = (region_base..region_base + region.len_bytes()).step_by(page_bytes);
-            let page_iovas = if eal.iova_is_va() {
+            let iova_is_va = eal.iova_is_va();
+            let page_iovas = if iova_is_va {
                 pages.map(|a| a as u64).collect()
             } else {
                 pages
@@ -486,17 +504,41 @@ mod driver {
                 page_bytes,
                 page_shift: page_bytes.trailing_zeros(),
                 page_iovas,
+                iova_is_va,
             }
         }
 
+        #[inline]
         fn room(&self, index: u32) -> *mut u8 {
             (self.room_base + index as usize * BUF_STRIDE) as *mut u8
+        }
+
+        /// The header of buffer `index` (`None` outside the pool). The receive and
+        /// transmit paths read and write it here rather than through [`PacketPool`]'s
+        /// checked, `Result`-returning setters: the index comes from
+        /// [`index_of_room`](Self::index_of_room) or [`locate`](Self::locate), already
+        /// checked, and the window from an mbuf already bounded by `BUF_ROOM`.
+        #[inline]
+        fn header(&self, index: u32) -> Option<&BufHeader> {
+            if index as usize >= self.capacity {
+                return None;
+            }
+            let at = self.room_base - BUF_HEADER_BYTES + index as usize * BUF_STRIDE;
+            // SAFETY: `index < capacity`, so `at` is the start of a slot of the region's
+            // buffer array, which begins with a `BufHeader` (atomics only, valid in any
+            // state) and is 64-byte aligned (array and stride are); the region stays
+            // mapped while the zone lives (its pool holds it).
+            Some(unsafe { &*(at as *const BufHeader) })
         }
 
         /// IO address of buffer `index`'s room. With physical addresses on 2 MiB pages a
         /// buffer may straddle two pages that are not physically adjacent: fine for
         /// virtual devices (no DMA); real NICs want vfio-pci (IOVA as VA). See docs/dpdk.md.
+        #[inline]
         fn iova(&self, index: u32) -> u64 {
+            if self.iova_is_va {
+                return self.room(index) as u64;
+            }
             let offset = self.room(index) as usize - self.region_base;
             // page_bytes is a power of two: shift and mask, no division per packet.
             match self.page_iovas.get(offset >> self.page_shift) {
@@ -506,6 +548,7 @@ mod driver {
         }
 
         /// The buffer whose room starts at `addr`.
+        #[inline]
         fn index_of_room(&self, addr: usize) -> Option<u32> {
             let offset = addr.checked_sub(self.room_base)?;
             let index = offset / BUF_STRIDE;
@@ -513,6 +556,7 @@ mod driver {
         }
 
         /// The buffer `bytes` lies in, and its offset in that buffer's room.
+        #[inline]
         fn locate(&self, bytes: &[u8]) -> Option<(u32, usize)> {
             let offset = (bytes.as_ptr() as usize).checked_sub(self.room_base)?;
             let index = offset / BUF_STRIDE;
@@ -532,24 +576,64 @@ mod driver {
         }
     }
 
-    /// A started device and the buffers it has been lent.
-    struct Running {
+    /// A started device and the buffers it has been lent, shared by the port and the
+    /// shares split off it ([`Port::split`]); stopped by the port itself, last.
+    struct Device {
         zone: Arc<Zone>,
-        rx_queues: Vec<RxQueue>,
-        next_rx: usize,
-        tx_queue: TxQueue,
         port: dpdk_sys::Port,
         rx_pool: Mempool,
         tx_pool: Mempool,
+        /// The region's base, counted in [`POOLS_IN_USE`].
+        region_base: usize,
+        /// Receive queues of finished shares, drained when the device stops.
+        returned: Mutex<Vec<RxQueue>>,
+    }
+
+    /// One switch thread's part of a started device: its queues, the pool buffers it
+    /// keeps to re-point received mbufs at, and its mbuf vectors (empty between bursts).
+    struct Running {
+        device: Arc<Device>,
+        rx_queues: Vec<RxQueue>,
+        next_rx: usize,
+        tx_queue: TxQueue,
         /// Pool buffers held to re-point received mbufs at.
         spare: Vec<u32>,
         rx_mbufs: Vec<Mbuf>,
         done_mbufs: Vec<Mbuf>,
         tx_mbufs: Vec<Mbuf>,
         pinned_mbufs: Vec<Mbuf>,
+        /// Last frame received (kept only for a finite `net_pcap` input).
         last_rx: Instant,
-        /// The region's base, counted in [`POOLS_IN_USE`].
-        region_base: usize,
+        /// The polling thread has been registered with the EAL (so the mempools' per-lcore
+        /// caches serve it); done at the first burst, on the thread that polls.
+        registered: bool,
+    }
+
+    impl Running {
+        fn new(device: Arc<Device>, rx_queues: Vec<RxQueue>, tx_queue: TxQueue) -> Running {
+            Running {
+                device,
+                rx_queues,
+                next_rx: 0,
+                tx_queue,
+                spare: Vec::with_capacity(4 * MAX_BURST),
+                rx_mbufs: Vec::with_capacity(MAX_BURST),
+                done_mbufs: Vec::with_capacity(MAX_BURST),
+                tx_mbufs: Vec::with_capacity(MAX_BURST),
+                pinned_mbufs: Vec::with_capacity(MAX_BURST),
+                last_rx: Instant::now(),
+                registered: false,
+            }
+        }
+
+        #[inline]
+        fn register(&mut self, eal: &Eal) {
+            if !self.registered {
+                // Only a cache for this thread's mempool use; without it DPDK still works.
+                let _ = eal.register_thread();
+                self.registered = true;
+            }
+        }
     }
 
     enum State {
@@ -559,13 +643,40 @@ mod driver {
         Finished,
     }
 
-    /// A DPDK ethdev bound to a switch port.
+    /// Which switch thread a port serves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Role {
+        /// The port as opened: all its queues for one thread, or thread 0's share after a
+        /// split into `threads`. Its `finish` stops the device.
+        Whole { threads: usize },
+        /// Thread `thread`'s share of a port split into `threads`.
+        Share { thread: usize, threads: usize },
+    }
+
+    impl Role {
+        /// (this thread, threads).
+        fn thread(self) -> (usize, usize) {
+            match self {
+                Role::Whole { threads } => (0, threads),
+                Role::Share { thread, threads } => (thread, threads),
+            }
+        }
+    }
+
+    /// A DPDK ethdev bound to a switch port (or one switch thread's share of it).
     pub struct DpdkPort {
         spec: DeviceSpec,
         eal: &'static Eal,
         state: State,
         counters: Arc<DpdkCounters>,
+        role: Role,
+        /// A finite `net_pcap` input ([`DeviceSpec::finite_pcap_rx`], decided at open).
+        finite_pcap: bool,
         pcap_drained: bool,
+        /// The device's NUMA node, when DPDK knows it.
+        numa_node: Option<usize>,
+        /// How the device spreads flows over its receive queues (once started).
+        rss: Option<Rss>,
     }
 
     impl DpdkPort {
@@ -598,19 +709,25 @@ mod driver {
                         }
                     ))
                 })?;
-                eal.port_by_name(&spec.name)
-                    .map_err(|e| PortError::Other(format!("dpdk: {e}")))?;
             }
+            let port_id = eal
+                .port_by_name(&spec.name)
+                .map_err(|e| PortError::Other(format!("dpdk: {e}")))?;
             Ok(DpdkPort {
+                finite_pcap: spec.finite_pcap_rx(),
+                numa_node: eal.port_numa_node(port_id).map(|n| n as usize),
                 spec,
                 eal,
                 state: State::Opened,
                 counters: Arc::new(DpdkCounters::default()),
+                role: Role::Whole { threads: 1 },
                 pcap_drained: false,
+                rss: None,
             })
         }
 
-        /// Live counters (copies, frames in place), readable while the switch runs.
+        /// Live counters (copies, frames in place), readable while the switch runs; shared
+        /// by the shares of a split port.
         pub fn counters(&self) -> Arc<DpdkCounters> {
             self.counters.clone()
         }
@@ -634,11 +751,8 @@ mod driver {
                 }
             }
         }
-
         fn start(&mut self, pool: &PacketPool) -> Result<Running, String> {
             let eal = self.eal;
-            // Only a cache for this thread's mempool use; without it DPDK still works.
-            let _ = eal.register_thread();
             let zone = Arc::new(Zone::new(pool, eal));
             let registered = register_region(eal, &zone)?;
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -712,37 +826,34 @@ mod driver {
                 rx_ring_slots: RING_SLOTS,
                 tx_ring_slots: RING_SLOTS,
                 rss: true,
+                symmetric_rss_key: true,
                 promiscuous: true,
             };
             let port = dpdk_sys::Port::start(eal, &self.spec.name, &config, &rx_pool)
                 .map_err(|e| give_back(format!("starting the device: {e}")))?;
+            self.rss = Some(port.rss().clone());
             let rx_queues = (0..self.spec.rx_queues)
                 .map(|q| port.rx_queue(q))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
             let tx_queue = port.tx_queue(0).map_err(|e| e.to_string())?;
-            Ok(Running {
+            let device = Arc::new(Device {
                 zone,
-                rx_queues,
-                next_rx: 0,
-                tx_queue,
                 port,
                 rx_pool,
                 tx_pool,
-                spare: Vec::with_capacity(2 * MAX_BURST),
-                rx_mbufs: Vec::with_capacity(MAX_BURST),
-                done_mbufs: Vec::with_capacity(MAX_BURST),
-                tx_mbufs: Vec::with_capacity(MAX_BURST),
-                pinned_mbufs: Vec::with_capacity(MAX_BURST),
-                last_rx: Instant::now(),
                 region_base: registered,
-            })
+                returned: Mutex::new(Vec::new()),
+            });
+            Ok(Running::new(device, rx_queues, tx_queue))
         }
 
         fn receive(&mut self, burst: &mut RxBurst<'_>) {
             let State::Running(run) = &mut self.state else {
                 return;
             };
+            let run = &mut **run;
+            run.register(self.eal);
             let want = burst.room().min(MAX_BURST);
             if want == 0 {
                 return;
@@ -761,22 +872,33 @@ mod driver {
             let mut received = 0;
             for _ in 0..queues {
                 let q = run.next_rx;
-                run.next_rx = (q + 1) % queues;
+                run.next_rx = if q + 1 == queues { 0 } else { q + 1 };
                 received = run.rx_queues[q].rx_burst(&mut run.rx_mbufs, max as u16);
                 if received > 0 {
                     break;
                 }
             }
-            if received == 0 {
-                if self.spec.finite_pcap_rx() && run.last_rx.elapsed() >= PCAP_DRAINED_AFTER {
-                    self.pcap_drained = true;
+            if self.finite_pcap {
+                if received == 0 {
+                    self.pcap_drained = run.last_rx.elapsed() >= PCAP_DRAINED_AFTER;
+                    return;
                 }
+                run.last_rx = Instant::now();
+            }
+            if received == 0 {
                 return;
             }
-            run.last_rx = Instant::now();
-            let zone = run.zone.clone();
-            let pool = &zone.pool;
+            let device = &*run.device;
+            let zone = &*device.zone;
             let port = burst.port;
+            // The buffer headers the frames are handed over in, and the frames' first
+            // bytes (the switch classifies them next), are in no cache yet: ask for them
+            // all before touching the first.
+            for m in &run.rx_mbufs {
+                let room = m.buf_addr();
+                prefetch(room.wrapping_sub(BUF_HEADER_BYTES));
+                prefetch(room.wrapping_add(m.data_offset().into()));
+            }
             let mut mbufs = std::mem::take(&mut run.rx_mbufs);
             // Counted per burst: a locked increment per frame costs as much as the rest.
             let mut in_place = 0;
@@ -791,10 +913,10 @@ mod driver {
                     continue;
                 }
                 let own = zone.index_of_room(m.buf_addr() as usize);
-                let index = match own {
+                let index = match own.and_then(|i| Some((i, zone.header(i)?))) {
                     // Ours: the frame is already in a pool buffer; hand it over and give
                     // the mbuf a fresh one.
-                    Some(index) if run.rx_pool.owns(&m) => {
+                    Some((index, header)) if device.rx_pool.owns(&m) => {
                         let Some(fresh) = run.spare.pop() else {
                             // Cannot happen: at most `spare.len()` frames were asked for.
                             run.done_mbufs.push(m);
@@ -804,20 +926,32 @@ mod driver {
                         // its room is as long as the pool's external buffers; `index`
                         // is ours now (the mbuf's reference passes to the switch).
                         unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
+                        // What `set_data`, `forget_content` and `set_port` would store,
+                        // without their checks: `index` is in the pool and the window
+                        // fits its room (both checked above).
+                        header.data_offset.store(offset as u16, Ordering::Relaxed);
+                        header.data_len.store(len as u16, Ordering::Relaxed);
+                        header.content_tag.store(0, Ordering::Relaxed);
+                        header.port.store(port, Ordering::Relaxed);
                         in_place += 1;
                         index
                     }
                     // An mbuf we attached on transmit, looped back (net_ring), that
                     // nobody else references: take over the attachment's reference.
-                    Some(index)
+                    Some((index, _))
                         if m.external_refs() == Some(1)
-                            && pool.refcount(index) == Ok(1)
-                            && pool.clone_ref(index).is_ok() =>
+                            && zone.pool.refcount(index) == Ok(1)
+                            && zone.pool.clone_ref(index).is_ok() =>
                     {
+                        let pool = &zone.pool;
+                        let _ = pool.set_data(index, offset, len);
+                        let _ = pool.forget_content(index);
+                        let _ = pool.set_port(index, port);
                         in_place += 1;
                         index
                     }
                     _ => {
+                        let pool = &zone.pool;
                         let Some(copy) = run.spare.pop() else {
                             run.done_mbufs.push(m);
                             continue;
@@ -831,15 +965,10 @@ mod driver {
                         }
                         bump(&self.counters.copied_packets, 1);
                         bump(&self.counters.copied_bytes, len as u64);
-                        run.done_mbufs.push(m);
                         let _ = pool.set_port(copy, port);
-                        burst.push_held(copy);
-                        continue;
+                        copy
                     }
                 };
-                let _ = pool.set_data(index, offset, len);
-                let _ = pool.forget_content(index);
-                let _ = pool.set_port(index, port);
                 burst.push_held(index);
                 run.done_mbufs.push(m);
             }
@@ -852,15 +981,17 @@ mod driver {
             let State::Running(run) = &mut self.state else {
                 return 0;
             };
+            let run = &mut **run;
+            run.register(self.eal);
             let count = frames.len().min(MAX_BURST);
             if count == 0 {
                 return 0;
             }
-            let zone = run.zone.clone();
-            let pool = &zone.pool;
+            let device = &*run.device;
+            let zone = &device.zone;
             // Receive-pool mbufs, for frames whose buffer only the switch holds.
             let mut pinned = std::mem::take(&mut run.pinned_mbufs);
-            if !run.rx_pool.alloc_bulk(&mut pinned, count) {
+            if !device.rx_pool.alloc_bulk(&mut pinned, count) {
                 pinned.clear();
             }
             let mut pinned_left = pinned.drain(..);
@@ -868,11 +999,18 @@ mod driver {
             let mut in_place = 0;
             for frame in &frames[..count] {
                 let located = zone.locate(frame);
-                let exclusive = located.filter(|&(i, _)| pool.refcount(i) == Ok(1));
-                if let Some((index, offset)) = exclusive {
+                let exclusive = located.and_then(|(i, at)| {
+                    let header = zone.header(i)?;
+                    (header.refcount.load(Ordering::Acquire) == 1).then_some((i, at, header))
+                });
+                if let Some((index, offset, header)) = exclusive {
                     if let Some(mut m) = pinned_left.next() {
-                        let lent = zone.index_of_room(m.buf_addr() as usize);
-                        if let (Some(lent), Ok(())) = (lent, pool.clone_ref(index)) {
+                        if let Some(lent) = zone.index_of_room(m.buf_addr() as usize) {
+                            // One reference more, for the mbuf. The switch holds the only
+                            // one (refcount 1, read above on this thread), so nobody else
+                            // may change the count meanwhile (the pool's ownership rule):
+                            // a plain store, not a locked increment.
+                            header.refcount.store(2, Ordering::Relaxed);
                             // SAFETY: `m` is a receive-pool mbuf; `index` is a pool
                             // buffer whose only other holder, the switch, lets go after
                             // this burst, leaving the mbuf the one reference the pool's
@@ -890,7 +1028,7 @@ mod driver {
                         run.done_mbufs.push(m);
                     }
                 }
-                match Self::attached(&self.counters, &zone, &run.tx_pool, frame, located) {
+                match Self::attached(&self.counters, zone, &device.tx_pool, frame, located) {
                     Some(m) => out.push(m),
                     None => break,
                 }
@@ -906,7 +1044,7 @@ mod driver {
             Mbuf::free_bulk(&mut run.done_mbufs);
             run.tx_mbufs = out;
             if run.spare.len() > 4 * MAX_BURST {
-                let _ = pool.free_burst(&run.spare[2 * MAX_BURST..]);
+                let _ = zone.pool.free_burst(&run.spare[2 * MAX_BURST..]);
                 run.spare.truncate(2 * MAX_BURST);
             }
             if ready == 0 {
@@ -963,22 +1101,114 @@ mod driver {
             Some(m)
         }
 
-        /// Stop the device and take back every lent buffer.
+        /// Ports for switch threads `1..threads`, each taking the receive queues `k, k +
+        /// threads, ...` and transmit queue `k` of the started device; this port keeps
+        /// thread 0's.
+        fn split_device(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+            let name = &self.spec.name;
+            let (rxq, txq) = (self.spec.rx_queues as usize, self.spec.tx_queues as usize);
+            if rxq < threads || txq < threads {
+                let mut suggested = name.clone();
+                if !self.spec.device_args.is_empty() {
+                    suggested.push(',');
+                    suggested.push_str(&self.spec.device_args);
+                }
+                return Err(PortError::Other(format!(
+                    "dpdk {name}: {threads} switch threads need at least {threads} receive \
+                     and {threads} transmit queues, one each (a transmit queue is not \
+                     thread-safe), and the port has rxq={rxq}, txq={txq}: bind it as \
+                     `dpdk:{suggested},rxq={},txq={}`, or run fewer switch threads",
+                    rxq.max(threads),
+                    txq.max(threads)
+                )));
+            }
+            let run = match &mut self.state {
+                State::Running(run) => run,
+                State::Failed(e) => return Err(PortError::Other(e.clone())),
+                State::Opened | State::Finished => {
+                    return Err(PortError::Other(format!(
+                        "dpdk {name}: split before the device started (the switch attaches \
+                         the pool first)"
+                    )))
+                }
+            };
+            if self.role != (Role::Whole { threads: 1 }) {
+                return Err(PortError::Other(format!("dpdk {name}: already split")));
+            }
+            // Queue q goes to thread q % threads; run.rx_queues[q] is queue q.
+            let mut shares: Vec<Vec<RxQueue>> = (0..threads).map(|_| Vec::new()).collect();
+            for (q, queue) in std::mem::take(&mut run.rx_queues).into_iter().enumerate() {
+                shares[q % threads].push(queue);
+            }
+            let mut shares = shares.into_iter();
+            run.rx_queues = shares.next().unwrap_or_default();
+            run.next_rx = 0;
+            let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(threads - 1);
+            for (k, rx_queues) in (1..threads).zip(shares) {
+                let tx_queue = run
+                    .device
+                    .port
+                    .tx_queue(k as u16)
+                    .map_err(|e| PortError::Other(format!("dpdk {name}: {e}")))?;
+                ports.push(Box::new(DpdkPort {
+                    spec: self.spec.clone(),
+                    eal: self.eal,
+                    state: State::Running(Box::new(Running::new(
+                        run.device.clone(),
+                        rx_queues,
+                        tx_queue,
+                    ))),
+                    counters: self.counters.clone(),
+                    role: Role::Share { thread: k, threads },
+                    finite_pcap: self.finite_pcap,
+                    pcap_drained: false,
+                    numa_node: self.numa_node,
+                    rss: self.rss.clone(),
+                }));
+            }
+            self.role = Role::Whole { threads };
+            Ok(ports)
+        }
+
+        /// A share's end: its receive queues go back to the device (drained when the port
+        /// it was split from stops it), its spare buffers to the pool.
+        fn finish_share(&mut self) {
+            let State::Running(run) = std::mem::replace(&mut self.state, State::Finished) else {
+                return;
+            };
+            let Running {
+                device,
+                rx_queues,
+                spare,
+                ..
+            } = *run;
+            let _ = device.zone.pool.free_burst(&spare);
+            if let Ok(mut returned) = device.returned.lock() {
+                returned.extend(rx_queues);
+            };
+        }
+
+        /// Stop the device and take back every lent buffer (the port as opened; its shares
+        /// have finished).
         fn stop(&mut self) -> Result<(), PortError> {
+            if matches!(self.role, Role::Share { .. }) {
+                self.finish_share();
+                return Ok(());
+            }
             let State::Running(run) = std::mem::replace(&mut self.state, State::Finished) else {
                 return Ok(());
             };
             let Running {
-                zone,
+                device,
                 mut rx_queues,
                 tx_queue,
-                port,
-                rx_pool,
-                tx_pool,
                 spare,
-                region_base,
                 ..
             } = *run;
+            let _ = device.zone.pool.free_burst(&spare);
+            if let Ok(mut returned) = device.returned.lock() {
+                rx_queues.append(&mut returned);
+            };
             // Frames still in the device (net_ring's ring) hold buffers: drain them.
             let mut drained = Vec::new();
             for q in rx_queues.iter_mut() {
@@ -991,11 +1221,32 @@ mod driver {
             }
             drop(rx_queues);
             drop(tx_queue);
-            // Stops and closes the device: its rings' mbufs go back to rx_pool, pcap
-            // output is flushed.
+            let device = Arc::try_unwrap(device).map_err(|device| {
+                PortError::Other(format!(
+                    "dpdk {}: {} shares of the port are still running at stop; the \
+                     device stays up and their buffers are not back",
+                    self.spec.name,
+                    Arc::strong_count(&device) - 1
+                ))
+            })?;
+            let Device {
+                zone,
+                port,
+                rx_pool,
+                tx_pool,
+                region_base,
+                returned: _,
+            } = device;
+            // Stops and closes the device (every queue handle is gone): its rings' mbufs
+            // go back to rx_pool, pcap output is flushed.
             drop(port);
+            // SAFETY: the device is stopped and every thread that polled or sent on it
+            // has finished (their shares are gone), so nobody uses the pools' caches.
+            unsafe {
+                rx_pool.flush_caches();
+                tx_pool.flush_caches();
+            }
             let pool = &zone.pool;
-            let _ = pool.free_burst(&spare);
             let mut mbufs = Vec::new();
             let available = rx_pool.available() as usize;
             let mut missing = 0;
@@ -1028,6 +1279,19 @@ mod driver {
             }
             Ok(())
         }
+    }
+
+    /// Ask the CPU to bring the cache line at `addr` in.
+    #[inline(always)]
+    fn prefetch(addr: *const u8) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint: it never faults and changes nothing, whatever the
+        // address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr.cast())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = addr;
     }
 
     /// Count a port on the zone's pool; the first registers its region as external
@@ -1092,12 +1356,29 @@ mod driver {
             } else {
                 "EAL --no-huge"
             };
-            let state = match &self.state {
-                State::Failed(e) => format!("; FAILED: {e}"),
-                State::Opened => String::new(),
-                _ => format!("; {}", self.counters.summary()),
-            };
-            format!("dpdk {} ({memory}{state})", self.spec.display())
+            let mut text = format!("dpdk {} ({memory}", self.spec.display());
+            if let Some(rss) = self.rss.as_ref().filter(|_| self.spec.rx_queues > 1) {
+                text.push_str(&format!("; {rss}"));
+            }
+            let (thread, threads) = self.role.thread();
+            if threads > 1 {
+                let rx: Vec<String> = (thread..self.spec.rx_queues as usize)
+                    .step_by(threads)
+                    .map(|q| q.to_string())
+                    .collect();
+                text.push_str(&format!(
+                    "; switch thread {thread} of {threads}: rx queues {}, tx queue {thread}",
+                    rx.join(",")
+                ));
+            }
+            match &self.state {
+                State::Failed(e) => text.push_str(&format!("; FAILED: {e}")),
+                State::Opened => {}
+                // Shared by every share of the port: the whole port's numbers.
+                _ => text.push_str(&format!("; {}", self.counters.summary())),
+            }
+            text.push(')');
+            text
         }
 
         fn attach_pool(&mut self, pool: &PacketPool) -> Result<(), PortError> {
@@ -1154,6 +1435,21 @@ mod driver {
                 return Err(PortError::Other(e.clone()));
             }
             self.stop()
+        }
+
+        fn rx_queues(&self) -> usize {
+            self.spec.rx_queues.into()
+        }
+
+        fn numa_node(&self) -> Option<usize> {
+            self.numa_node
+        }
+
+        fn split(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
+            if threads <= 1 {
+                return Ok(Vec::new());
+            }
+            self.split_device(threads)
         }
     }
 
@@ -1448,6 +1744,134 @@ mod tests {
             "full bursts while the polls rotate over the queues"
         );
         finish_with_every_buffer_back(port, cache, &pool);
+    }
+
+    /// Polls `port` `rounds` times from the calling thread with a cache of its own,
+    /// sending every frame back out; returns how many frames came in.
+    #[cfg(feature = "dpdk")]
+    fn poll_and_echo(port: &mut dyn Port, pool: &crate::pool::PacketPool, rounds: usize) -> usize {
+        use crate::port::RxBurst;
+        let mut cache = pool.cache(64).unwrap();
+        let mut total = 0;
+        for _ in 0..rounds {
+            let mut out = [0u32; 32];
+            let n = {
+                let mut burst = RxBurst::new(&mut cache, &mut out, 3);
+                port.rx_burst(&mut burst);
+                burst.len()
+            };
+            // SAFETY: the burst handed us these buffers; nobody writes them.
+            let frames: Vec<&[u8]> = out[..n]
+                .iter()
+                .map(|&i| unsafe { pool.buf_data(i) }.unwrap())
+                .collect();
+            assert_eq!(port.tx_burst(&frames), n);
+            cache.free_burst(&out[..n]).unwrap();
+            total += n;
+        }
+        total
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn a_port_split_in_two_is_polled_by_two_threads_and_gives_every_buffer_back() {
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED split: {why}");
+            return;
+        }
+        let pool = test_pool(8192);
+        let mut port =
+            DpdkPort::open(DeviceSpec::parse("net_null_split0,rxq=2,txq=2").unwrap()).unwrap();
+        let counters = port.counters();
+        assert_eq!(port.rx_queues(), 2);
+        port.attach_pool(&pool).unwrap();
+        assert_eq!(pool.capacity() - pool.available(), (2 + 2) * 512 + 512);
+        let mut shares = port.split(2).unwrap();
+        assert_eq!(
+            shares.len(),
+            1,
+            "one port for thread 1; this one stays thread 0's"
+        );
+        let mut share = shares.pop().unwrap();
+        let described = share.describe();
+        assert!(
+            described.contains("switch thread 1 of 2: rx queues 1, tx queue 1"),
+            "{described}"
+        );
+        assert!(described.contains("RSS, symmetric key"), "{described}");
+        assert!(
+            port.describe()
+                .contains("switch thread 0 of 2: rx queues 0, tx queue 0"),
+            "{}",
+            port.describe()
+        );
+        assert!(port.split(2).is_err(), "a port splits once");
+
+        let (mine, theirs) = std::thread::scope(|scope| {
+            let pool = &pool;
+            let other = scope.spawn(move || {
+                let n = poll_and_echo(share.as_mut(), pool, 40);
+                (n, share)
+            });
+            let mine = poll_and_echo(&mut port, pool, 40);
+            let (theirs, share) = other.join().unwrap();
+            share_back(share);
+            (mine, theirs)
+        });
+        // net_null fills every burst on every queue.
+        assert_eq!((mine, theirs), (40 * 32, 40 * 32));
+        assert_eq!(
+            counters.rx_in_place.load(Ordering::Relaxed),
+            (mine + theirs) as u64,
+            "the shares count into the port's counters"
+        );
+        assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 0);
+        port.finish().unwrap();
+        assert_eq!(
+            pool.available(),
+            pool.capacity(),
+            "every lent buffer is back, including those in the other thread's caches"
+        );
+
+        /// The switch finishes the shares before the port they came from.
+        fn share_back(mut share: Box<dyn Port>) {
+            share.finish().unwrap();
+            assert!(share.rx_done(), "a finished share receives no more");
+        }
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn a_split_is_refused_when_a_thread_would_lack_a_queue_of_its_own() {
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED refused split: {why}");
+            return;
+        }
+        let pool = test_pool(4096);
+        let mut port = DpdkPort::open(DeviceSpec::parse("net_null_split1,rxq=2").unwrap()).unwrap();
+        port.attach_pool(&pool).unwrap();
+        let err = port
+            .split(2)
+            .err()
+            .expect("one transmit queue for two threads")
+            .to_string();
+        assert!(err.contains("net_null_split1"), "{err}");
+        assert!(err.contains("rxq=2, txq=1"), "{err}");
+        assert!(err.contains("transmit queue is not thread-safe"), "{err}");
+        assert!(
+            err.contains("`dpdk:net_null_split1,rxq=2,txq=2`"),
+            "says what to write: {err}"
+        );
+        let err = port.split(3).err().unwrap().to_string();
+        assert!(err.contains("`dpdk:net_null_split1,rxq=3,txq=3`"), "{err}");
+        assert!(
+            port.split(1).unwrap().is_empty(),
+            "one thread: nothing to split"
+        );
+        // Refused, the port runs on as one.
+        assert_eq!(poll_and_echo(&mut port, &pool, 4), 4 * 32);
+        port.finish().unwrap();
+        assert_eq!(pool.available(), pool.capacity());
     }
 
     #[cfg(feature = "dpdk")]
