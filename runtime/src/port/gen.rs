@@ -301,6 +301,68 @@ mod tests {
     }
 
     #[test]
+    fn a_split_generator_sends_exactly_what_one_would_each_flow_from_one_share() {
+        use crate::layout::RegionConfig;
+        use crate::region::{HugepagePolicy, SharedRegion};
+        let config = RegionConfig {
+            buffer_count: 64,
+            ring_count: 1,
+            ring_slots: 16,
+            counter_count: 0,
+        };
+        let pool =
+            PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap();
+        let mut cache = pool.cache(8).unwrap();
+        // Every frame each generator sends, by template.
+        let mut drain = |gen: &mut dyn Port| {
+            let mut sent = Vec::new();
+            while !gen.rx_done() {
+                let mut out = [0u32; 16];
+                let n = {
+                    let mut b = RxBurst::new(&mut cache, &mut out, 0);
+                    gen.rx_burst(&mut b);
+                    b.len()
+                };
+                assert!(n > 0, "a generator that is not done sends");
+                // SAFETY (test): we hold every buffer of the burst.
+                sent.extend(
+                    out[..n]
+                        .iter()
+                        .map(|&i| unsafe { pool.buf_data(i) }.unwrap().to_vec()),
+                );
+                cache.free_burst(&out[..n]).unwrap();
+            }
+            sent
+        };
+        let c = GenConfig::parse("flows=7,count=100,size=64").unwrap();
+        let mut whole = GenPort::new(&c, 0).unwrap();
+        let mut expected = drain(&mut whole);
+        let mut first = GenPort::new(&c, 0).unwrap();
+        let mut shares = first.split(3).unwrap();
+        assert_eq!(shares.len(), 2);
+        assert!(first.describe().ends_with("(share 1 of 3)"));
+        let mut by_share = vec![drain(&mut first)];
+        for share in shares.iter_mut() {
+            by_share.push(drain(share.as_mut()));
+        }
+        // No flow is sent by two shares (RSS keeps a flow on one queue).
+        for (k, sent) in by_share.iter().enumerate() {
+            for other in &by_share[k + 1..] {
+                assert!(sent.iter().all(|f| !other.contains(f)));
+            }
+        }
+        let mut together: Vec<Vec<u8>> = by_share.concat();
+        assert_eq!(together.len(), 100);
+        together.sort();
+        expected.sort();
+        assert_eq!(together, expected);
+        // More threads than flows: the extra shares send nothing and are done.
+        let mut few = GenPort::new(&GenConfig::parse("flows=2").unwrap(), 0).unwrap();
+        let extra = few.split(3).unwrap();
+        assert!(extra[1].rx_done() && !extra[0].rx_done());
+    }
+
+    #[test]
     fn prefilled_buffers_are_resent_unwritten_until_someone_writes_them() {
         use crate::layout::RegionConfig;
         use crate::region::{HugepagePolicy, SharedRegion};
