@@ -284,6 +284,19 @@ impl Port for GenPort {
 mod tests {
     use super::*;
 
+    /// A pool of `buffers` buffers on small pages.
+    fn test_pool(buffers: usize) -> PacketPool {
+        use crate::layout::RegionConfig;
+        use crate::region::{HugepagePolicy, SharedRegion};
+        let config = RegionConfig {
+            buffer_count: buffers,
+            ring_count: 1,
+            ring_slots: 16,
+            counter_count: 0,
+        };
+        PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap()
+    }
+
     #[test]
     fn templates_have_the_requested_size_and_mix() {
         let c = GenConfig::parse("flows=200,size=128,tcp=50,udp=50,icmp=0,dpi=100").unwrap();
@@ -302,16 +315,7 @@ mod tests {
 
     #[test]
     fn a_split_generator_sends_exactly_what_one_would_each_flow_from_one_share() {
-        use crate::layout::RegionConfig;
-        use crate::region::{HugepagePolicy, SharedRegion};
-        let config = RegionConfig {
-            buffer_count: 64,
-            ring_count: 1,
-            ring_slots: 16,
-            counter_count: 0,
-        };
-        let pool =
-            PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap();
+        let pool = test_pool(64);
         let mut cache = pool.cache(8).unwrap();
         // Every frame each generator sends, by template.
         let mut drain = |gen: &mut dyn Port| {
@@ -364,16 +368,7 @@ mod tests {
 
     #[test]
     fn prefilled_buffers_are_resent_unwritten_until_someone_writes_them() {
-        use crate::layout::RegionConfig;
-        use crate::region::{HugepagePolicy, SharedRegion};
-        let config = RegionConfig {
-            buffer_count: 8,
-            ring_count: 1,
-            ring_slots: 16,
-            counter_count: 0,
-        };
-        let pool =
-            PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap();
+        let pool = test_pool(8);
         let mut cache = pool.cache(4).unwrap();
         let c = GenConfig::parse("flows=4,size=300,prefilled=1").unwrap();
         let mut gen = GenPort::new(&c, 2).unwrap();
