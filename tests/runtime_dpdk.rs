@@ -6,7 +6,10 @@
 //!   pool's buffers);
 //! - `net_ring`: frames sent into the ring come back on the same port and go out again;
 //! - `net_af_packet` on veth pairs into two network namespaces carries real kernel traffic
-//!   (ping) through the switch.
+//!   (ping) through the switch;
+//! - the same with two queue pairs per port (`qpairs=2`, the kernel's fanout spreading
+//!   flows over them) and `--switch-threads 2`: 16 UDP flows are echoed back through two
+//!   switch threads, both of which carry some, and every buffer comes back.
 //!
 //! Skips loudly (on stderr, passing) without root, without DPDK in the build, or without
 //! `ip` for the namespace test. Without the feature, only the message telling an operator
@@ -383,15 +386,21 @@ mod with_dpdk {
         }
     }
 
+    /// Moves the calling thread into network namespace `ns`.
+    fn enter(ns: &str) {
+        let path = format!("/run/netns/{ns}");
+        let file = std::fs::File::open(&path).expect("the namespace's file");
+        // SAFETY: `file` is an open namespace descriptor; setns moves this thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}");
+    }
+
     /// `count` ICMP echo requests to `dst` from a raw socket on a thread inside namespace
     /// `ns`; the number of echo replies that came back.
     fn ping_from(ns: &str, dst: Ipv4Addr, count: u16) -> usize {
-        let path = format!("/run/netns/{ns}");
+        let ns = ns.to_string();
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("the namespace's file");
-            // SAFETY: `file` is an open namespace descriptor; setns moves this thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
+            enter(&ns);
             let socket = socket_icmp();
             let mut replies = std::collections::BTreeSet::new();
             let deadline = Instant::now() + Duration::from_secs(4);
@@ -572,5 +581,205 @@ mod with_dpdk {
     #[test]
     fn net_af_packet_on_veth_carries_ping_between_namespaces_without_huge_pages() {
         af_packet_carries_ping(NO_HUGE, "n");
+    }
+
+    const ECHO_PORT: u16 = 7777;
+
+    /// Sends with UDP checksum 0 ("none", for IPv4): a veth hands its peer datagrams with
+    /// the checksum left to offload, which `net_af_packet` captures as they are, so a
+    /// forwarded datagram would arrive with a wrong one and be dropped.
+    fn without_udp_checksum(socket: &std::net::UdpSocket) {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a live socket and a live int of the length passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+    }
+
+    /// A UDP echo server in namespace `ns` until `stop` is set; returns once it listens.
+    fn udp_echo_server(
+        ns: &str,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let ns = ns.to_string();
+        let (ready, listening) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            enter(&ns);
+            let socket = std::net::UdpSocket::bind(("0.0.0.0", ECHO_PORT)).expect("echo bind");
+            without_udp_checksum(&socket);
+            socket
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            ready.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        listening
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the echo server listens");
+        server
+    }
+
+    /// From namespace `ns`, `flows` UDP flows (one socket, so one source port, each) send
+    /// `per_flow` datagrams each to `dst`'s echo server, one at a time, resending what
+    /// gets no echo; the number echoed back intact.
+    fn udp_flows_from(ns: &str, dst: Ipv4Addr, flows: usize, per_flow: usize) -> usize {
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let deadline = Instant::now() + Duration::from_secs(6);
+            let mut echoed = 0;
+            let mut buf = [0u8; 1500];
+            for flow in 0..flows {
+                let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+                without_udp_checksum(&socket);
+                socket.connect((dst, ECHO_PORT)).unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                for seq in 0..per_flow {
+                    let msg = format!("netvm flow {flow} datagram {seq}");
+                    while Instant::now() < deadline {
+                        let _ = socket.send(msg.as_bytes());
+                        // Echoes of an earlier resend are skipped; a timeout resends.
+                        match socket.recv(&mut buf) {
+                            Ok(n) if &buf[..n] == msg.as_bytes() => {
+                                echoed += 1;
+                                break;
+                            }
+                            _ => continue,
+                        }
+                    }
+                }
+            }
+            echoed
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `rx by thread: A/B` in a DPDK port's description, as numbers.
+    fn rx_by_thread(driver: &str) -> Vec<u64> {
+        let at = driver
+            .find("rx by thread: ")
+            .unwrap_or_else(|| panic!("no per-thread counts in {driver}"));
+        driver[at + "rx by thread: ".len()..]
+            .split([';', ')'])
+            .next()
+            .unwrap()
+            .split('/')
+            .map(|n| n.trim().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn net_af_packet_with_two_queue_pairs_carries_udp_flows_through_two_switch_threads() {
+        let tag = "t";
+        let _turn = AF_PACKET_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED net_af_packet two switch threads: {why}");
+            return;
+        }
+        if Command::new("ip")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            eprintln!("SKIPPED net_af_packet two switch threads: `ip` is not installed");
+            return;
+        }
+        let lab = match Lab::new(tag) {
+            Ok(lab) => lab,
+            Err(e) => {
+                eprintln!("SKIPPED net_af_packet two switch threads: {e}");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("bridge.nvr");
+        std::fs::write(
+            &policy,
+            "port a\nport b\n\
+             rule a_to_b : in_port == a => out b\n\
+             rule b_to_a : in_port == b => out a\ndefault => drop\n",
+        )
+        .unwrap();
+        let json_path = dir.path().join("stats.json");
+        let mut args = vec![
+            "run".to_string(),
+            policy.display().to_string(),
+            "--switch-threads".to_string(),
+            "2".to_string(),
+            "--duration".to_string(),
+            "8".to_string(),
+            "--stats-json".to_string(),
+            json_path.display().to_string(),
+        ];
+        for (i, port) in ["a", "b"].iter().enumerate() {
+            args.push("--bind".to_string());
+            args.push(format!(
+                "{port}=dpdk:net_af_packet{i},iface={},qpairs=2,rxq=2,txq=2",
+                lab.host_if[i]
+            ));
+        }
+        args.extend(NO_HUGE.iter().map(|s| s.to_string()));
+        let switch = Command::new(env!("CARGO_BIN_EXE_netvm"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("netvm run starts");
+        std::thread::sleep(Duration::from_millis(1500));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = udp_echo_server(&lab.ns[1], stop.clone());
+        const FLOWS: usize = 16;
+        const PER_FLOW: usize = 4;
+        let echoed = udp_flows_from(&lab.ns[0], lab.addr(1), FLOWS, PER_FLOW);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().unwrap();
+        let out = switch.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "netvm run failed:\n{stderr}\n{stdout}"
+        );
+        assert_eq!(
+            echoed,
+            FLOWS * PER_FLOW,
+            "UDP echoes through the switch\n{stderr}\n{stdout}"
+        );
+        let json = stats(&json_path);
+        assert_eq!(json["balanced"], true, "{json}");
+        assert_eq!(json["buffers_returned"], json["buffers"]);
+        assert_no_copies(&json);
+        for port in json["ports"].as_array().unwrap() {
+            let driver = port["driver"].as_str().unwrap();
+            assert!(
+                driver.contains("2 switch threads"),
+                "the port was split over two switch threads: {driver}"
+            );
+            let by_thread = rx_by_thread(driver);
+            assert_eq!(by_thread.len(), 2, "{driver}");
+            // 16 flows hashed over 2 queues: all on one would be a 1 in 32768 chance.
+            assert!(
+                by_thread.iter().all(|&n| n > 0),
+                "the kernel's fanout spread the flows over both threads: {driver}"
+            );
+        }
+        drop(lab);
     }
 }

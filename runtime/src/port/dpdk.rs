@@ -289,8 +289,9 @@ pub fn eal_args(first: &DeviceSpec, extra: &[String], first_cpu: usize) -> Vec<S
     args
 }
 
-/// What a DPDK port did with bytes, for the run report and tests.
-#[derive(Debug, Default)]
+/// What a DPDK port did with bytes, for the run report and tests; one set per port,
+/// shared by its shares.
+#[derive(Debug)]
 pub struct DpdkCounters {
     /// Frames received straight into a pool buffer (the mbuf's buffer handed over).
     pub rx_in_place: AtomicU64,
@@ -300,9 +301,34 @@ pub struct DpdkCounters {
     pub copied_packets: AtomicU64,
     /// Bytes of those copies.
     pub copied_bytes: AtomicU64,
+    /// Frames received by each switch thread's share (index: the thread).
+    pub rx_by_thread: Box<[AtomicU64]>,
+}
+
+impl Default for DpdkCounters {
+    fn default() -> Self {
+        DpdkCounters {
+            rx_in_place: AtomicU64::new(0),
+            tx_in_place: AtomicU64::new(0),
+            copied_packets: AtomicU64::new(0),
+            copied_bytes: AtomicU64::new(0),
+            rx_by_thread: (0..MAX_QUEUES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl DpdkCounters {
+    /// `rx by thread: A/B/...` over the first `threads` switch threads.
+    pub fn rx_by_thread(&self, threads: usize) -> String {
+        let counts: Vec<String> = self
+            .rx_by_thread
+            .iter()
+            .take(threads)
+            .map(|c| c.load(Ordering::Relaxed).to_string())
+            .collect();
+        format!("rx by thread: {}", counts.join("/"))
+    }
+
     /// `in place: rx N tx M; copied: P packets, B bytes`, for the port's description.
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -974,6 +1000,9 @@ mod driver {
             }
             run.rx_mbufs = mbufs;
             bump(&self.counters.rx_in_place, in_place);
+            if let Some(mine) = self.counters.rx_by_thread.get(self.role.thread().0) {
+                bump(mine, received as u64);
+            }
             Mbuf::free_bulk(&mut run.done_mbufs);
         }
 
@@ -1360,16 +1389,28 @@ mod driver {
             if let Some(rss) = self.rss.as_ref().filter(|_| self.spec.rx_queues > 1) {
                 text.push_str(&format!("; {rss}"));
             }
-            let (thread, threads) = self.role.thread();
-            if threads > 1 {
-                let rx: Vec<String> = (thread..self.spec.rx_queues as usize)
-                    .step_by(threads)
-                    .map(|q| q.to_string())
-                    .collect();
-                text.push_str(&format!(
-                    "; switch thread {thread} of {threads}: rx queues {}, tx queue {thread}",
-                    rx.join(",")
-                ));
+            let started = !matches!(self.state, State::Opened | State::Failed(_));
+            match self.role {
+                Role::Share { thread, threads } => {
+                    let rx: Vec<String> = (thread..self.spec.rx_queues as usize)
+                        .step_by(threads)
+                        .map(|q| q.to_string())
+                        .collect();
+                    text.push_str(&format!(
+                        "; switch thread {thread} of {threads}: rx queues {}, tx queue {thread}",
+                        rx.join(",")
+                    ));
+                }
+                Role::Whole { threads } if threads > 1 => {
+                    text.push_str(&format!(
+                        "; {threads} switch threads, thread k on rx queues k, k+{threads}, \
+                         ... and tx queue k"
+                    ));
+                    if started {
+                        text.push_str(&format!("; {}", self.counters.rx_by_thread(threads)));
+                    }
+                }
+                Role::Whole { .. } => {}
             }
             match &self.state {
                 State::Failed(e) => text.push_str(&format!("; FAILED: {e}")),
@@ -1801,7 +1842,7 @@ mod tests {
         assert!(described.contains("RSS, symmetric key"), "{described}");
         assert!(
             port.describe()
-                .contains("switch thread 0 of 2: rx queues 0, tx queue 0"),
+                .contains("2 switch threads, thread k on rx queues k, k+2, ... and tx queue k"),
             "{}",
             port.describe()
         );
@@ -1826,6 +1867,12 @@ mod tests {
             "the shares count into the port's counters"
         );
         assert_eq!(counters.copied_bytes.load(Ordering::Relaxed), 0);
+        assert!(
+            port.describe()
+                .contains(&format!("rx by thread: {mine}/{theirs}")),
+            "{}",
+            port.describe()
+        );
         port.finish().unwrap();
         assert_eq!(
             pool.available(),
