@@ -102,6 +102,8 @@ const VARS: &[&str] = &[
     "RTE_MEMPOOL_CACHE_MAX_SIZE",
     "RTE_ETHDEV_QUEUE_STAT_CNTRS",
     "SOCKET_ID_ANY",
+    "RTE_MBUF_F_EXTERNAL",
+    "RTE_MBUF_PORT_INVALID",
 ];
 
 fn main() {

@@ -57,6 +57,15 @@ pub fn check_mbuf_layout() -> Result<()> {
             rust: rust.len() as u64,
         });
     }
+    // SAFETY: returns a constant.
+    let external = unsafe { ffi::netvm_rte_mbuf_f_external() };
+    if external != ffi::RTE_MBUF_F_EXTERNAL {
+        return Err(Error::MbufLayout {
+            field: "RTE_MBUF_F_EXTERNAL",
+            c: external,
+            rust: ffi::RTE_MBUF_F_EXTERNAL,
+        });
+    }
     for ((field, rust), c) in rust.into_iter().zip(c) {
         if rust as u64 != c {
             return Err(Error::MbufLayout {
@@ -427,6 +436,28 @@ impl Mbuf {
         m.data_off = offset;
         m.data_len = len;
         m.pkt_len = len.into();
+    }
+
+    /// Resets the metadata of a single-segment mbuf as `rte_pktmbuf_reset` does (no
+    /// offloads, flags but the external-buffer one cleared, one segment, no port, length
+    /// 0, default headroom), inline: for sending an mbuf that was received, without
+    /// freeing it to its pool and allocating it again.
+    #[inline]
+    pub fn reset(&mut self) {
+        // SAFETY: self owns the mbuf exclusively (&mut); plain field stores, the fields
+        // `check_mbuf_layout` pins.
+        let m = unsafe { self.0.as_mut() };
+        m.next = std::ptr::null_mut();
+        m.pkt_len = 0;
+        m.__bindgen_anon_3.tx_offload = 0;
+        m.vlan_tci = 0;
+        m.vlan_tci_outer = 0;
+        m.nb_segs = 1;
+        m.port = ffi::RTE_MBUF_PORT_INVALID as u16;
+        m.ol_flags &= ffi::RTE_MBUF_F_EXTERNAL;
+        m.__bindgen_anon_1.packet_type = 0;
+        m.data_off = (ffi::RTE_PKTMBUF_HEADROOM as u16).min(m.buf_len);
+        m.data_len = 0;
     }
 
     /// References to the external buffer this mbuf is attached to, `None` when its buffer is

@@ -221,6 +221,9 @@ impl Mbuf {
     pub unsafe fn set_data_window(&mut self, _offset: u16, _len: u16) {
         match self.never {}
     }
+    pub fn reset(&mut self) {
+        match self.never {}
+    }
     pub fn external_refs(&self) -> Option<u16> {
         match self.never {}
     }

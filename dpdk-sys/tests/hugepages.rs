@@ -24,6 +24,7 @@ fn virtual_ports_work_on_huge_pages() {
     common::null_port_receives_and_transmits(&eal);
     common::ring_port_loops_back(&eal);
     common::null_port_keeps_the_symmetric_rss_key(&eal);
+    common::a_reset_mbuf_is_like_a_fresh_one(&eal);
     let dir = std::env::temp_dir().join(format!("dpdk-sys-huge-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     common::pcap_port_is_byte_exact(&eal, &dir);

@@ -226,3 +226,20 @@ pub fn null_port_keeps_the_symmetric_rss_key(eal: &Eal) {
         .expect("start net_null_rss1");
     assert_eq!(one.rss(), &Rss::Off);
 }
+
+/// `Mbuf::reset` (inline) leaves an mbuf as `rte_pktmbuf_alloc` hands it out.
+pub fn a_reset_mbuf_is_like_a_fresh_one(eal: &Eal) {
+    let pool = pool(eal, "reset_pool");
+    let mut m = mbuf_of(&pool, &frame(1, 200));
+    // SAFETY: 10 + 100 bytes lie in the frame just written.
+    unsafe { m.set_data_window(10, 100) };
+    assert_eq!((m.len(), m.data_offset()), (100, 10));
+    m.reset();
+    let fresh = pool.alloc().expect("a free mbuf");
+    assert_eq!(m.len(), 0);
+    assert_eq!(m.data_len(), 0);
+    assert_eq!(m.segments(), 1);
+    assert_eq!(m.data_offset(), fresh.data_offset());
+    assert_eq!(m.headroom(), fresh.headroom());
+    assert_eq!(m.tailroom(), fresh.tailroom());
+}

@@ -393,6 +393,8 @@ mod driver {
     const RX_SPARE_BUFFERS: usize = 512;
     /// Per-lcore mempool cache.
     const MEMPOOL_CACHE: u32 = 64;
+    /// Received mbufs kept (their buffer handed to the switch) for sending, at most.
+    const BARE_MBUFS: usize = 2 * MAX_BURST;
     /// A finite `net_pcap` input is drained after this long without a frame.
     const PCAP_DRAINED_AFTER: Duration = Duration::from_millis(200);
     /// `RTE_BAD_IOVA`.
@@ -628,6 +630,9 @@ mod driver {
         done_mbufs: Vec<Mbuf>,
         tx_mbufs: Vec<Mbuf>,
         pinned_mbufs: Vec<Mbuf>,
+        /// Receive-pool mbufs whose frame went to the switch, kept to send the next frames
+        /// on: no free to the mempool after RX and no allocation before TX.
+        bare: BareMbufs,
         /// Last frame received (kept only for a finite `net_pcap` input).
         last_rx: Instant,
         /// The polling thread has been registered with the EAL (so the mempools' per-lcore
@@ -647,6 +652,7 @@ mod driver {
                 done_mbufs: Vec::with_capacity(MAX_BURST),
                 tx_mbufs: Vec::with_capacity(MAX_BURST),
                 pinned_mbufs: Vec::with_capacity(MAX_BURST),
+                bare: BareMbufs(Vec::with_capacity(BARE_MBUFS)),
                 last_rx: Instant::now(),
                 registered: false,
             }
@@ -658,6 +664,39 @@ mod driver {
                 // Only a cache for this thread's mempool use; without it DPDK still works.
                 let _ = eal.register_thread();
                 self.registered = true;
+            }
+        }
+    }
+
+    /// Receive-pool mbufs that point at a buffer they no longer hold (the switch has it).
+    /// They must not go back to their mempool like that, where the next receive would
+    /// write into the switch's frame: [`give_buffers`](Self::give_buffers) re-points them
+    /// first, and dropping them otherwise leaks them (counted missing at stop) rather
+    /// than freeing them.
+    struct BareMbufs(Vec<Mbuf>);
+
+    impl BareMbufs {
+        /// Re-points every bare mbuf at a buffer of `spare` (or of the pool) and frees it.
+        fn give_buffers(&mut self, zone: &Zone, spare: &mut Vec<u32>) {
+            let mut done = Vec::with_capacity(self.0.len());
+            while let Some(mut m) = self.0.pop() {
+                let Some(buffer) = spare.pop().or_else(|| zone.pool.alloc()) else {
+                    self.0.push(m);
+                    break;
+                };
+                // SAFETY: `m` is a receive-pool mbuf (only those are kept bare) and
+                // `buffer` a pool buffer we hold, which the mbuf now holds.
+                unsafe { m.set_buffer(zone.room(buffer), zone.iova(buffer)) };
+                done.push(m);
+            }
+            Mbuf::free_bulk(&mut done);
+        }
+    }
+
+    impl Drop for BareMbufs {
+        fn drop(&mut self) {
+            for m in self.0.drain(..) {
+                std::mem::forget(m);
             }
         }
     }
@@ -943,15 +982,22 @@ mod driver {
                     // Ours: the frame is already in a pool buffer; hand it over and give
                     // the mbuf a fresh one.
                     Some((index, header)) if device.rx_pool.owns(&m) => {
-                        let Some(fresh) = run.spare.pop() else {
-                            // Cannot happen: at most `spare.len()` frames were asked for.
+                        if run.bare.0.len() < BARE_MBUFS {
+                            // Kept to send on; its buffer (`index`) is the switch's now.
+                            run.bare.0.push(m);
+                        } else {
+                            let Some(fresh) = run.spare.pop() else {
+                                // Cannot happen: at most `spare.len()` frames were asked for.
+                                run.done_mbufs.push(m);
+                                continue;
+                            };
+                            // SAFETY: `fresh` is a pool buffer we hold and nobody else
+                            // uses; its room is as long as the pool's external buffers;
+                            // `index` is ours now (the mbuf's reference passes to the
+                            // switch).
+                            unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
                             run.done_mbufs.push(m);
-                            continue;
-                        };
-                        // SAFETY: `fresh` is a pool buffer we hold and nobody else uses;
-                        // its room is as long as the pool's external buffers; `index`
-                        // is ours now (the mbuf's reference passes to the switch).
-                        unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
+                        }
                         // What `set_data`, `forget_content` and `set_port` would store,
                         // without their checks: `index` is in the pool and the window
                         // fits its room (both checked above).
@@ -960,7 +1006,8 @@ mod driver {
                         header.content_tag.store(0, Ordering::Relaxed);
                         header.port.store(port, Ordering::Relaxed);
                         in_place += 1;
-                        index
+                        burst.push_held(index);
+                        continue;
                     }
                     // An mbuf we attached on transmit, looped back (net_ring), that
                     // nobody else references: take over the attachment's reference.
@@ -1018,9 +1065,11 @@ mod driver {
             }
             let device = &*run.device;
             let zone = &device.zone;
-            // Receive-pool mbufs, for frames whose buffer only the switch holds.
+            // Receive-pool mbufs, for frames whose buffer only the switch holds: the bare
+            // ones first, then fresh ones.
             let mut pinned = std::mem::take(&mut run.pinned_mbufs);
-            if !device.rx_pool.alloc_bulk(&mut pinned, count) {
+            let fresh = count.saturating_sub(run.bare.0.len());
+            if !device.rx_pool.alloc_bulk(&mut pinned, fresh) {
                 pinned.clear();
             }
             let mut pinned_left = pinned.drain(..);
@@ -1033,6 +1082,19 @@ mod driver {
                     (header.refcount.load(Ordering::Acquire) == 1).then_some((i, at, header))
                 });
                 if let Some((index, offset, header)) = exclusive {
+                    if let Some(mut m) = run.bare.0.pop() {
+                        m.reset();
+                        header.refcount.store(2, Ordering::Relaxed);
+                        // SAFETY: `m` is a receive-pool mbuf holding no buffer; `index`
+                        // becomes its buffer as below; the window lies in its room.
+                        unsafe {
+                            m.set_buffer(zone.room(index), zone.iova(index));
+                            m.set_data_window(offset as u16, frame.len() as u16);
+                        }
+                        in_place += 1;
+                        out.push(m);
+                        continue;
+                    }
                     if let Some(mut m) = pinned_left.next() {
                         if let Some(lent) = zone.index_of_room(m.buf_addr() as usize) {
                             // One reference more, for the mbuf. The switch holds the only
@@ -1208,9 +1270,11 @@ mod driver {
             let Running {
                 device,
                 rx_queues,
-                spare,
+                mut spare,
+                mut bare,
                 ..
             } = *run;
+            bare.give_buffers(&device.zone, &mut spare);
             let _ = device.zone.pool.free_burst(&spare);
             if let Ok(mut returned) = device.returned.lock() {
                 returned.extend(rx_queues);
@@ -1231,9 +1295,12 @@ mod driver {
                 device,
                 mut rx_queues,
                 tx_queue,
-                spare,
+                mut spare,
+                mut bare,
                 ..
             } = *run;
+            bare.give_buffers(&device.zone, &mut spare);
+            drop(bare);
             let _ = device.zone.pool.free_burst(&spare);
             if let Ok(mut returned) = device.returned.lock() {
                 rx_queues.append(&mut returned);
