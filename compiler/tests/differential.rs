@@ -633,3 +633,50 @@ fn jit_agrees_with_the_interpreter_on_random_policies() {
 fn decision_tree_agrees_with_the_interpreter_on_random_header_rule_sets() {
     run(Strategy::Tree);
 }
+
+/// Switch threads share one `Jit` (payload scratch is per thread, no lock): two threads
+/// classifying at once with two `Jit`s in turn, so each thread's scratch slot changes hands
+/// between them on every burst, still agree with the interpreter on every frame.
+#[test]
+fn one_jit_shared_by_threads_agrees_with_the_interpreter_on_each() {
+    for seed in 0..24u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut frames: Vec<Vec<u8>> = (0..12).map(|_| random_frame(&mut rng)).collect();
+        frames.extend((0..12).map(|_| handmade_frame(&mut rng)));
+        let irs = [
+            random_classifier(&mut rng, &frames),
+            random_classifier(&mut rng, &frames),
+        ];
+        let jits: Vec<Jit> = irs
+            .iter()
+            .map(|ir| Jit::compile_with(ir, Strategy::Linear).expect("compiles"))
+            .collect();
+        let want: Vec<Vec<u32>> = irs
+            .iter()
+            .map(|ir| {
+                let interp = Interpreter::new(ir.clone()).expect("regexes compile");
+                frames
+                    .iter()
+                    .map(|f| interp.classify(f, 1).unwrap_or(ir.rules.len()) as u32)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        std::thread::scope(|scope| {
+            for thread in 0..2 {
+                let (jits, want, refs) = (&jits, &want, &refs);
+                scope.spawn(move || {
+                    for round in 0..40 {
+                        let which = (round + thread) % 2;
+                        let mut out = vec![u32::MAX; refs.len()];
+                        jits[which].classify_burst(refs, 1, &mut out);
+                        assert_eq!(
+                            out, want[which],
+                            "seed {seed}, thread {thread}, round {round}"
+                        );
+                    }
+                });
+            }
+        });
+    }
+}

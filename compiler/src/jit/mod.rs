@@ -24,14 +24,18 @@
 //! truncated and mutated frames, one at a time and in bursts.
 //!
 //! What it does not do: it does not decide actions (the caller maps the rule index), and it
-//! holds no per-thread state — [`Jit`] is `Send + Sync`, payload scratch space is taken per call.
+//! shares no mutable state between threads — [`Jit`] is `Send + Sync`. Payload scratch space
+//! (which literals and regexes a packet matched, the lazy DFAs' caches) is per thread: each
+//! thread keeps the scratch of the last `Jit` it ran in a thread-local slot, so a switch
+//! thread classifies with no lock and no shared cache line, however many run the same `Jit`.
 
 mod codegen;
 mod parse;
 pub mod payload;
 pub mod tree;
 
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cranelift_codegen::ir::{types, AbiParam, UserFuncName};
 use cranelift_codegen::settings::{self, Configurable};
@@ -99,6 +103,17 @@ unsafe impl Send for Code {}
 // SAFETY: as above — no `&self` method reads or writes the module.
 unsafe impl Sync for Code {}
 
+/// Unique [`Jit::id`]s.
+static NEXT_JIT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The payload scratch of the last `Jit` this thread ran, and that `Jit`'s id. A
+    /// scratch points at its `Jit`'s matcher but is only handed back to that `Jit` (ids
+    /// are never reused), so one left here after its `Jit` is gone is never used, only
+    /// dropped (which reads nothing through the pointer).
+    static SCRATCH: RefCell<Option<(u64, Scratch)>> = const { RefCell::new(None) };
+}
+
 /// A classifier compiled to native code.
 pub struct Jit {
     func: ClassifyFn,
@@ -107,7 +122,8 @@ pub struct Jit {
     rules: usize,
     strategy_used: Strategy,
     payload: Option<Box<PayloadMatcher>>,
-    scratch_pool: Mutex<Vec<Scratch>>,
+    /// Names this `Jit` in the thread-local scratch slot ([`SCRATCH`]).
+    id: u64,
     /// Tables the tree walk reads through pointers baked into the code (kept alive here).
     _tree: Option<tree::Tree>,
     _code: Code,
@@ -249,7 +265,7 @@ impl Jit {
             rules: ir.rules.len(),
             strategy_used,
             payload,
-            scratch_pool: Mutex::new(Vec::new()),
+            id: NEXT_JIT_ID.fetch_add(1, Ordering::Relaxed),
             _tree: tree,
             _code: Code(Some(module)),
         })
@@ -260,15 +276,20 @@ impl Jit {
         self.strategy_used
     }
 
+    /// This thread's scratch for this `Jit` (a fresh one the first time, or after the
+    /// thread ran another `Jit`); `None` when the code calls no payload helper.
     fn take_scratch(&self) -> Option<Scratch> {
         let matcher = self.payload.as_ref()?;
-        let pooled = self.scratch_pool.lock().ok().and_then(|mut p| p.pop());
-        Some(pooled.unwrap_or_else(|| matcher.scratch()))
+        let kept = SCRATCH
+            .with(|slot| slot.borrow_mut().take())
+            .and_then(|(id, scratch)| (id == self.id).then_some(scratch));
+        Some(kept.unwrap_or_else(|| matcher.scratch()))
     }
 
+    /// Keep `scratch` in this thread's slot for the next call.
     fn return_scratch(&self, scratch: Option<Scratch>) {
-        if let (Some(s), Ok(mut pool)) = (scratch, self.scratch_pool.lock()) {
-            pool.push(s);
+        if let Some(scratch) = scratch {
+            SCRATCH.with(|slot| *slot.borrow_mut() = Some((self.id, scratch)));
         }
     }
 
