@@ -22,7 +22,8 @@
 //!
 //! What this crate does not do: it does not choose EAL arguments, map netvm's shared region
 //! into DPDK (the `rte_extmem_*`/`rte_dev_dma_map` bindings are here, the policy is the
-//! runtime's), steer flows (RSS is a [`PortConfig`] switch, nothing more), or link DPDK
+//! runtime's), steer flows (RSS is a [`PortConfig`] switch and a key, [`symmetric_rss_key`],
+//! nothing more: which thread polls which queue is the runtime's), or link DPDK
 //! statically (Debian's shared libraries; the EAL loads its drivers from its plugin directory).
 
 mod error;
