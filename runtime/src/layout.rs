@@ -15,7 +15,7 @@
 //! ```text
 //! offset                      size                       contents
 //! 0                           128                        RegionHeader (little-endian, read-only)
-//! pool_line_offset            64                         pool line: buffers parked in per-core caches
+//! pool_line_offset            64                         pool line: reserved (zero; cache counts live per process)
 //! free_ring_offset            mpmc_bytes(free_ring_slots) free buffer indices (MPMC ring)
 //! rings_offset                ring_count * ring_stride   SPSC rings, ring_bytes(ring_slots) each
 //! counters_offset             counter_count * 8 (+pad)   AtomicU64 counters

@@ -17,14 +17,15 @@
 //! through rings, whose Release/Acquire pairs order the buffer's bytes with the index.
 //!
 //! Accounting: [`PacketPool::available`] counts the free ring plus every buffer parked
-//! in a cache, so once all threads are idle `available() == capacity()` proves every
-//! buffer came back. Bad input (an out-of-range index, a double free) is an error, never
+//! in a cache made through this process's pool handle (each cache stores its own count
+//! on its own cache line, so threads' caches share nothing per packet), so once all
+//! threads are idle `available() == capacity()` proves every buffer came back. Bad input (an out-of-range index, a double free) is an error, never
 //! a panic or an out-of-bounds access. This module does not know what a packet is.
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::layout::{BufHeader, BUF_DATA_ROOM, BUF_HEADER_BYTES, BUF_HEADROOM};
 use crate::mpmc::MpmcRing;
@@ -66,7 +67,18 @@ pub struct PacketPool {
     free: MpmcRing,
     buffers: NonNull<u8>,
     capacity: usize,
+    /// How many buffers each of this process's [`PoolCache`]s holds, for
+    /// [`available`](Self::available). Locked only when a cache is made or dropped and
+    /// when counting, never on the data path.
+    caches: Arc<Mutex<Vec<Arc<CachedCount>>>>,
 }
+
+/// Buffers parked in one [`PoolCache`]: written (a plain store) only by the thread that
+/// owns the cache, read by whoever counts. On its own cache lines, so that caches of
+/// different threads share nothing.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct CachedCount(AtomicUsize);
 
 // SAFETY: the pool only reaches shared memory through atomics (free ring, buffer
 // headers) or through the documented-unsafe byte accessors; the region is Send + Sync
@@ -95,6 +107,7 @@ impl PacketPool {
             free,
             buffers,
             capacity,
+            caches: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -111,7 +124,11 @@ impl PacketPool {
     /// Buffers in the free ring or parked in a [`PoolCache`]. Exact when no thread is
     /// mid-operation; equal to [`capacity`](Self::capacity) when every buffer is back.
     pub fn available(&self) -> usize {
-        self.free.len() + self.cached_count().load(Ordering::Acquire) as usize
+        let cached: usize = lock(&self.caches)
+            .iter()
+            .map(|c| c.0.load(Ordering::Acquire))
+            .sum();
+        self.free.len() + cached
     }
 
     /// A per-core cache holding up to `2 * cache_len` buffers, refilled and flushed
@@ -120,20 +137,15 @@ impl PacketPool {
         if !(1..=MAX_CACHE_LEN).contains(&cache_len) {
             return Err(PoolError::BadCacheLen(cache_len));
         }
+        let count = Arc::new(CachedCount::default());
+        lock(&self.caches).push(count.clone());
         Ok(PoolCache {
             pool: self.clone(),
             local: vec![0; 2 * cache_len].into_boxed_slice(),
             len: 0,
             cache_len,
+            count,
         })
-    }
-
-    /// Number of buffers held by per-core caches (the region's pool line).
-    fn cached_count(&self) -> &AtomicU32 {
-        let offset = self.region.layout().pool_line_offset;
-        // SAFETY: the pool line is a cache-line-aligned section of the region whose first
-        // four bytes are this counter (zeroed at creation); the region outlives `self`.
-        unsafe { self.region.at(offset).cast::<AtomicU32>().as_ref() }
     }
 
     fn check(&self, index: u32) -> Result<(), PoolError> {
@@ -394,6 +406,14 @@ pub struct PoolCache {
     local: Box<[u32]>,
     len: usize,
     cache_len: usize,
+    /// `len` as the pool counts it, stored after every operation.
+    count: Arc<CachedCount>,
+}
+
+/// The registry of cache counts, whether or not a thread panicked holding it (it is a
+/// plain list; a half-done push or retain leaves it valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl fmt::Debug for PoolCache {
@@ -430,9 +450,13 @@ impl PoolCache {
             .free
             .dequeue_burst(&mut self.local[self.len..self.len + want]);
         self.len += got;
-        self.pool
-            .cached_count()
-            .fetch_add(got as u32, Ordering::Release);
+        self.publish();
+    }
+
+    /// Tell the pool how many buffers this cache holds (a store to its own line).
+    #[inline]
+    fn publish(&self) {
+        self.count.0.store(self.len, Ordering::Release);
     }
 
     /// Return the oldest `count` cached buffers to the free ring.
@@ -440,9 +464,7 @@ impl PoolCache {
         let sent = self.pool.free.enqueue_burst(&self.local[..count]);
         self.local.copy_within(sent..self.len, 0);
         self.len -= sent;
-        self.pool
-            .cached_count()
-            .fetch_sub(sent as u32, Ordering::Release);
+        self.publish();
     }
 
     /// Allocate up to `out.len()` buffers; returns how many (fewer only when the pool
@@ -461,9 +483,7 @@ impl PoolCache {
             // Hand out the most recently cached (cache-warm) buffers first.
             out[done..done + take].copy_from_slice(&self.local[self.len - take..self.len]);
             self.len -= take;
-            self.pool
-                .cached_count()
-                .fetch_sub(take as u32, Ordering::Release);
+            self.publish();
             for &index in &out[done..done + take] {
                 self.pool.reset(index);
             }
@@ -495,7 +515,6 @@ impl PoolCache {
                     }
                     self.local[self.len] = index;
                     self.len += 1;
-                    self.pool.cached_count().fetch_add(1, Ordering::Release);
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -503,6 +522,7 @@ impl PoolCache {
                 }
             }
         }
+        self.publish();
         first_error.map_or(Ok(()), Err)
     }
 
@@ -515,6 +535,11 @@ impl PoolCache {
 impl Drop for PoolCache {
     fn drop(&mut self) {
         self.flush(self.len);
+        // Anything the ring could not take (it cannot be full: it has room for every
+        // buffer) would stay counted here; with len 0 the entry can go.
+        if self.len == 0 {
+            lock(&self.pool.caches).retain(|c| !Arc::ptr_eq(c, &self.count));
+        }
     }
 }
 
