@@ -1226,6 +1226,11 @@ mod driver {
             if self.role != (Role::Whole { threads: 1 }) {
                 return Err(PortError::Other(format!("dpdk {name}: already split")));
             }
+            // Every transmit queue first: nothing has moved if one cannot be had.
+            let tx_queues = (1..threads)
+                .map(|k| run.device.port.tx_queue(k as u16))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PortError::Other(format!("dpdk {name}: {e}")))?;
             // Queue q goes to thread q % threads; run.rx_queues[q] is queue q.
             let mut shares: Vec<Vec<RxQueue>> = (0..threads).map(|_| Vec::new()).collect();
             for (q, queue) in std::mem::take(&mut run.rx_queues).into_iter().enumerate() {
@@ -1235,12 +1240,7 @@ mod driver {
             run.rx_queues = shares.next().unwrap_or_default();
             run.next_rx = 0;
             let mut ports: Vec<Box<dyn Port>> = Vec::with_capacity(threads - 1);
-            for (k, rx_queues) in (1..threads).zip(shares) {
-                let tx_queue = run
-                    .device
-                    .port
-                    .tx_queue(k as u16)
-                    .map_err(|e| PortError::Other(format!("dpdk {name}: {e}")))?;
+            for (k, (rx_queues, tx_queue)) in (1..threads).zip(shares.zip(tx_queues)) {
                 ports.push(Box::new(DpdkPort {
                     spec: self.spec.clone(),
                     eal: self.eal,
