@@ -301,9 +301,9 @@ impl Switch {
         let mut split_ports: Vec<Vec<Box<dyn Port>>> = (1..threads).map(|_| Vec::new()).collect();
         if threads > 1 {
             for (i, port) in ports.iter_mut().enumerate() {
-                let shares = port.split(threads).map_err(|source| SwitchError::Port {
-                    port: table.port_names[i].clone(),
-                    source,
+                let shares = port.split(threads).map_err(|source| SwitchError::Threads {
+                    threads,
+                    why: format!("port `{}`: {source}", table.port_names[i]),
                 })?;
                 if shares.len() != threads - 1 {
                     return refuse(format!(

@@ -118,7 +118,8 @@ pub trait Port: Send {
     /// [`Port::finish`] before this one's. Drivers with one queue refuse.
     fn split(&mut self, threads: usize) -> Result<Vec<Box<dyn Port>>, PortError> {
         Err(PortError::Other(format!(
-            "`{}` has one queue and cannot be shared by {threads} switch threads",
+            "`{}` has one queue and cannot be shared by {threads} switch threads (run one \
+             switch thread, --switch-threads 1, or bind a driver with a queue per thread)",
             self.describe()
         )))
     }
