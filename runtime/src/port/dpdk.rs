@@ -696,7 +696,7 @@ mod driver {
     impl Drop for BareMbufs {
         fn drop(&mut self) {
             for m in self.0.drain(..) {
-                std::mem::forget(m);
+                let _leaked = std::mem::ManuallyDrop::new(m);
             }
         }
     }
@@ -1315,8 +1315,11 @@ mod driver {
                     Mbuf::free_bulk(&mut drained);
                 }
             }
+            // Every queue handle goes before `port`: the device stops with the last one.
             drop(rx_queues);
-            drop(tx_queue);
+            {
+                let _closed = tx_queue;
+            }
             let device = Arc::try_unwrap(device).map_err(|device| {
                 PortError::Other(format!(
                     "dpdk {}: {} shares of the port are still running at stop; the \
