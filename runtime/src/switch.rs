@@ -610,6 +610,7 @@ impl Switch {
                 tx_batches: (0..ports.len())
                     .map(|_| Vec::with_capacity(MAX_BURST))
                     .collect(),
+                port_has_tx: ports.iter().map(|p| p.has_tx()).collect(),
                 ports,
                 vms,
                 shard,
@@ -940,6 +941,8 @@ struct Engine {
     pool: PacketPool,
     cache: PoolCache,
     ports: Vec<Box<dyn Port>>,
+    /// [`Port::has_tx`] of each port, asked once (not per packet).
+    port_has_tx: Vec<bool>,
     tx_batches: Vec<Vec<u32>>,
     vms: Vec<VmSlot>,
     /// Which switch thread this is: the counter shard it writes.
@@ -1202,11 +1205,10 @@ impl Engine {
     }
 
     fn tx(&mut self, port: usize, index: u32) {
-        if port >= self.ports.len() {
-            return self.drop(index, DropReason::BadVerdict);
-        }
-        if !self.ports[port].has_tx() {
-            return self.drop(index, DropReason::NoTx);
+        match self.port_has_tx.get(port) {
+            None => return self.drop(index, DropReason::BadVerdict),
+            Some(false) => return self.drop(index, DropReason::NoTx),
+            Some(true) => {}
         }
         self.tx_batches[port].push(index);
         if self.tx_batches[port].len() >= self.burst_len {
