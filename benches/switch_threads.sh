@@ -5,8 +5,8 @@
 #   cargo build --release [--features dpdk] && benches/switch_threads.sh [SECONDS] [ROUNDS] [THREADS...]
 #
 # Traffic: `gen:flows=256,size=64,prefilled=1` split over the switch threads as RSS would
-# split it (flow f to thread f % N), through a 20-rule JIT policy (18 five-tuple drops that
-# do not match, then `out b`) to a `null` sink that every thread shares out. With
+# split it (flow f to thread f % N), through benches/bench20.nvr (20 rules, JIT: 18 five-tuple
+# drops that do not match, then `out b`) to a `null` sink that every thread shares out. With
 # DPDK=1, `dpdk:net_null0,rxq=N,txq=N` -> `dpdk:net_null1,rxq=N,txq=N` instead (both
 # directions, like testpmd's io mode). Busy polling, switch threads on cores 0..N-1.
 # Prints one line per run and the median Mpps per thread count, and the ratio to 1 thread.
@@ -21,14 +21,7 @@ THREADS=("$@")
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-P="$WORK/bench20.nvr"
-{ echo "port a"; echo "port b"
-  for i in $(seq 10 27); do
-    echo "rule r$i : ip.src in 10.$i.0.0/16 and ip.dst in 192.168.$i.0/24 and tcp.dport == 10$i => drop"
-  done
-  echo "rule to_b : in_port == a => out b"
-  echo "rule to_a : in_port == b => out a"
-  echo "default => drop"; } > "$P"
+P=benches/bench20.nvr
 
 run() { # THREADS
   local n=$1 stats="$WORK/t$1.json" cores binds
