@@ -7,6 +7,9 @@
 //! - `net_ring`: frames sent into the ring come back on the same port and go out again;
 //! - `net_af_packet` on veth pairs into two network namespaces carries real kernel traffic
 //!   (ping) through the switch;
+//! - `net_vhost` serves a virtio-net driver in another process (`virtio_user` under
+//!   `dpdk-testpmd --forward-mode=macswap`, standing in for a KVM guest) and the frames
+//!   come back with their MACs swapped;
 //! - the same with two queue pairs per port (`qpairs=2`, the kernel's fanout spreading
 //!   flows over them) and `--switch-threads 2`: 16 UDP flows are echoed back through two
 //!   switch threads, both of which carry some, and every buffer comes back.
@@ -781,5 +784,128 @@ mod with_dpdk {
             );
         }
         drop(lab);
+    }
+
+    /// A `net_vhost` port serves a virtio-net guest driver in another process — what a
+    /// KVM guest's virtio-net would be — here DPDK's own `virtio_user` under
+    /// `dpdk-testpmd --forward-mode=macswap`, which sends every frame back with its MAC
+    /// addresses swapped. Frames from a generator go out through vhost-user, come back,
+    /// and are written to a capture: each one is a generator frame with its MACs swapped,
+    /// the run balances and every buffer comes back.
+    #[test]
+    fn net_vhost_serves_a_virtio_user_driver_in_another_process_and_back() {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED net_vhost: {why}");
+            return;
+        }
+        if Command::new("dpdk-testpmd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED net_vhost: no dpdk-testpmd (apt-get install dpdk) to be the guest");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("vhost.nvr");
+        std::fs::write(
+            &policy,
+            "port gen\nport guest\nport sink\n\
+             rule to_guest : in_port == gen => out guest\n\
+             rule from_guest : in_port == guest => out sink\n\
+             default => drop\n",
+        )
+        .unwrap();
+        let socket = dir.path().join("vhost.sock");
+        let output = dir.path().join("back.pcap");
+        let json_path = dir.path().join("stats.json");
+        let gen = "gen:flows=8,size=96";
+        let switch = Command::new(env!("CARGO_BIN_EXE_netvm"))
+            .arg("run")
+            .arg(&policy)
+            .args(["--bind", &format!("gen={gen}")])
+            .args([
+                "--bind",
+                &format!("guest=dpdk:net_vhost0,iface={}", socket.display()),
+            ])
+            .args(["--bind", &format!("sink=pcap:tx={}", output.display())])
+            .args(["--duration", "6", "--idle", "sleep", "--control", "none"])
+            .args(["--hugepages", "off", "--eal", "--no-huge -m 256"])
+            .arg("--stats-json")
+            .arg(&json_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The vhost-user socket appears when the port starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(socket.exists(), "netvm did not open the vhost-user socket");
+        let mut guest = Command::new("dpdk-testpmd")
+            .args([
+                "-l",
+                "0,1",
+                "--no-pci",
+                "--no-huge",
+                "-m",
+                "512",
+                "--log-level=4",
+            ])
+            .arg(format!("--file-prefix=guest{}", std::process::id()))
+            .arg(format!("--vdev=net_virtio_user0,path={}", socket.display()))
+            .args(["--", "--forward-mode=macswap", "--total-num-mbufs=4096"])
+            .args(["--auto-start", "-i"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        {
+            use std::io::Write;
+            let stdin = guest.stdin.as_mut().unwrap();
+            let _ = stdin.write_all(b"quit\n");
+        }
+        let guest = guest.wait_with_output().unwrap();
+        let out = switch.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "netvm run failed:\n{stderr}");
+        assert!(
+            guest.status.success(),
+            "testpmd failed:\n{}",
+            String::from_utf8_lossy(&guest.stderr)
+        );
+
+        let config = netvm_runtime::port::gen::GenConfig::parse("flows=8,size=96").unwrap();
+        let templates = netvm_runtime::port::gen::GenPort::new(&config, 0)
+            .unwrap()
+            .templates()
+            .to_vec();
+        let back = read_pcap(&output);
+        assert!(
+            back.len() > 100,
+            "frames came back from the guest: {}\n{stderr}",
+            back.len()
+        );
+        for frame in &back {
+            let mut unswapped = frame.clone();
+            unswapped[..6].copy_from_slice(&frame[6..12]);
+            unswapped[6..12].copy_from_slice(&frame[..6]);
+            assert!(
+                templates.contains(&unswapped),
+                "a frame back from the guest is a generator frame with its MACs swapped: \
+                 {frame:02x?}"
+            );
+        }
+        let json = stats(&json_path);
+        assert_eq!(json["balanced"], true, "{json}");
+        assert_eq!(json["buffers_returned"], json["buffers"]);
+        assert_no_copies(&json);
+        let guest_port = &json["ports"][1];
+        assert_eq!(guest_port["rx_packets"], back.len() as u64, "{json}");
+        assert!(guest_port["tx_packets"].as_u64().unwrap() >= back.len() as u64);
     }
 }
