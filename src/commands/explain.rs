@@ -127,13 +127,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     let explanation = explain(policy, &frame, in_port).map_err(|e| e.to_string())?;
     print!(
         "{}",
-        render(
-            policy,
-            &checked.sources(),
-            &explanation,
-            &described,
-            in_port
-        )
+        render(policy, checked.sources(), &explanation, &described, in_port)
     );
     Ok(ExitCode::SUCCESS)
 }

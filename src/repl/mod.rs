@@ -722,7 +722,7 @@ pub fn explain_packet(origin: &str, source: &str, packet: &str) -> Result<String
     let explanation = explain(policy, &frame, in_port).map_err(|e| e.to_string())?;
     Ok(crate::commands::explain::render(
         policy,
-        &checked.sources(),
+        checked.sources(),
         &explanation,
         packet,
         in_port,
