@@ -496,27 +496,27 @@ mod with_dpdk {
     /// fails (EINVAL). The two configurations take turns.
     static AF_PACKET_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// The veth lab for test `what`, or `None` after saying loudly why it is skipped (no
+    /// root or DPDK, no `ip`, namespaces refused).
+    fn lab_or_skip(tag: &str, what: &str) -> Option<Lab> {
+        if let Some(why) = skip_reason() {
+            eprintln!("SKIPPED {what}: {why}");
+            return None;
+        }
+        let ip = Command::new("ip").arg("-V").stdout(Stdio::null()).status();
+        if ip.is_err() {
+            eprintln!("SKIPPED {what}: `ip` (iproute2) is not installed");
+            return None;
+        }
+        Lab::new(tag)
+            .map_err(|e| eprintln!("SKIPPED {what}: {e}"))
+            .ok()
+    }
+
     fn af_packet_carries_ping(eal: &[&str], tag: &str) {
         let _turn = AF_PACKET_TURN.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED net_af_packet veth ({tag}): {why}");
+        let Some(lab) = lab_or_skip(tag, &format!("net_af_packet veth ({tag})")) else {
             return;
-        }
-        if Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("SKIPPED net_af_packet veth ({tag}): `ip` (iproute2) is not installed");
-            return;
-        }
-        let lab = match Lab::new(tag) {
-            Ok(lab) => lab,
-            Err(e) => {
-                eprintln!("SKIPPED net_af_packet veth ({tag}): {e}");
-                return;
-            }
         };
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("bridge.nvr");
@@ -691,25 +691,8 @@ mod with_dpdk {
     fn net_af_packet_with_two_queue_pairs_carries_udp_flows_through_two_switch_threads() {
         let tag = "t";
         let _turn = AF_PACKET_TURN.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(why) = skip_reason() {
-            eprintln!("SKIPPED net_af_packet two switch threads: {why}");
+        let Some(lab) = lab_or_skip(tag, "net_af_packet two switch threads") else {
             return;
-        }
-        if Command::new("ip")
-            .arg("-V")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            eprintln!("SKIPPED net_af_packet two switch threads: `ip` is not installed");
-            return;
-        }
-        let lab = match Lab::new(tag) {
-            Ok(lab) => lab,
-            Err(e) => {
-                eprintln!("SKIPPED net_af_packet two switch threads: {e}");
-                return;
-            }
         };
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("bridge.nvr");
