@@ -194,6 +194,9 @@ pub struct Program {
     pub table: PolicyTable,
     /// Each rule's fate as hops, then the default's: what the switch walks.
     chains: Vec<Vec<Hop>>,
+    /// Per rule then the default: the port, when all the rule does is `out PORT` (no
+    /// mirror, no named counter, no VM), so the switch can batch it without a chain walk.
+    direct_out: Vec<Option<u32>>,
     /// Per switch thread (shard): each rule's counters, then the default's. Shared
     /// (`Arc`) so a reload can hand a rule that keeps its name the very same counters:
     /// increments from bursts still on the old program land in them too. One shard per
@@ -231,10 +234,25 @@ impl Program {
             .chain(std::iter::once(&table.default))
             .map(|a| a.fate.hops())
             .collect();
+        let direct_out = table
+            .rules
+            .iter()
+            .chain(std::iter::once(&table.default))
+            .zip(&chains)
+            .map(
+                |(action, hops): (&RuleAction, &Vec<Hop>)| match hops.as_slice() {
+                    [Hop::Out(port)] if action.mirrors.is_empty() && action.counters.is_empty() => {
+                        u32::try_from(*port).ok()
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
         let mut program = Program {
             classifier,
             table,
             chains,
+            direct_out,
             rule_counters: Vec::new(),
             named_counters: Vec::new(),
         };
@@ -343,6 +361,13 @@ impl Program {
             }
         }
         carried
+    }
+
+    /// The port rule `rule` sends to when that is all it does (see `direct_out`).
+    #[inline]
+    pub fn direct_out(&self, rule: u32) -> Option<usize> {
+        let last = self.direct_out.len() - 1;
+        self.direct_out[(rule as usize).min(last)].map(|p| p as usize)
     }
 
     /// The hops of rule `rule` (`n_rules` or more: the default's).

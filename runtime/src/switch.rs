@@ -1085,12 +1085,19 @@ impl Engine {
                 .classify_burst(&frames[..n], port as u32, &mut rules[..n]);
         }
         let mut bytes = 0u64;
+        let rule_counters = prog.rule_counters(self.shard);
+        let default_rule = prog.table.rules.len() as u32;
         for i in 0..n {
             bytes += lens[i] as u64;
-            let rule = rules[i].min(prog.table.rules.len() as u32);
-            let rc = &prog.rule_counters(self.shard)[rule as usize];
+            let rule = rules[i].min(default_rule);
+            let rc = &rule_counters[rule as usize];
             rc.packets.add(1);
             rc.bytes.add(lens[i] as u64);
+            if let Some(port) = prog.direct_out(rule) {
+                // All the rule does is `out PORT`: straight into that port's batch.
+                self.tx(port, indices[i]);
+                continue;
+            }
             let action = prog.table.action(rule);
             for &c in &action.counters {
                 prog.named_counters(self.shard)[c].add(1);
