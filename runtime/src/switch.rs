@@ -1224,38 +1224,24 @@ impl Engine {
     }
 
     fn flush(&mut self, port: usize) {
-        let batch = std::mem::take(&mut self.tx_batches[port]);
+        let mut batch = std::mem::take(&mut self.tx_batches[port]);
         if batch.is_empty() {
             self.tx_batches[port] = batch;
             return;
         }
-        let (sent, bytes) = {
-            let mut frames: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
-            let mut sent = 0;
-            let mut bytes = 0;
-            for chunk in batch.chunks(MAX_BURST) {
-                for (slot, &index) in frames.iter_mut().zip(chunk) {
-                    // SAFETY: the switch holds a reference to every batched buffer and
-                    // nobody writes one with more than one reference.
-                    *slot = unsafe { self.pool.buf_data(index) }.unwrap_or(&[]);
-                }
-                let n = self.ports[port]
-                    .tx_burst(&frames[..chunk.len()])
-                    .min(chunk.len());
-                bytes += frames[..n].iter().map(|f| f.len() as u64).sum::<u64>();
-                sent += n;
-                if n < chunk.len() {
-                    self.stats
-                        .count_drop(DropReason::TxError, (chunk.len() - n) as u64);
-                }
-            }
-            (sent, bytes)
-        };
+        // SAFETY: the switch holds one reference to every batched buffer, of the pool its
+        // cache draws from, and hands them over here; nobody writes a buffer it holds a
+        // reference to while it is batched (VMs are done with it, and a mirror's holder
+        // only reads a buffer with two references).
+        let (sent, bytes) = unsafe { self.ports[port].tx_buffers(&mut self.cache, &batch) };
+        let sent = sent.min(batch.len());
+        if sent < batch.len() {
+            self.stats
+                .count_drop(DropReason::TxError, (batch.len() - sent) as u64);
+        }
         let counters = &self.stats.ports[port];
         counters.tx_packets.add(sent as u64);
         counters.tx_bytes.add(bytes);
-        let _ = self.cache.free_burst(&batch);
-        let mut batch = batch;
         batch.clear();
         self.tx_batches[port] = batch;
     }

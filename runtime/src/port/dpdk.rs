@@ -417,9 +417,9 @@ mod driver {
 
     use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, Rss, RxQueue, TxQueue};
 
-    use super::{bump, eal_args, DeviceSpec, DpdkCounters, ShareCounters, EXTRA_EAL_ARGS};
+    use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS};
     use crate::layout::{BufHeader, BUF_HEADER_BYTES, BUF_STRIDE};
-    use crate::pool::{PacketPool, BUF_ROOM};
+    use crate::pool::{PacketPool, PoolCache, BUF_ROOM};
     use crate::port::{Port, PortError, RxBurst};
     use crate::region::Backing;
     use crate::switch::MAX_BURST;
@@ -639,6 +639,20 @@ mod driver {
         if let Some(index) = zone.index_of_room(addr as usize) {
             let _ = zone.pool.free(index);
         }
+    }
+
+    /// A frame to send from pool buffer `index`, whose reference the port holds.
+    #[derive(Debug, Clone, Copy, Default)]
+    struct Owned {
+        index: u32,
+        /// The frame's window in the buffer's room.
+        offset: u16,
+        len: u16,
+        /// Nobody else holds the buffer (its refcount is 1, or 2 with a caller that lets
+        /// go after the burst): it can become a receive-pool mbuf's own buffer.
+        exclusive: bool,
+        /// A copy netvm made (not counted as sent in place).
+        copied: bool,
     }
 
     /// A started device and the buffers it has been lent, shared by the port and the
@@ -1090,77 +1104,94 @@ mod driver {
             Mbuf::free_bulk(&mut run.done_mbufs);
         }
 
-        fn transmit(&mut self, frames: &[&[u8]]) -> usize {
+        /// Send `items` (at most [`MAX_BURST`] are taken), whose pool-buffer references
+        /// this port holds: each reference goes to an mbuf, sent or not — a receive-pool
+        /// mbuf re-pointed at the buffer when nobody else holds it (the mbuf then holds
+        /// the one reference the receive pool's invariant asks for), else an mbuf
+        /// attached to it, whose release callback drops the reference. Returns (frames
+        /// sent, their bytes, items taken); the caller still holds the references of the
+        /// items not taken (no mbuf was left for them).
+        fn send_owned(&mut self, items: &[Owned]) -> (usize, u64, usize) {
             let State::Running(run) = &mut self.state else {
-                return 0;
+                return (0, 0, 0);
             };
             let run = &mut **run;
             run.register(self.eal);
-            let count = frames.len().min(MAX_BURST);
-            if count == 0 {
-                return 0;
+            let items = &items[..items.len().min(MAX_BURST)];
+            if items.is_empty() {
+                return (0, 0, 0);
             }
             let device = &*run.device;
             let zone = &device.zone;
-            // Receive-pool mbufs, for frames whose buffer only the switch holds: the bare
-            // ones first, then fresh ones.
+            // Receive-pool mbufs for the buffers nobody else holds: the bare ones first,
+            // then fresh ones.
+            let exclusive = items.iter().filter(|i| i.exclusive).count();
             let mut pinned = std::mem::take(&mut run.pinned_mbufs);
-            let fresh = count.saturating_sub(run.bare.0.len());
-            if !device.rx_pool.alloc_bulk(&mut pinned, fresh) {
+            let fresh = exclusive.saturating_sub(run.bare.0.len());
+            if fresh > 0 && !device.rx_pool.alloc_bulk(&mut pinned, fresh) {
                 pinned.clear();
             }
             let mut pinned_left = pinned.drain(..);
             let mut out = std::mem::take(&mut run.tx_mbufs);
-            let mut in_place = 0;
-            for frame in &frames[..count] {
-                let located = zone.locate(frame);
-                let exclusive = located.and_then(|(i, at)| {
-                    let header = zone.header(i)?;
-                    (header.refcount.load(Ordering::Acquire) == 1).then_some((i, at, header))
-                });
-                if let Some((index, offset, header)) = exclusive {
+            let opaque = Arc::as_ptr(zone).cast_mut().cast::<c_void>();
+            let mut lens = [0u16; MAX_BURST];
+            let (mut taken, mut in_place) = (0, 0);
+            for item in items {
+                let mut receive_mbuf = None;
+                if item.exclusive {
                     if let Some(mut m) = run.bare.0.pop() {
                         m.reset();
-                        header.refcount.store(2, Ordering::Relaxed);
-                        // SAFETY: `m` is a receive-pool mbuf holding no buffer; `index`
-                        // becomes its buffer as below; the window lies in its room.
-                        unsafe {
-                            m.set_buffer(zone.room(index), zone.iova(index));
-                            m.set_data_window(offset as u16, frame.len() as u16);
-                        }
-                        in_place += 1;
-                        out.push(m);
-                        continue;
-                    }
-                    if let Some(mut m) = pinned_left.next() {
-                        if let Some(lent) = zone.index_of_room(m.buf_addr() as usize) {
-                            // One reference more, for the mbuf. The switch holds the only
-                            // one (refcount 1, read above on this thread), so nobody else
-                            // may change the count meanwhile (the pool's ownership rule):
-                            // a plain store, not a locked increment.
-                            header.refcount.store(2, Ordering::Relaxed);
-                            // SAFETY: `m` is a receive-pool mbuf; `index` is a pool
-                            // buffer whose only other holder, the switch, lets go after
-                            // this burst, leaving the mbuf the one reference the pool's
-                            // invariant asks for; the window lies in its room (locate).
-                            unsafe {
-                                m.set_buffer(zone.room(index), zone.iova(index));
-                                m.set_data_window(offset as u16, frame.len() as u16);
+                        receive_mbuf = Some(m);
+                    } else if let Some(m) = pinned_left.next() {
+                        match zone.index_of_room(m.buf_addr() as usize) {
+                            Some(lent) => {
+                                // The mbuf's own buffer is ours now: a spare for RX.
+                                run.spare.push(lent);
+                                receive_mbuf = Some(m);
                             }
-                            // The mbuf's previous buffer is ours now: a spare for RX.
-                            run.spare.push(lent);
-                            in_place += 1;
-                            out.push(m);
-                            continue;
+                            None => run.done_mbufs.push(m),
                         }
-                        run.done_mbufs.push(m);
                     }
                 }
-                let mine = self.counters.share(self.role.thread().0);
-                match Self::attached(mine, zone, &device.tx_pool, frame, located) {
-                    Some(m) => out.push(m),
-                    None => break,
-                }
+                let m = match receive_mbuf {
+                    Some(mut m) => {
+                        // SAFETY: `m` is a receive-pool mbuf holding no buffer of its own
+                        // any more; `item.index` is a pool buffer whose only reference
+                        // this port holds and gives to the mbuf; the window lies in its
+                        // room (checked when the item was made).
+                        unsafe {
+                            m.set_buffer(zone.room(item.index), zone.iova(item.index));
+                            m.set_data_window(item.offset, item.len);
+                        }
+                        m
+                    }
+                    None => {
+                        let Some(mut m) = device.tx_pool.alloc() else {
+                            break;
+                        };
+                        // SAFETY: a fresh mbuf of the attach pool; the buffer's room is
+                        // BUF_ROOM bytes, held by the reference this port hands to the
+                        // attachment until `release_buffer` drops it; nobody writes a
+                        // buffer with more than one reference; `opaque` is the zone,
+                        // alive while this port or any attached mbuf is (see `stop`).
+                        unsafe {
+                            m.attach_external(
+                                zone.room(item.index),
+                                zone.iova(item.index),
+                                BUF_ROOM as u16,
+                                item.offset,
+                                item.len,
+                                release_buffer,
+                                opaque,
+                            )
+                        };
+                        m
+                    }
+                };
+                lens[out.len()] = item.len;
+                out.push(m);
+                taken += 1;
+                in_place += u64::from(!item.copied);
             }
             bump(
                 &self.counters.share(self.role.thread().0).tx_in_place,
@@ -1168,10 +1199,10 @@ mod driver {
             );
             run.done_mbufs.extend(pinned_left);
             run.pinned_mbufs = pinned;
-            let ready = out.len();
             let sent = run.tx_queue.tx_burst(&mut out);
-            // Unsent mbufs go back to their pools (pinned ones keep their buffer; attached
-            // ones drop their reference).
+            let bytes = lens[..sent].iter().map(|&l| u64::from(l)).sum();
+            // Unsent mbufs go back to their pools: a receive-pool one keeps its buffer
+            // (and the reference), an attached one drops its reference.
             Mbuf::free_bulk(&mut out);
             Mbuf::free_bulk(&mut run.done_mbufs);
             run.tx_mbufs = out;
@@ -1179,58 +1210,125 @@ mod driver {
                 let _ = zone.pool.free_burst(&run.spare[2 * MAX_BURST..]);
                 run.spare.truncate(2 * MAX_BURST);
             }
-            if ready == 0 {
+            (sent, bytes, taken)
+        }
+
+        /// Send frames the caller keeps its references to (`tx_burst`): a frame in the
+        /// pool gets one more reference, for its mbuf; any other is copied into a fresh
+        /// pool buffer (counted). Returns the frames sent.
+        fn transmit(&mut self, frames: &[&[u8]]) -> usize {
+            let State::Running(run) = &self.state else {
                 return 0;
+            };
+            let zone = run.device.zone.clone();
+            let pool = &zone.pool;
+            let mine = self.counters.share(self.role.thread().0);
+            let mut items = [Owned::default(); MAX_BURST];
+            let mut n = 0;
+            for frame in &frames[..frames.len().min(MAX_BURST)] {
+                let held = zone.locate(frame).and_then(|(index, at)| {
+                    let exclusive = zone.header(index)?.refcount.load(Ordering::Acquire) == 1;
+                    pool.clone_ref(index).ok()?;
+                    Some(Owned {
+                        index,
+                        offset: at as u16,
+                        len: frame.len() as u16,
+                        exclusive,
+                        copied: false,
+                    })
+                });
+                let item = match held {
+                    Some(item) => item,
+                    None => {
+                        let Some(copy) = pool.alloc() else { break };
+                        // SAFETY: `copy` was just allocated; ours alone.
+                        if unsafe { pool.write_data(copy, frame) }.is_err() {
+                            let _ = pool.free(copy);
+                            break;
+                        }
+                        bump(&mine.copied_packets, 1);
+                        bump(&mine.copied_bytes, frame.len() as u64);
+                        Owned {
+                            index: copy,
+                            offset: crate::layout::BUF_HEADROOM as u16,
+                            len: frame.len() as u16,
+                            exclusive: true,
+                            copied: true,
+                        }
+                    }
+                };
+                items[n] = item;
+                n += 1;
+            }
+            let (sent, _, taken) = self.send_owned(&items[..n]);
+            for item in &items[taken..n] {
+                let _ = pool.free(item.index);
             }
             sent
         }
 
-        /// An mbuf of the attach pool carrying `frame`: attached to its pool buffer (one
-        /// more reference, dropped by DPDK's callback), or to a copy when the frame does
-        /// not lie in the pool. `None` when no mbuf or buffer is left.
-        fn attached(
-            counters: &ShareCounters,
-            zone: &Arc<Zone>,
-            tx_pool: &Mempool,
-            frame: &[u8],
-            located: Option<(u32, usize)>,
-        ) -> Option<Mbuf> {
-            let mut m = tx_pool.alloc()?;
-            let pool = &zone.pool;
-            let (index, offset) = match located {
-                Some((index, offset)) if pool.clone_ref(index).is_ok() => {
-                    bump(&counters.tx_in_place, 1);
-                    (index, offset)
+        /// [`Port::tx_buffers`]: the switch's references go to the device.
+        ///
+        /// # Safety
+        /// As for [`Port::tx_buffers`].
+        unsafe fn send_buffers(&mut self, cache: &mut PoolCache, indices: &[u32]) -> (usize, u64) {
+            if matches!(self.state, State::Opened) {
+                // Asked to send before the first poll: start over the switch's pool.
+                let pool = cache.pool().clone();
+                let _ = self.ensure_started(&pool);
+            }
+            let ours = match &self.state {
+                State::Running(run) => {
+                    run.device.zone.pool.region().base_addr() == cache.pool().region().base_addr()
                 }
                 _ => {
-                    let copy = pool.alloc()?;
-                    // SAFETY: `copy` was just allocated; ours alone.
-                    if unsafe { pool.write_data(copy, frame) }.is_err() {
-                        let _ = pool.free(copy);
-                        return None;
-                    }
-                    bump(&counters.copied_packets, 1);
-                    bump(&counters.copied_bytes, frame.len() as u64);
-                    (copy, crate::layout::BUF_HEADROOM)
+                    let _ = cache.free_burst(indices);
+                    return (0, 0);
                 }
             };
-            let opaque = Arc::as_ptr(zone).cast_mut().cast::<c_void>();
-            // SAFETY: a fresh mbuf of the attach pool; the buffer's room is BUF_ROOM bytes,
-            // held by the reference taken above until `release_buffer` drops it; nobody
-            // writes a buffer with more than one reference; `opaque` is the zone, alive
-            // while this port or any attached mbuf is (see `stop`).
-            unsafe {
-                m.attach_external(
-                    zone.room(index),
-                    zone.iova(index),
-                    BUF_ROOM as u16,
-                    offset as u16,
-                    frame.len() as u16,
-                    release_buffer,
-                    opaque,
-                )
-            };
-            Some(m)
+            if !ours {
+                // SAFETY: forwarded from our caller.
+                return unsafe { crate::port::send_and_free(self, cache, indices) };
+            }
+            let (mut sent, mut bytes) = (0, 0);
+            for chunk in indices.chunks(MAX_BURST) {
+                let mut items = [Owned::default(); MAX_BURST];
+                let mut n = 0;
+                if let State::Running(run) = &self.state {
+                    let zone = &run.device.zone;
+                    for &index in chunk {
+                        let item = zone.header(index).and_then(|h| {
+                            let offset = h.data_offset.load(Ordering::Relaxed);
+                            let len = h.data_len.load(Ordering::Relaxed);
+                            (offset as usize + len as usize <= BUF_ROOM).then(|| Owned {
+                                index,
+                                offset,
+                                len,
+                                exclusive: h.refcount.load(Ordering::Acquire) == 1,
+                                copied: false,
+                            })
+                        });
+                        match item {
+                            Some(item) => {
+                                items[n] = item;
+                                n += 1;
+                            }
+                            // Not a buffer this port can send (out of the pool, or a
+                            // window past its room): the reference goes back.
+                            None => {
+                                let _ = cache.free(index);
+                            }
+                        }
+                    }
+                }
+                let (s, b, taken) = self.send_owned(&items[..n]);
+                for item in &items[taken..n] {
+                    let _ = cache.free(item.index);
+                }
+                sent += s;
+                bytes += b;
+            }
+            (sent, bytes)
         }
 
         /// Ports for switch threads `1..threads`, each taking the receive queues `k, k +
@@ -1580,6 +1678,11 @@ mod driver {
                 sent += n;
             }
             sent
+        }
+
+        unsafe fn tx_buffers(&mut self, cache: &mut PoolCache, indices: &[u32]) -> (usize, u64) {
+            // SAFETY: forwarded from our caller.
+            unsafe { self.send_buffers(cache, indices) }
         }
 
         fn finish(&mut self) -> Result<(), PortError> {

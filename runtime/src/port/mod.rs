@@ -11,7 +11,9 @@
 //! The one exception to "never touches the pool" is [`dpdk`]: its receive buffers *are*
 //! pool buffers (DPDK writes frames straight into them), so it receives with
 //! [`RxBurst::push_held`] and learns the pool from [`Port::attach_pool`] (or, until the
-//! switch calls that, from its first [`RxBurst`]).
+//! switch calls that, from its first [`RxBurst`]); and it sends by buffer
+//! ([`Port::tx_buffers`]), taking over the switch's reference to each frame rather than
+//! being handed its bytes.
 
 pub mod afpacket;
 pub mod dpdk;
@@ -87,6 +89,22 @@ pub trait Port: Send {
     /// dropped with reason `tx_error`).
     fn tx_burst(&mut self, frames: &[&[u8]]) -> usize;
 
+    /// Send the frames held in pool buffers `indices`, taking over the caller's reference
+    /// to every one of them, sent or not. Returns the frames sent and their bytes. The
+    /// default sends each frame's bytes with [`Port::tx_burst`] and then frees every
+    /// reference through `cache` ([`send_and_free`]); a driver whose device sends
+    /// straight from pool buffers ([`dpdk`]) hands each reference to the device instead,
+    /// which saves a reference-count update per frame.
+    ///
+    /// # Safety
+    /// The caller holds one reference to each index of `cache`'s pool (and gives it up),
+    /// and nobody writes those buffers during the call (the pool's ownership rule: only
+    /// the sole holder may write).
+    unsafe fn tx_buffers(&mut self, cache: &mut PoolCache, indices: &[u32]) -> (usize, u64) {
+        // SAFETY: forwarded from our caller.
+        unsafe { send_and_free(self, cache, indices) }
+    }
+
     /// Flush buffered output; called when the switch stops.
     fn finish(&mut self) -> Result<(), PortError> {
         Ok(())
@@ -123,6 +141,38 @@ pub trait Port: Send {
             self.describe()
         )))
     }
+}
+
+/// Frames per [`Port::tx_burst`] call that [`send_and_free`] makes.
+const TX_CHUNK: usize = 64;
+
+/// [`Port::tx_buffers`] for any port: send the frames' bytes with [`Port::tx_burst`],
+/// then free every reference through `cache`.
+///
+/// # Safety
+/// As for [`Port::tx_buffers`].
+pub unsafe fn send_and_free<P: Port + ?Sized>(
+    port: &mut P,
+    cache: &mut PoolCache,
+    indices: &[u32],
+) -> (usize, u64) {
+    let (mut sent, mut bytes) = (0, 0);
+    for chunk in indices.chunks(TX_CHUNK) {
+        {
+            let pool = cache.pool();
+            let mut frames: [&[u8]; TX_CHUNK] = [&[]; TX_CHUNK];
+            for (slot, &index) in frames.iter_mut().zip(chunk) {
+                // SAFETY: the caller holds a reference to `index` and nobody writes it
+                // during the call; the slices are dropped before the references go.
+                *slot = unsafe { pool.buf_data(index) }.unwrap_or(&[]);
+            }
+            let n = port.tx_burst(&frames[..chunk.len()]).min(chunk.len());
+            bytes += frames[..n].iter().map(|f| f.len() as u64).sum::<u64>();
+            sent += n;
+        }
+        let _ = cache.free_burst(chunk);
+    }
+    (sent, bytes)
 }
 
 /// Receive-side buffer allocation for one burst.
