@@ -32,15 +32,16 @@
 //!   pool buffer nobody else references. Cost per packet: a spare buffer and two pointer
 //!   stores instead of a memcpy; the pool lends `(rxq + txq) × 512 + 512` buffers to the
 //!   device for as long as the port runs.
-//! - **TX**, frame only the switch holds (the common case): an mbuf of the same receive pool
-//!   is re-pointed at the frame's buffer with one more reference on it, which becomes the
-//!   mbuf's own once the switch lets go after the burst; the mbuf's previous buffer
-//!   becomes a spare. When the driver frees the mbuf it rejoins the pool with a buffer
-//!   only it holds, as the invariant wants. Cost: an mbuf and one refcount increment.
+//! - **TX**, frame only the switch holds (the common case): the switch sends by buffer
+//!   ([`Port::tx_buffers`]) and hands over its reference. An mbuf of the same receive pool
+//!   (one kept from RX, else a fresh one whose buffer becomes a spare) is re-pointed at the
+//!   frame's buffer and takes that reference as its own. When the driver frees the mbuf it
+//!   rejoins the pool with a buffer only it holds, as the invariant wants. Cost: an mbuf
+//!   reset and re-point, no refcount update.
 //! - **TX**, frame a mirror also holds: an mbuf with no data room of its own is attached
-//!   to the buffer (`rte_pktmbuf_attach_extbuf`) with one more reference, which DPDK's
-//!   free callback drops when the driver is done. Cost: an mbuf, the increment and its
-//!   decrement.
+//!   to the buffer (`rte_pktmbuf_attach_extbuf`) holding the switch's reference, which
+//!   DPDK's free callback drops when the driver is done. Cost: an mbuf and the decrement.
+//!   (`tx_burst` with slices, whose caller keeps its references, takes one more per frame.)
 //! - **Copies** happen only where no buffer can be lent: a received mbuf that is not one
 //!   of ours (a frame another port's pool owns, or an attached buffer someone else also
 //!   references, e.g. `net_ring` handing back what we sent while a mirror holds it) or a
