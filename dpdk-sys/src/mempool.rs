@@ -555,6 +555,23 @@ impl Mbuf {
     pub fn as_ptr(&self) -> *mut ffi::rte_mbuf {
         self.0.as_ptr()
     }
+    /// Gives up ownership as an opaque handle (the mbuf's address) for code that must
+    /// not name DPDK's types; [`Mbuf::from_handle`] takes it back.
+    #[inline]
+    pub fn into_handle(self) -> usize {
+        self.into_raw() as usize
+    }
+
+    /// Takes back ownership of a handle made by [`Mbuf::into_handle`].
+    ///
+    /// # Safety
+    /// `handle` came from [`Mbuf::into_handle`] and is taken back at most once.
+    #[inline]
+    pub unsafe fn from_handle(handle: usize) -> Mbuf {
+        // SAFETY: the caller's contract: a live mbuf's address, owned by nobody else;
+        // into_handle never yields 0 (it came from a NonNull).
+        Mbuf(unsafe { NonNull::new_unchecked(handle as *mut ffi::rte_mbuf) })
+    }
 }
 
 impl Drop for Mbuf {

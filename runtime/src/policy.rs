@@ -197,6 +197,9 @@ pub struct Program {
     /// Per rule then the default: the port, when all the rule does is `out PORT` (no
     /// mirror, no named counter, no VM), so the switch can batch it without a chain walk.
     direct_out: Vec<Option<u32>>,
+    /// Per rule then the default: all the rule does is `drop` (no mirror, no named
+    /// counter), so a frame a device lent the switch is given straight back.
+    plain_drop: Vec<bool>,
     /// Per switch thread (shard): each rule's counters, then the default's. Shared
     /// (`Arc`) so a reload can hand a rule that keeps its name the very same counters:
     /// increments from bursts still on the old program land in them too. One shard per
@@ -248,11 +251,23 @@ impl Program {
                 },
             )
             .collect();
+        let plain_drop = table
+            .rules
+            .iter()
+            .chain(std::iter::once(&table.default))
+            .zip(&chains)
+            .map(|(action, hops): (&RuleAction, &Vec<Hop>)| {
+                matches!(hops.as_slice(), [Hop::Drop])
+                    && action.mirrors.is_empty()
+                    && action.counters.is_empty()
+            })
+            .collect();
         let mut program = Program {
             classifier,
             table,
             chains,
             direct_out,
+            plain_drop,
             rule_counters: Vec::new(),
             named_counters: Vec::new(),
         };
@@ -368,6 +383,13 @@ impl Program {
     pub fn direct_out(&self, rule: u32) -> Option<usize> {
         let last = self.direct_out.len() - 1;
         self.direct_out[(rule as usize).min(last)].map(|p| p as usize)
+    }
+
+    /// Whether all rule `rule` does is `drop` (see `plain_drop`).
+    #[inline]
+    pub fn plain_drop(&self, rule: u32) -> bool {
+        let last = self.plain_drop.len() - 1;
+        self.plain_drop[(rule as usize).min(last)]
     }
 
     /// The hops of rule `rule` (`n_rules` or more: the default's).

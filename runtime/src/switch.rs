@@ -55,7 +55,7 @@ use crate::layout::RegionConfig;
 use crate::numa::{self, Placement, PlacementRequest, Topology};
 use crate::policy::{BalanceKey, Hop, Program, ProgramHandle};
 use crate::pool::{PacketPool, PoolCache};
-use crate::port::{Port, RxBurst};
+use crate::port::{DeviceFrame, Port, RxBurst};
 use crate::region::{Backing, HugepagePolicy, RegionError, SharedRegion};
 use crate::ring::{Ring, RingConsumer, RingError, RingProducer};
 use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsShard, StatsSnapshot, VmRow};
@@ -611,6 +611,10 @@ impl Switch {
                     .map(|_| Vec::with_capacity(MAX_BURST))
                     .collect(),
                 port_has_tx: ports.iter().map(|p| p.has_tx()).collect(),
+                port_domain: ports.iter().map(|p| p.device_domain()).collect(),
+                device_batches: (0..ports.len())
+                    .map(|_| Vec::with_capacity(MAX_BURST))
+                    .collect(),
                 ports,
                 vms,
                 shard,
@@ -944,6 +948,11 @@ struct Engine {
     /// [`Port::has_tx`] of each port, asked once (not per packet).
     port_has_tx: Vec<bool>,
     tx_batches: Vec<Vec<u32>>,
+    /// [`Port::device_domain`] of each port, asked once: frames received on a port of a
+    /// domain are classified where the device put them, and those whose rule is just
+    /// `out PORT` to a port of the same domain go there as they are (`device_batches`).
+    port_domain: Vec<Option<usize>>,
+    device_batches: Vec<Vec<DeviceFrame>>,
     vms: Vec<VmSlot>,
     /// Which switch thread this is: the counter shard it writes.
     shard: usize,
@@ -1055,6 +1064,9 @@ impl Engine {
 
     /// One RX burst from `port`; returns packets received.
     fn rx(&mut self, prog: &Program, port: usize) -> usize {
+        if let Some(domain) = self.port_domain[port] {
+            return self.rx_device(prog, port, domain);
+        }
         let mut indices = [0u32; MAX_BURST];
         let (n, oversize) = {
             let mut burst =
@@ -1062,12 +1074,7 @@ impl Engine {
             self.ports[port].rx_burst(&mut burst);
             (burst.len(), burst.oversize)
         };
-        let stats = self.stats.clone();
-        let counters = &stats.ports[port];
-        if oversize > 0 {
-            counters.rx_packets.add(oversize);
-            self.stats.count_drop(DropReason::Oversize, oversize);
-        }
+        self.count_oversize(port, oversize);
         if n == 0 {
             return oversize as usize;
         }
@@ -1093,26 +1100,141 @@ impl Engine {
             let rc = &rule_counters[rule as usize];
             rc.packets.add(1);
             rc.bytes.add(lens[i] as u64);
-            if let Some(port) = prog.direct_out(rule) {
-                // All the rule does is `out PORT`: straight into that port's batch.
-                self.tx(port, indices[i]);
-                continue;
-            }
-            let action = prog.table.action(rule);
-            for &c in &action.counters {
-                prog.named_counters(self.shard)[c].add(1);
-            }
-            for &m in &action.mirrors {
-                if self.pool.clone_ref(indices[i]).is_ok() {
-                    self.stats.mirrored.add(1);
-                    self.visit(prog, m, indices[i], rule, 0, true);
-                }
-            }
-            self.steer(prog, indices[i], rule, 0, None);
+            self.dispatch(prog, indices[i], rule);
         }
+        let counters = &self.stats.ports[port];
         counters.rx_packets.add(n as u64);
         counters.rx_bytes.add(bytes);
         n + oversize as usize
+    }
+
+    /// Frames the port consumed as oversize: received, and dropped.
+    fn count_oversize(&self, port: usize, oversize: u64) {
+        if oversize > 0 {
+            self.stats.ports[port].rx_packets.add(oversize);
+            self.stats.count_drop(DropReason::Oversize, oversize);
+        }
+    }
+
+    /// One RX burst from a port of device domain `domain`: the frames are classified
+    /// where the device put them; a frame whose rule is just `out PORT` to a port of the
+    /// same domain is batched for it as it is (no pool buffer, no header, no chain
+    /// walk), one whose rule is just `drop` goes straight back; every other frame is adopted into a pool buffer and dispatched as
+    /// [`rx`](Self::rx) does. Zero-copy either way: the device's buffers are the pool's.
+    fn rx_device(&mut self, prog: &Program, port: usize, domain: usize) -> usize {
+        let mut frames = [DeviceFrame::default(); MAX_BURST];
+        let (n, oversize) = self.ports[port].rx_device(&mut frames[..self.burst_len]);
+        let n = n.min(self.burst_len);
+        self.count_oversize(port, oversize);
+        if n == 0 {
+            return oversize as usize;
+        }
+        let mut rules = [0u32; MAX_BURST];
+        {
+            let mut bytes: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
+            for (slot, frame) in bytes.iter_mut().zip(&frames[..n]) {
+                // SAFETY: the port lent us these frames for this burst and nobody writes
+                // them until we give them back (after the slices are dropped).
+                *slot = unsafe { frame.bytes() };
+            }
+            prog.classifier
+                .classify_burst(&bytes[..n], port as u32, &mut rules[..n]);
+        }
+        let mut total = 0u64;
+        let default_rule = prog.table.rules.len() as u32;
+        let mut general = [0u8; MAX_BURST];
+        let mut general_n = 0;
+        let mut dropped = [DeviceFrame::default(); MAX_BURST];
+        let mut dropped_n = 0;
+        {
+            let rule_counters = prog.rule_counters(self.shard);
+            for i in 0..n {
+                let len = u64::from(frames[i].len);
+                total += len;
+                let rule = rules[i].min(default_rule);
+                rules[i] = rule;
+                let rc = &rule_counters[rule as usize];
+                rc.packets.add(1);
+                rc.bytes.add(len);
+                match prog.direct_out(rule) {
+                    Some(out) if self.port_domain.get(out) == Some(&Some(domain)) => {
+                        self.device_batches[out].push(frames[i]);
+                        if self.device_batches[out].len() >= self.burst_len {
+                            self.flush_device(out);
+                        }
+                    }
+                    _ if prog.plain_drop(rule) => {
+                        dropped[dropped_n] = frames[i];
+                        dropped_n += 1;
+                    }
+                    _ => {
+                        general[general_n] = i as u8;
+                        general_n += 1;
+                    }
+                }
+            }
+        }
+        if dropped_n > 0 {
+            self.ports[port].free_device(&dropped[..dropped_n]);
+            self.stats.count_drop(DropReason::Policy, dropped_n as u64);
+        }
+        for &i in &general[..general_n] {
+            let i = i as usize;
+            let mut held = [0u32; 1];
+            let adopted = {
+                let mut burst = RxBurst::new(&mut self.cache, &mut held, port as u16);
+                self.ports[port].adopt_device(frames[i], &mut burst) && burst.len() == 1
+            };
+            if adopted {
+                self.dispatch(prog, held[0], rules[i]);
+            } else {
+                self.stats.count_drop(DropReason::NoBuffer, 1);
+            }
+        }
+        let counters = &self.stats.ports[port];
+        counters.rx_packets.add(n as u64);
+        counters.rx_bytes.add(total);
+        n + oversize as usize
+    }
+
+    /// A classified packet in pool buffer `index` to where its rule sends it.
+    #[inline]
+    fn dispatch(&mut self, prog: &Program, index: u32, rule: u32) {
+        if let Some(port) = prog.direct_out(rule) {
+            // All the rule does is `out PORT`: straight into that port's batch.
+            return self.tx(port, index);
+        }
+        let action = prog.table.action(rule);
+        for &c in &action.counters {
+            prog.named_counters(self.shard)[c].add(1);
+        }
+        for &m in &action.mirrors {
+            if self.pool.clone_ref(index).is_ok() {
+                self.stats.mirrored.add(1);
+                self.visit(prog, m, index, rule, 0, true);
+            }
+        }
+        self.steer(prog, index, rule, 0, None);
+    }
+
+    /// Send the device frames batched for `port`.
+    fn flush_device(&mut self, port: usize) {
+        let mut batch = std::mem::take(&mut self.device_batches[port]);
+        if batch.is_empty() {
+            self.device_batches[port] = batch;
+            return;
+        }
+        let (sent, bytes) = self.ports[port].tx_device(&batch);
+        let sent = sent.min(batch.len());
+        if sent < batch.len() {
+            self.stats
+                .count_drop(DropReason::TxError, (batch.len() - sent) as u64);
+        }
+        let counters = &self.stats.ports[port];
+        counters.tx_packets.add(sent as u64);
+        counters.tx_bytes.add(bytes);
+        batch.clear();
+        self.device_batches[port] = batch;
     }
 
     /// Walk the packet down its chain from hop `pos` (or first into `to_vm`) until it
@@ -1224,6 +1346,7 @@ impl Engine {
     }
 
     fn flush(&mut self, port: usize) {
+        self.flush_device(port);
         let mut batch = std::mem::take(&mut self.tx_batches[port]);
         if batch.is_empty() {
             self.tx_batches[port] = batch;

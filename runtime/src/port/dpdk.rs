@@ -418,10 +418,10 @@ mod driver {
 
     use dpdk_sys::{Eal, ExternalBuffer, Mbuf, Mempool, PortConfig, Rss, RxQueue, TxQueue};
 
-    use super::{bump, eal_args, DeviceSpec, DpdkCounters, EXTRA_EAL_ARGS};
+    use super::{bump, eal_args, DeviceSpec, DpdkCounters, ShareCounters, EXTRA_EAL_ARGS};
     use crate::layout::{BufHeader, BUF_HEADER_BYTES, BUF_STRIDE};
     use crate::pool::{PacketPool, PoolCache, BUF_ROOM};
-    use crate::port::{Port, PortError, RxBurst};
+    use crate::port::{DeviceFrame, Port, PortError, RxBurst};
     use crate::region::Backing;
     use crate::switch::MAX_BURST;
 
@@ -506,6 +506,8 @@ mod driver {
         ports: usize,
         /// Its region is registered with the EAL as external memory.
         extmem: bool,
+        /// Mempools of stopped devices over it, taken back when the last one stops.
+        parked: Vec<Parked>,
     }
 
     /// The pools in use, so that each region is registered once, and so that a port asked
@@ -611,6 +613,12 @@ mod driver {
                 Some(&BAD_IOVA) | None => BAD_IOVA,
                 Some(&page) => page + (offset & (self.page_bytes - 1)) as u64,
             }
+        }
+
+        /// Whether `addr` lies in one of the pool's buffers.
+        #[inline]
+        fn holds(&self, addr: usize) -> bool {
+            addr.wrapping_sub(self.room_base) < self.capacity * BUF_STRIDE
         }
 
         /// The buffer whose room starts at `addr`.
@@ -751,6 +759,132 @@ mod driver {
                 let _leaked = std::mem::ManuallyDrop::new(m);
             }
         }
+    }
+
+    /// How [`Running::take_in`] handed a received mbuf's frame to the switch.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum TakenIn {
+        /// In the pool buffer DPDK wrote it to.
+        InPlace,
+        /// Copied into a fresh pool buffer (counted).
+        Copied,
+        /// Not at all: oversize (counted in the burst) or no buffer for it.
+        Dropped,
+    }
+
+    impl Running {
+        /// Fill `spare` up to twice a burst from the switch's cache.
+        fn top_up_spare(&mut self, burst: &mut RxBurst<'_>) {
+            let have = self.spare.len();
+            if have >= 2 * MAX_BURST {
+                return;
+            }
+            self.spare.resize(2 * MAX_BURST, 0);
+            let got = burst.alloc_for_port(&mut self.spare[have..]);
+            self.spare.truncate(have + got);
+        }
+
+        /// Hand one received mbuf's frame to the switch through `burst`: its own pool
+        /// buffer when the mbuf is ours (the mbuf kept bare to send on, or re-pointed at
+        /// a spare), the buffer an attachment of ours held, else a copy. The mbuf is
+        /// kept or queued on `done_mbufs` to be freed.
+        fn take_in(
+            &mut self,
+            mut m: Mbuf,
+            burst: &mut RxBurst<'_>,
+            mine: &ShareCounters,
+        ) -> TakenIn {
+            let device = &*self.device;
+            let zone = &*device.zone;
+            let port = burst.port;
+            let len = m.len();
+            let offset = m.data_offset() as usize;
+            // Several segments (a frame larger than a buffer), or a window that does
+            // not fit a pool buffer's room: not forwardable whole.
+            if m.segments() != 1 || offset + len > BUF_ROOM {
+                burst.count_oversize();
+                self.done_mbufs.push(m);
+                return TakenIn::Dropped;
+            }
+            let own = zone.index_of_room(m.buf_addr() as usize);
+            let (index, taken) = match own.and_then(|i| Some((i, zone.header(i)?))) {
+                // Ours: the frame is already in a pool buffer; hand it over and give
+                // the mbuf a fresh one.
+                Some((index, header)) if device.rx_pool.owns(&m) => {
+                    if self.bare.0.len() < BARE_MBUFS {
+                        // Kept to send on; its buffer (`index`) is the switch's now.
+                        self.bare.0.push(m);
+                    } else {
+                        let Some(fresh) = self.spare.pop() else {
+                            // No spare to give the mbuf: it keeps its buffer, the frame
+                            // is lost (the pool is dry).
+                            self.done_mbufs.push(m);
+                            return TakenIn::Dropped;
+                        };
+                        // SAFETY: `fresh` is a pool buffer we hold and nobody else
+                        // uses; its room is as long as the pool's external buffers;
+                        // `index` is ours now (the mbuf's reference passes to the
+                        // switch).
+                        unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
+                        self.done_mbufs.push(m);
+                    }
+                    // What `set_data`, `forget_content` and `set_port` would store,
+                    // without their checks: `index` is in the pool and the window
+                    // fits its room (both checked above).
+                    header.data_offset.store(offset as u16, Ordering::Relaxed);
+                    header.data_len.store(len as u16, Ordering::Relaxed);
+                    header.content_tag.store(0, Ordering::Relaxed);
+                    header.port.store(port, Ordering::Relaxed);
+                    burst.push_held(index);
+                    return TakenIn::InPlace;
+                }
+                // An mbuf we attached on transmit, looped back (net_ring), that
+                // nobody else references: take over the attachment's reference.
+                Some((index, _))
+                    if m.external_refs() == Some(1)
+                        && zone.pool.refcount(index) == Ok(1)
+                        && zone.pool.clone_ref(index).is_ok() =>
+                {
+                    let pool = &zone.pool;
+                    let _ = pool.set_data(index, offset, len);
+                    let _ = pool.forget_content(index);
+                    let _ = pool.set_port(index, port);
+                    (index, TakenIn::InPlace)
+                }
+                _ => {
+                    let pool = &zone.pool;
+                    let Some(copy) = self.spare.pop() else {
+                        self.done_mbufs.push(m);
+                        return TakenIn::Dropped;
+                    };
+                    // SAFETY: `copy` is a pool buffer we hold alone.
+                    if unsafe { pool.write_data(copy, m.data()) }.is_err() {
+                        let _ = pool.free(copy);
+                        burst.count_oversize();
+                        self.done_mbufs.push(m);
+                        return TakenIn::Dropped;
+                    }
+                    bump(&mine.copied_packets, 1);
+                    bump(&mine.copied_bytes, len as u64);
+                    let _ = pool.set_port(copy, port);
+                    (copy, TakenIn::Copied)
+                }
+            };
+            burst.push_held(index);
+            self.done_mbufs.push(m);
+            taken
+        }
+    }
+
+    /// Free lent frames (of any port over a pool of ours).
+    fn free_lent(frames: &[DeviceFrame]) {
+        let mut mbufs: Vec<Mbuf> = frames
+            .iter()
+            // SAFETY: every lent frame comes back exactly once (Port::rx_device's
+            // contract); this is its return.
+            .map(|f| unsafe { Mbuf::from_handle(f.handle) })
+            .collect();
+        Mbuf::free_bulk(&mut mbufs);
     }
 
     enum State {
@@ -965,32 +1099,20 @@ mod driver {
             Ok(Running::new(device, rx_queues, tx_queue))
         }
 
-        fn receive(&mut self, burst: &mut RxBurst<'_>) {
+        /// Poll this share's receive queues in turn until one gives frames (up to `max`,
+        /// into `rx_mbufs`); keeps the finite-`net_pcap` drain clock. Returns how many.
+        fn poll(&mut self, max: u16) -> usize {
             let State::Running(run) = &mut self.state else {
-                return;
+                return 0;
             };
             let run = &mut **run;
             run.register(self.eal);
-            let want = burst.room().min(MAX_BURST);
-            if want == 0 {
-                return;
-            }
-            if run.spare.len() < want {
-                let have = run.spare.len();
-                run.spare.resize(2 * MAX_BURST, 0);
-                let got = burst.alloc_for_port(&mut run.spare[have..]);
-                run.spare.truncate(have + got);
-            }
-            let max = want.min(run.spare.len());
-            if max == 0 {
-                return;
-            }
             let queues = run.rx_queues.len();
             let mut received = 0;
             for _ in 0..queues {
                 let q = run.next_rx;
                 run.next_rx = if q + 1 == queues { 0 } else { q + 1 };
-                received = run.rx_queues[q].rx_burst(&mut run.rx_mbufs, max as u16);
+                received = run.rx_queues[q].rx_burst(&mut run.rx_mbufs, max);
                 if received > 0 {
                     break;
                 }
@@ -998,16 +1120,36 @@ mod driver {
             if self.finite_pcap {
                 if received == 0 {
                     self.pcap_drained = run.last_rx.elapsed() >= PCAP_DRAINED_AFTER;
-                    return;
+                    return 0;
                 }
                 run.last_rx = Instant::now();
             }
+            received
+        }
+
+        fn receive(&mut self, burst: &mut RxBurst<'_>) {
+            let State::Running(run) = &mut self.state else {
+                return;
+            };
+            let want = burst.room().min(MAX_BURST);
+            if want == 0 {
+                return;
+            }
+            if run.spare.len() < want {
+                run.top_up_spare(burst);
+            }
+            let max = want.min(run.spare.len());
+            if max == 0 {
+                return;
+            }
+            let received = self.poll(max as u16);
             if received == 0 {
                 return;
             }
-            let device = &*run.device;
-            let zone = &*device.zone;
-            let port = burst.port;
+            let State::Running(run) = &mut self.state else {
+                return;
+            };
+            let run = &mut **run;
             // The buffer headers the frames are handed over in, and the frames' first
             // bytes (the switch classifies them next), are in no cache yet: ask for them
             // all before touching the first.
@@ -1016,93 +1158,113 @@ mod driver {
                 prefetch(room.wrapping_sub(BUF_HEADER_BYTES));
                 prefetch(room.wrapping_add(m.data_offset().into()));
             }
+            let mine = self.counters.share(self.role.thread().0);
             let mut mbufs = std::mem::take(&mut run.rx_mbufs);
             // Counted per burst: a locked increment per frame costs as much as the rest.
             let mut in_place = 0;
-            for mut m in mbufs.drain(..) {
+            for m in mbufs.drain(..) {
+                in_place += u64::from(run.take_in(m, burst, mine) == TakenIn::InPlace);
+            }
+            run.rx_mbufs = mbufs;
+            bump(&mine.rx_in_place, in_place);
+            bump(&mine.rx, received as u64);
+            Mbuf::free_bulk(&mut run.done_mbufs);
+        }
+
+        /// [`Port::rx_device`]: the received mbufs, lent to the switch as they are.
+        fn receive_lent(&mut self, out: &mut [DeviceFrame]) -> (usize, u64) {
+            let max = out.len().min(MAX_BURST) as u16;
+            if max == 0 {
+                return (0, 0);
+            }
+            let received = self.poll(max);
+            if received == 0 {
+                return (0, 0);
+            }
+            let State::Running(run) = &mut self.state else {
+                return (0, 0);
+            };
+            let run = &mut **run;
+            // The switch classifies the frames next: bring their first bytes in.
+            for m in &run.rx_mbufs {
+                prefetch(m.buf_addr().wrapping_add(m.data_offset().into()));
+            }
+            let zone = &*run.device.zone;
+            let (mut n, mut oversize, mut in_place) = (0, 0, 0);
+            for m in run.rx_mbufs.drain(..) {
                 let len = m.len();
                 let offset = m.data_offset() as usize;
-                // Several segments (a frame larger than a buffer), or a window that does
-                // not fit a pool buffer's room: not forwardable whole.
+                // As `take_in`: a frame that no pool buffer could hold whole is consumed.
                 if m.segments() != 1 || offset + len > BUF_ROOM {
-                    burst.count_oversize();
+                    oversize += 1;
                     run.done_mbufs.push(m);
                     continue;
                 }
-                let own = zone.index_of_room(m.buf_addr() as usize);
-                let index = match own.and_then(|i| Some((i, zone.header(i)?))) {
-                    // Ours: the frame is already in a pool buffer; hand it over and give
-                    // the mbuf a fresh one.
-                    Some((index, header)) if device.rx_pool.owns(&m) => {
-                        if run.bare.0.len() < BARE_MBUFS {
-                            // Kept to send on; its buffer (`index`) is the switch's now.
-                            run.bare.0.push(m);
-                        } else {
-                            let Some(fresh) = run.spare.pop() else {
-                                // Cannot happen: at most `spare.len()` frames were asked for.
-                                run.done_mbufs.push(m);
-                                continue;
-                            };
-                            // SAFETY: `fresh` is a pool buffer we hold and nobody else
-                            // uses; its room is as long as the pool's external buffers;
-                            // `index` is ours now (the mbuf's reference passes to the
-                            // switch).
-                            unsafe { m.set_buffer(zone.room(fresh), zone.iova(fresh)) };
-                            run.done_mbufs.push(m);
-                        }
-                        // What `set_data`, `forget_content` and `set_port` would store,
-                        // without their checks: `index` is in the pool and the window
-                        // fits its room (both checked above).
-                        header.data_offset.store(offset as u16, Ordering::Relaxed);
-                        header.data_len.store(len as u16, Ordering::Relaxed);
-                        header.content_tag.store(0, Ordering::Relaxed);
-                        header.port.store(port, Ordering::Relaxed);
-                        in_place += 1;
-                        burst.push_held(index);
-                        continue;
-                    }
-                    // An mbuf we attached on transmit, looped back (net_ring), that
-                    // nobody else references: take over the attachment's reference.
-                    Some((index, _))
-                        if m.external_refs() == Some(1)
-                            && zone.pool.refcount(index) == Ok(1)
-                            && zone.pool.clone_ref(index).is_ok() =>
-                    {
-                        let pool = &zone.pool;
-                        let _ = pool.set_data(index, offset, len);
-                        let _ = pool.forget_content(index);
-                        let _ = pool.set_port(index, port);
-                        in_place += 1;
-                        index
-                    }
-                    _ => {
-                        let pool = &zone.pool;
-                        let Some(copy) = run.spare.pop() else {
-                            run.done_mbufs.push(m);
-                            continue;
-                        };
-                        // SAFETY: `copy` is a pool buffer we hold alone.
-                        if unsafe { pool.write_data(copy, m.data()) }.is_err() {
-                            let _ = pool.free(copy);
-                            burst.count_oversize();
-                            run.done_mbufs.push(m);
-                            continue;
-                        }
-                        let mine = self.counters.share(self.role.thread().0);
-                        bump(&mine.copied_packets, 1);
-                        bump(&mine.copied_bytes, len as u64);
-                        let _ = pool.set_port(copy, port);
-                        copy
-                    }
+                in_place += u64::from(zone.holds(m.buf_addr() as usize));
+                let data = m.buf_addr().wrapping_add(offset).cast_const();
+                out[n] = DeviceFrame {
+                    handle: m.into_handle(),
+                    data,
+                    len: len as u32,
                 };
-                burst.push_held(index);
-                run.done_mbufs.push(m);
+                n += 1;
             }
-            run.rx_mbufs = mbufs;
             let mine = self.counters.share(self.role.thread().0);
             bump(&mine.rx_in_place, in_place);
             bump(&mine.rx, received as u64);
             Mbuf::free_bulk(&mut run.done_mbufs);
+            (n, oversize)
+        }
+
+        /// [`Port::tx_device`]: lent frames (of any port over the same pool) go to the
+        /// transmit queue as they are; the unsent are freed.
+        fn send_lent(&mut self, frames: &[DeviceFrame]) -> (usize, u64) {
+            let State::Running(run) = &mut self.state else {
+                free_lent(frames);
+                return (0, 0);
+            };
+            let run = &mut **run;
+            run.register(self.eal);
+            let zone = &*run.device.zone;
+            let (mut sent, mut bytes, mut in_place) = (0, 0, 0);
+            for chunk in frames.chunks(MAX_BURST) {
+                let mut out = std::mem::take(&mut run.tx_mbufs);
+                for f in chunk {
+                    // SAFETY: every lent frame comes back exactly once (Port::rx_device's
+                    // contract); this is its return.
+                    out.push(unsafe { Mbuf::from_handle(f.handle) });
+                    in_place += u64::from(zone.holds(f.data as usize));
+                }
+                let n = run.tx_queue.tx_burst(&mut out);
+                bytes += chunk[..n].iter().map(|f| u64::from(f.len)).sum::<u64>();
+                sent += n;
+                Mbuf::free_bulk(&mut out);
+                run.tx_mbufs = out;
+            }
+            bump(
+                &self.counters.share(self.role.thread().0).tx_in_place,
+                in_place,
+            );
+            (sent, bytes)
+        }
+
+        /// [`Port::adopt_device`]: a lent frame of this port into a pool buffer, as
+        /// [`Port::rx_burst`] hands frames over.
+        fn adopt_lent(&mut self, frame: DeviceFrame, burst: &mut RxBurst<'_>) -> bool {
+            // SAFETY: a frame this port lent, coming back once (Port::rx_device).
+            let m = unsafe { Mbuf::from_handle(frame.handle) };
+            let State::Running(run) = &mut self.state else {
+                drop(m);
+                return false;
+            };
+            let run = &mut **run;
+            if run.spare.is_empty() {
+                run.top_up_spare(burst);
+            }
+            let mine = self.counters.share(self.role.thread().0);
+            let taken = run.take_in(m, burst, mine);
+            Mbuf::free_bulk(&mut run.done_mbufs);
+            taken != TakenIn::Dropped
         }
 
         /// Send `items` (at most [`MAX_BURST`] are taken), whose pool-buffer references
@@ -1477,47 +1639,111 @@ mod driver {
                 returned: _,
             } = device;
             // Stops and closes the device (every queue handle is gone): its rings' mbufs
-            // go back to rx_pool, pcap output is flushed.
+            // go back to their mempools (this device's, or another device's over the same
+            // pool that the switch sent out here), pcap output is flushed.
             drop(port);
-            // SAFETY: the device is stopped and every thread that polled or sent on it
-            // has finished (their shares are gone), so nobody uses the pools' caches.
-            unsafe {
-                rx_pool.flush_caches();
-                tx_pool.flush_caches();
+            // This device's mempools may still have mbufs in the rings of other devices
+            // over the same region (frames received here and sent out there): they are
+            // parked until the last of those devices stops, then their buffers are taken
+            // back, all at once.
+            let parked = Parked {
+                name: self.spec.name.clone(),
+                zone,
+                rx_pool,
+                tx_pool,
+            };
+            let Some(last) = park(region_base, parked) else {
+                return Ok(());
+            };
+            let mut missing = Vec::new();
+            for parked in last.parked {
+                let name = parked.name.clone();
+                let lost = take_back(parked);
+                if lost > 0 {
+                    missing.push(format!("{lost} of {name}"));
+                }
             }
-            let pool = &zone.pool;
-            let mut mbufs = Vec::new();
-            let available = rx_pool.available() as usize;
-            let mut missing = 0;
-            if rx_pool.alloc_bulk(&mut mbufs, available) {
-                let lent: Vec<u32> = mbufs
-                    .iter()
-                    .filter_map(|m| zone.index_of_room(m.buf_addr() as usize))
-                    .collect();
-                let _ = pool.free_burst(&lent);
+            if last.extmem {
+                // SAFETY: no device uses the region any more (the last one just stopped)
+                // and every mempool over it is gone.
+                let _ = unsafe {
+                    self.eal
+                        .extmem_unregister(region_base as *mut u8, last.pool.region().len_bytes())
+                };
             }
-            missing += (rx_pool.in_use() as usize).saturating_sub(mbufs.len());
-            // The mbufs go back to the pool, which is then freed: none of them is used
-            // again, so the buffers they still point at are not touched.
-            drop(mbufs);
-            drop(rx_pool);
-            if tx_pool.in_use() > 0 {
-                // A driver still holds attached mbufs; their release callbacks need the
-                // zone, so it is kept for the life of the process.
-                missing += tx_pool.in_use() as usize;
-                std::mem::forget(zone.clone());
-            }
-            drop(tx_pool);
-            unregister_region(self.eal, region_base);
-            if missing > 0 {
+            if !missing.is_empty() {
                 return Err(PortError::Other(format!(
-                    "dpdk {}: {missing} mbufs were still held by the driver at stop; their \
-                     pool buffers are not back",
-                    self.spec.name
+                    "dpdk {}: mbufs still held by a driver at stop ({}); their pool buffers \
+                     are not back",
+                    self.spec.name,
+                    missing.join(", ")
                 )));
             }
             Ok(())
         }
+    }
+
+    /// A stopped device's mempools, kept until every device over the same region has
+    /// stopped (another device may still hold their mbufs).
+    struct Parked {
+        name: String,
+        zone: Arc<Zone>,
+        rx_pool: Mempool,
+        tx_pool: Mempool,
+    }
+
+    /// Park a stopped device's mempools with its region's entry in [`POOLS_IN_USE`];
+    /// returns the entry, taken out of the list, when this was the last device over it.
+    fn park(base: usize, parked: Parked) -> Option<PoolInUse> {
+        let mut pools = POOLS_IN_USE.lock().ok()?;
+        let pos = pools
+            .iter()
+            .position(|p| p.pool.region().base_addr() == base)?;
+        pools[pos].parked.push(parked);
+        pools[pos].ports -= 1;
+        (pools[pos].ports == 0).then(|| pools.remove(pos))
+    }
+
+    /// Take back every pool buffer a stopped device's mempools were lent; returns how
+    /// many mbufs a driver still holds (their buffers stay lent).
+    fn take_back(parked: Parked) -> usize {
+        let Parked {
+            zone,
+            rx_pool,
+            tx_pool,
+            ..
+        } = parked;
+        // SAFETY: every device over the region is stopped and every thread that polled
+        // or sent on them has finished (their shares are gone), so nobody uses the
+        // pools' caches.
+        unsafe {
+            rx_pool.flush_caches();
+            tx_pool.flush_caches();
+        }
+        let pool = &zone.pool;
+        let mut mbufs = Vec::new();
+        let available = rx_pool.available() as usize;
+        let mut missing = 0;
+        if rx_pool.alloc_bulk(&mut mbufs, available) {
+            let lent: Vec<u32> = mbufs
+                .iter()
+                .filter_map(|m| zone.index_of_room(m.buf_addr() as usize))
+                .collect();
+            let _ = pool.free_burst(&lent);
+        }
+        missing += (rx_pool.in_use() as usize).saturating_sub(mbufs.len());
+        // The mbufs go back to the pool, which is then freed: none of them is used
+        // again, so the buffers they still point at are not touched.
+        drop(mbufs);
+        drop(rx_pool);
+        if tx_pool.in_use() > 0 {
+            // A driver still holds attached mbufs; their release callbacks need the
+            // zone, so it is kept for the life of the process.
+            missing += tx_pool.in_use() as usize;
+            std::mem::forget(zone.clone());
+        }
+        drop(tx_pool);
+        missing
     }
 
     /// Ask the CPU to bring the cache line at `addr` in.
@@ -1562,6 +1788,7 @@ mod driver {
             ports: 1,
             // Drivers without DMA do not need it; real NICs report their own error.
             extmem: result.is_ok(),
+            parked: Vec::new(),
         });
         Ok(base)
     }
@@ -1706,6 +1933,33 @@ mod driver {
                 return Ok(Vec::new());
             }
             self.split_device(threads)
+        }
+
+        /// Every DPDK port over one shared pool is of one domain (the region's base):
+        /// their devices send each other's mbufs, whose buffers all lie in that region
+        /// and go back to their own mempool when freed; the mempools of stopped devices
+        /// are kept until the last device over the region stops (see `stop`).
+        fn device_domain(&self) -> Option<usize> {
+            match &self.state {
+                State::Running(run) => Some(run.device.region_base),
+                _ => None,
+            }
+        }
+
+        fn rx_device(&mut self, out: &mut [DeviceFrame]) -> (usize, u64) {
+            self.receive_lent(out)
+        }
+
+        fn tx_device(&mut self, frames: &[DeviceFrame]) -> (usize, u64) {
+            self.send_lent(frames)
+        }
+
+        fn free_device(&mut self, frames: &[DeviceFrame]) {
+            free_lent(frames);
+        }
+
+        fn adopt_device(&mut self, frame: DeviceFrame, burst: &mut RxBurst<'_>) -> bool {
+            self.adopt_lent(frame, burst)
         }
     }
 
@@ -1960,6 +2214,87 @@ mod tests {
             port.describe()
         );
         finish_with_every_buffer_back(port, cache, &pool);
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn lent_frames_go_out_another_device_as_they_are_and_every_buffer_comes_back() {
+        use crate::port::{DeviceFrame, RxBurst};
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED lent frames across devices: {why}");
+            return;
+        }
+        let pool = test_pool(4096);
+        let mut null = DpdkPort::open(DeviceSpec::parse("net_null_lent0").unwrap()).unwrap();
+        let mut ring = DpdkPort::open(DeviceSpec::parse("net_ring_lent0").unwrap()).unwrap();
+        null.attach_pool(&pool).unwrap();
+        ring.attach_pool(&pool).unwrap();
+        assert!(null.device_domain().is_some());
+        assert_eq!(
+            null.device_domain(),
+            ring.device_domain(),
+            "two DPDK ports over one pool are one domain"
+        );
+        let (null_counters, ring_counters) = (null.counters(), ring.counters());
+        let mut cache = pool.cache(64).unwrap();
+        let region = pool.region();
+        let (start, end) = (region.base_addr(), region.base_addr() + region.len_bytes());
+
+        // Lent by net_null, sent on as they are by net_ring, whose ring then holds mbufs
+        // of net_null's mempool.
+        let mut frames = [DeviceFrame::default(); 32];
+        let (n, oversize) = null.rx_device(&mut frames);
+        let mut half = [DeviceFrame::default(); 16];
+        assert_eq!((n, oversize), (32, 0), "net_null always has frames");
+        for f in &frames[..n] {
+            let at = f.data as usize;
+            assert!(
+                at >= start && at < end,
+                "a lent frame lies in the shared region"
+            );
+            assert_eq!(f.len, 64);
+        }
+        assert_eq!(ring.tx_device(&frames[..n]), (32, 32 * 64));
+
+        // A lent frame adopted into a pool buffer, the rest freed.
+        let (n, _) = null.rx_device(&mut frames);
+        assert_eq!(n, 32);
+        let mut held = [0u32; 1];
+        let adopted = {
+            let mut burst = RxBurst::new(&mut cache, &mut held, 0);
+            null.adopt_device(frames[0], &mut burst) && burst.len() == 1
+        };
+        assert!(adopted, "a lent frame becomes a pool buffer");
+        // SAFETY: the burst handed us the buffer; nobody else uses it.
+        let data = unsafe { pool.buf_data(held[0]) }.unwrap();
+        assert_eq!(
+            data.as_ptr(),
+            frames[0].data,
+            "adopted in place, not copied"
+        );
+        null.free_device(&frames[1..n]);
+        cache.free(held[0]).unwrap();
+
+        // net_null stops first: its mempool must outlive the mbufs still in net_ring's
+        // ring (parked until the last device over the pool stops).
+        null.finish().unwrap();
+        assert!(
+            pool.available() < pool.capacity() - 32,
+            "net_null's buffers are not taken back while net_ring holds its mbufs"
+        );
+        // Those frames come back through net_ring's receive side, lent again, and are
+        // freed into net_null's parked mempool.
+        let (back, _) = ring.rx_device(&mut half);
+        assert_eq!(back, 16, "net_ring hands back what it was sent");
+        ring.free_device(&half[..back]);
+        assert_eq!(
+            null_counters.copied_bytes() + ring_counters.copied_bytes(),
+            0
+        );
+        assert_eq!(ring_counters.tx_in_place(), 32);
+        // The other 16 are still in net_ring's ring: drained at its stop, and then every
+        // buffer of both devices is taken back.
+        finish_with_every_buffer_back(ring, cache, &pool);
     }
 
     #[cfg(feature = "dpdk")]

@@ -141,6 +141,86 @@ pub trait Port: Send {
             self.describe()
         )))
     }
+
+    /// The device domain of this port, once it runs: ports of one domain (DPDK ports
+    /// over the same shared pool) can send each other's [`DeviceFrame`]s as they are,
+    /// with no pool buffer taken for them. `None` (the default): this port has no device
+    /// frames, and [`Port::rx_device`] and the other `*_device` calls are never made.
+    fn device_domain(&self) -> Option<usize> {
+        None
+    }
+
+    /// Receive up to `out.len()` frames and lend them to the switch as they lie in the
+    /// device's buffers (in the shared region for DPDK, so still zero-copy); returns how
+    /// many, and how many were consumed as oversize (counted, freed). Every lent frame
+    /// must come back through exactly one of [`tx_device`](Port::tx_device) (of a port
+    /// of the same domain), [`free_device`](Port::free_device) or
+    /// [`adopt_device`](Port::adopt_device), in the same burst.
+    fn rx_device(&mut self, _out: &mut [DeviceFrame]) -> (usize, u64) {
+        (0, 0)
+    }
+
+    /// Send device frames of this port's domain, taking them over, sent or not (the
+    /// unsent are freed). Returns (frames sent, their bytes).
+    fn tx_device(&mut self, frames: &[DeviceFrame]) -> (usize, u64) {
+        self.free_device(frames);
+        (0, 0)
+    }
+
+    /// Give back device frames nobody sends (dropped by the policy).
+    fn free_device(&mut self, _frames: &[DeviceFrame]) {}
+
+    /// Turn a device frame this port lent into a pool buffer pushed into `burst` (one
+    /// reference, data window and port set), for the switch's general path (VMs,
+    /// mirrors, chains, other ports). `false`: no buffer could take it (the pool is
+    /// dry); the frame is gone (freed), the caller counts it dropped.
+    fn adopt_device(&mut self, frame: DeviceFrame, _burst: &mut RxBurst<'_>) -> bool {
+        self.free_device(&[frame]);
+        false
+    }
+}
+
+/// A received frame still held by its device (a DPDK mbuf), lent to the switch for one
+/// burst: classified where it lies, then sent, freed or adopted into a pool buffer
+/// ([`Port::rx_device`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceFrame {
+    /// The driver's handle (an `rte_mbuf` pointer); opaque to the switch.
+    pub handle: usize,
+    /// The frame's first byte and length; readable until the frame is given back.
+    pub data: *const u8,
+    pub len: u32,
+}
+
+impl Default for DeviceFrame {
+    fn default() -> Self {
+        DeviceFrame {
+            handle: 0,
+            data: std::ptr::null(),
+            len: 0,
+        }
+    }
+}
+
+// SAFETY: a DeviceFrame is a handle to a buffer owned by whoever holds the handle; it
+// moves with its owner (the switch thread that polled it) and is only read by it.
+unsafe impl Send for DeviceFrame {}
+
+impl DeviceFrame {
+    /// The frame's bytes.
+    ///
+    /// # Safety
+    /// The frame is lent to the caller (received and not yet given back) and nobody
+    /// writes it meanwhile.
+    #[inline]
+    pub unsafe fn bytes(&self) -> &[u8] {
+        if self.data.is_null() {
+            return &[];
+        }
+        // SAFETY: the caller's contract: `data` points at `len` readable bytes of a
+        // frame lent to it.
+        unsafe { std::slice::from_raw_parts(self.data, self.len as usize) }
+    }
 }
 
 /// Frames per [`Port::tx_burst`] call that [`send_and_free`] makes.
