@@ -13,6 +13,8 @@ use cranelift_frontend::FunctionBuilder;
 
 use super::parse::{Level, Parse};
 use super::payload::{netvm_jit_contains, netvm_jit_matches};
+use netvm_packet::{Field, FieldHeader, Proto};
+
 use crate::ir::{Atom, Classifier, Expr, NO_PORT};
 
 /// What the rule emitter needs besides the builder.
@@ -274,11 +276,66 @@ impl RuleEmitter<'_> {
         }
     }
 
-    /// The linear strategy: rules in order, first match returns its index.
+    /// A protocol header `e` cannot hold without: an atom on one of its fields (every
+    /// comparison on an absent header is false) or its presence test, through `and`
+    /// (any operand's) and `or` (all operands' alike). `None` when there is none.
+    fn guard(&self, e: &Expr) -> Option<Proto> {
+        match e {
+            Expr::Atom(a) => match &self.ir.atoms[*a] {
+                Atom::Proto(p) => Some(*p),
+                // Presence of these is not their header's alone (see Parse::field_present).
+                Atom::Field { field, .. }
+                    if matches!(field, Field::EthType | Field::PktLen | Field::PayloadLen) =>
+                {
+                    None
+                }
+                Atom::Field { field, .. } => match field.header() {
+                    FieldHeader::Proto(p) => Some(p),
+                    _ => None,
+                },
+                _ => None,
+            },
+            Expr::And(items) => items.iter().find_map(|i| self.guard(i)),
+            Expr::Or(items) => {
+                let first = self.guard(items.first()?)?;
+                items[1..]
+                    .iter()
+                    .all(|i| self.guard(i) == Some(first))
+                    .then_some(first)
+            }
+            Expr::Const(_) | Expr::Not(_) => None,
+        }
+    }
+
+    /// The linear strategy: rules in order, first match returns its index. A run of
+    /// consecutive rules that all need the same protocol header is skipped with one test
+    /// of that header's presence (18 rules on `ip.src ...` cost one branch for an ARP
+    /// frame, not 18); inside the run each rule still tests everything it needs.
     pub fn rules_linear(&self, fb: &mut FunctionBuilder) {
+        let guards: Vec<Option<Proto>> = self.ir.rules.iter().map(|r| self.guard(r)).collect();
+        let mut run_end: Option<(usize, Block)> = None;
         for (i, rule) in self.ir.rules.iter().enumerate() {
+            if run_end.is_none() {
+                if let Some(g) = guards[i] {
+                    let len = guards[i..].iter().take_while(|&&h| h == Some(g)).count();
+                    if len >= 2 {
+                        let inside = fb.create_block();
+                        let after = fb.create_block();
+                        let present = self.parse.proto_present(fb, g);
+                        fb.ins().brif(present, inside, &[], after, &[]);
+                        fb.switch_to_block(inside);
+                        run_end = Some((i + len - 1, after));
+                    }
+                }
+            }
             let hit = fb.create_block();
-            let next = fb.create_block();
+            let next = match run_end {
+                Some((last, after)) if last == i => {
+                    run_end = None;
+                    after
+                }
+                _ => fb.create_block(),
+            };
             self.expr(fb, rule, hit, next);
             fb.switch_to_block(hit);
             let r = fb.ins().iconst(types::I32, i as i64);
