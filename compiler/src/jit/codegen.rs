@@ -284,11 +284,10 @@ impl RuleEmitter<'_> {
             Expr::Atom(a) => match &self.ir.atoms[*a] {
                 Atom::Proto(p) => Some(*p),
                 // Presence of these is not their header's alone (see Parse::field_present).
-                Atom::Field { field, .. }
-                    if matches!(field, Field::EthType | Field::PktLen | Field::PayloadLen) =>
-                {
-                    None
-                }
+                Atom::Field {
+                    field: Field::EthType | Field::PktLen | Field::PayloadLen,
+                    ..
+                } => None,
                 Atom::Field { field, .. } => match field.header() {
                     FieldHeader::Proto(p) => Some(p),
                     _ => None,
