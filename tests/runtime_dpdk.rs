@@ -786,7 +786,9 @@ mod with_dpdk {
             .output()
             .is_err()
         {
-            eprintln!("SKIPPED net_vhost: no dpdk-testpmd (apt-get install dpdk-dev) to be the guest");
+            eprintln!(
+                "SKIPPED net_vhost: no dpdk-testpmd (apt-get install dpdk-dev) to be the guest"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
