@@ -832,6 +832,16 @@ struct Pending {
     generation: u32,
 }
 
+/// The program that classified a packet, and its generation on this switch thread. It
+/// goes with the packet from hop to hop: every hop of the chain, and the final `out` or
+/// drop, is that program's, and each VM hop that queues the packet holds it alive
+/// ([`Engine::hold`]) however many reloads come meanwhile.
+#[derive(Clone, Copy)]
+struct ClassifiedBy<'a> {
+    program: &'a Program,
+    generation: u32,
+}
+
 /// A VM run by another process: rings like a thread's, but the process may come and go.
 struct ProcessLink {
     ext: Arc<ExternalVm>,
@@ -1208,13 +1218,18 @@ impl Engine {
         for &c in &action.counters {
             prog.named_counters(self.shard)[c].add(1);
         }
+        // `prog` is the program this burst loaded: the current one.
+        let by = ClassifiedBy {
+            program: prog,
+            generation: self.generation,
+        };
         for &m in &action.mirrors {
             if self.pool.clone_ref(index).is_ok() {
                 self.stats.mirrored.add(1);
-                self.visit(prog, m, index, rule, 0, true);
+                self.visit(by, m, index, rule, 0, true);
             }
         }
-        self.steer(prog, index, rule, 0, None);
+        self.steer(by, index, rule, 0, None);
     }
 
     /// Send the device frames batched for `port`.
@@ -1237,11 +1252,12 @@ impl Engine {
         self.device_batches[port] = batch;
     }
 
-    /// Walk the packet down its chain from hop `pos` (or first into `to_vm`) until it
-    /// leaves, is dropped or is queued to a VM thread.
+    /// Walk the packet down the chain of the program that classified it (`by`) from hop
+    /// `pos` (or first into `to_vm`) until it leaves, is dropped or is queued to a VM
+    /// thread.
     fn steer(
         &mut self,
-        prog: &Program,
+        by: ClassifiedBy<'_>,
         mut index: u32,
         rule: u32,
         mut pos: u32,
@@ -1251,7 +1267,7 @@ impl Engine {
         loop {
             let vm = match to_vm.take() {
                 Some(vm) => vm,
-                None => match prog.chain(rule).get(pos as usize) {
+                None => match by.program.chain(rule).get(pos as usize) {
                     None => return self.drop(index, DropReason::ChainEnd),
                     Some(Hop::Drop) => return self.drop(index, DropReason::Policy),
                     Some(Hop::Out(port)) => return self.tx(*port, index),
@@ -1261,7 +1277,7 @@ impl Engine {
                     }
                     Some(Hop::Balance { group, key }) => {
                         pos += 1;
-                        self.pick(prog, *group, key, index)
+                        self.pick(by.program, *group, key, index)
                     }
                 },
             };
@@ -1269,7 +1285,7 @@ impl Engine {
             if visits > MAX_VISITS || vm >= self.vms.len() {
                 return self.drop(index, DropReason::BadVerdict);
             }
-            let Some((back, verdict)) = self.visit(prog, vm, index, rule, pos, false) else {
+            let Some((back, verdict)) = self.visit(by, vm, index, rule, pos, false) else {
                 return;
             };
             index = back;
@@ -1379,10 +1395,11 @@ impl Engine {
     }
 
     /// Hand the packet to VM `vm`. Inline: run it and return the buffer and verdict.
-    /// Thread: queue it and return `None` (the answer comes through `drain_vm`).
+    /// Thread: queue it under its program's generation (`by`) and return `None` (the
+    /// answer comes through `drain_vm`).
     fn visit(
         &mut self,
-        prog: &Program,
+        by: ClassifiedBy<'_>,
         vm: usize,
         mut index: u32,
         rule: u32,
@@ -1391,13 +1408,16 @@ impl Engine {
     ) -> Option<(u32, Verdict)> {
         if let Link::Process(p) = &self.vms[vm].link {
             if p.ends.is_none() {
-                let mut on_failure = prog
+                let mut on_failure = by
+                    .program
                     .table
                     .vm_on_failure
                     .get(vm)
                     .copied()
                     .unwrap_or_default();
-                if on_failure == OnFailure::Bypass && prog.chain(rule).get(pos as usize).is_none() {
+                if on_failure == OnFailure::Bypass
+                    && by.program.chain(rule).get(pos as usize).is_none()
+                {
                     // Nothing after the VM to go on to (`to VM`, or the last hop): the
                     // packet is lost to the down VM, not to the chain's end.
                     on_failure = OnFailure::Drop;
@@ -1433,7 +1453,7 @@ impl Engine {
             rule,
             pos,
             mirror,
-            generation: self.generation,
+            generation: by.generation,
         };
         if matches!(self.vms[vm].link, Link::Inline(_)) {
             let (index, verdict) = self.run_inline(vm, index, mirror);
@@ -1621,7 +1641,9 @@ impl Engine {
         self.current_holds = 0;
     }
 
-    /// A packet classified by program `generation` was queued to a VM.
+    /// A packet classified by program `generation` was queued to a VM. A retired
+    /// generation is still listed here: the packet's previous hold is released only
+    /// after this hop ([`drain_vm`](Self::drain_vm)).
     fn hold(&mut self, generation: u32) {
         if generation == self.generation {
             self.current_holds += 1;
@@ -1630,21 +1652,30 @@ impl Engine {
         }
     }
 
-    /// That packet left its VM's queue. Returns its program when it is not the current
-    /// one (a retired program is dropped with its last packet, after this one is done).
-    fn release(&mut self, generation: u32) -> Option<Arc<Program>> {
+    /// That packet is done with its VM hop (and has taken its next one). A retired
+    /// program goes with its last packet.
+    fn release(&mut self, generation: u32) {
         if generation == self.generation {
             self.current_holds = self.current_holds.saturating_sub(1);
-            return None;
+            return;
         }
-        let at = self.retired.iter().position(|r| r.0 == generation)?;
+        let Some(at) = self.retired.iter().position(|r| r.0 == generation) else {
+            return;
+        };
         let entry = &mut self.retired[at];
         entry.2 = entry.2.saturating_sub(1);
-        let program = entry.1.clone();
         if entry.2 == 0 {
             self.retired.swap_remove(at);
         }
-        Some(program)
+    }
+
+    /// The program of retired generation `generation`, while queued packets hold it.
+    fn retired_program(&self, generation: u32) -> Option<Arc<Program>> {
+        if generation == self.generation {
+            return None;
+        }
+        let entry = self.retired.iter().find(|r| r.0 == generation)?;
+        Some(entry.1.clone())
     }
 
     /// Whether every process VM is attached.
@@ -1809,14 +1840,24 @@ impl Engine {
             // The FIFO, not the VM, says which buffer this is; a VM that answers with
             // another index has its verdict ignored.
             let verdict = (given == pending.given).then_some(verdict);
-            let classified_by = self.release(pending.generation);
+            // Classified before a reload: the packet finishes the old program's chain.
+            let retired = self.retired_program(pending.generation);
             if let Some((index, verdict)) = self.answered(vm, pending, verdict) {
-                match &classified_by {
-                    // Classified before a reload: finish the old program's chain.
-                    Some(old) => self.apply(old, index, pending, verdict),
-                    None => self.apply(prog, index, pending, verdict),
-                }
+                let by = match &retired {
+                    Some(old) => ClassifiedBy {
+                        program: old,
+                        generation: pending.generation,
+                    },
+                    None => ClassifiedBy {
+                        program: prog,
+                        generation: self.generation,
+                    },
+                };
+                self.apply(by, index, pending, verdict);
             }
+            // Only now: a next VM hop has taken its own hold, so a retired program its
+            // chain still needs is not freed in between.
+            self.release(pending.generation);
         }
         // Room freed: move the backlog in.
         loop {
@@ -1881,14 +1922,12 @@ impl Engine {
         Some((index, verdict))
     }
 
-    fn apply(&mut self, prog: &Program, index: u32, pending: Pending, verdict: Verdict) {
+    fn apply(&mut self, by: ClassifiedBy<'_>, index: u32, pending: Pending, verdict: Verdict) {
         match verdict {
-            Verdict::Next => self.steer(prog, index, pending.rule, pending.pos, None),
+            Verdict::Next => self.steer(by, index, pending.rule, pending.pos, None),
             Verdict::Drop => self.drop(index, DropReason::Vm),
             Verdict::Out(port) => self.tx(port as usize, index),
-            Verdict::To(vm) => {
-                self.steer(prog, index, pending.rule, pending.pos, Some(vm as usize))
-            }
+            Verdict::To(vm) => self.steer(by, index, pending.rule, pending.pos, Some(vm as usize)),
         }
     }
 }
