@@ -57,6 +57,14 @@ pub fn policy_table(policy: &Policy) -> PolicyTable {
             .collect(),
         default: action("default", &policy.default),
         port_names: policy.ports.iter().map(|p| p.name.clone()).collect(),
+        port_bindings: policy
+            .ports
+            .iter()
+            .map(|p| {
+                let (driver, arg) = p.binding.as_ref()?;
+                Some(format!("{driver}({arg:?})"))
+            })
+            .collect(),
         vm_names: policy.vms.iter().map(|v| v.name.clone()).collect(),
         vm_trusted: policy.vms.iter().map(|v| v.trusted).collect(),
         vm_on_failure: policy
@@ -327,17 +335,19 @@ pub struct Reloaded {
 ///
 /// Everything expensive happens here on the caller's thread, off the data path: lowering,
 /// JIT compilation, the runtime table, the compatibility check (ports and VMs, with their
-/// order and trust, must stay as they are: refused otherwise, nothing changed) and
-/// sharing the counters of rules that keep their name. Then one atomic pointer swap
-/// ([`ProgramHandle::swap`]) installs the new program: the switch loads the program once
-/// per burst, so every packet is classified and steered wholly by the old or wholly by
-/// the new one. Packets already queued to VM threads continue on the new program's
-/// chain for their rule index (clamped); they are not re-classified.
+/// order, the ports' declared bindings and the VMs' trust, must stay as they are: refused
+/// otherwise, nothing changed) and sharing the counters of rules that keep their name.
+/// Then one atomic pointer swap ([`ProgramHandle::swap`]) installs the new program: the
+/// switch loads the program once per burst, so every packet is classified and steered
+/// wholly by the old or wholly by the new one. That holds for packets already queued to
+/// VMs too: each finishes the chain of the program that classified it, every hop of it
+/// (later VMs, the final `out` or drop), and is not re-classified.
 ///
 /// The old program (its JIT code and tables) is freed when the last burst that loaded it
-/// drops its guard, and not before — here, at the end of this call, if no burst holds
-/// it. Callers must not reload concurrently from two threads (the compatibility check
-/// and the counter carry-over read the program installed when they ran).
+/// drops its guard and the last packet it classified has left its VMs, and not before —
+/// here, at the end of this call, if nothing holds it. Callers must not reload
+/// concurrently from two threads (the compatibility check and the counter carry-over read
+/// the program installed when they ran).
 pub fn reload(handle: &ProgramHandle, policy: &Policy) -> Result<Reloaded, String> {
     let start = std::time::Instant::now();
     let table = policy_table(policy);
@@ -412,5 +422,44 @@ mod tests {
                        default => out b\n";
         let diff = PolicyDiff::between(&rules(BASE), &rules(swapped));
         assert_eq!((diff.moved, diff.changed.len()), (1, 0), "{diff}");
+    }
+
+    #[test]
+    fn a_reload_that_changes_a_ports_binding_is_refused_naming_the_port() {
+        const BOUND: &str = "port lan = afpacket(\"veth0\")\nport wan\n\
+                             rule web : tcp.dport == 80 => out wan\n\
+                             default => drop\n";
+        let policy = |text: &str| {
+            let checked = netvm_lang::check_text("bound.nvr", text);
+            checked.policy.expect("test policies check")
+        };
+        let running = policy(BOUND);
+        let (classifier, _) = compile(&running).unwrap();
+        let handle = ProgramHandle::new(Program::new(classifier, policy_table(&running)).unwrap());
+        let installed = handle.load_full();
+        let refused = |text: &str| {
+            let err = reload(&handle, &policy(text)).unwrap_err();
+            assert!(
+                std::sync::Arc::ptr_eq(&handle.load_full(), &installed),
+                "nothing changed: {err}"
+            );
+            err
+        };
+        let err = refused(&BOUND.replace("veth0", "veth1"));
+        assert_eq!(
+            err,
+            "a reload cannot change the binding of port `lan` (running: afpacket(\"veth0\"); \
+             new: afpacket(\"veth1\")); restart the switch for that"
+        );
+        let err = refused(&BOUND.replace("port wan", "port wan = afpacket(\"veth2\")"));
+        assert!(
+            err.contains("port `wan` (running: none declared; new: afpacket(\"veth2\"))"),
+            "{err}"
+        );
+        let err = refused(&BOUND.replace(" = afpacket(\"veth0\")", ""));
+        assert!(err.contains("port `lan`"), "{err}");
+        // The same bindings with another rule: taken.
+        reload(&handle, &policy(&BOUND.replace("80", "8080"))).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&handle.load_full(), &installed));
     }
 }

@@ -1,7 +1,7 @@
 //! `netvm reload` and `netvm repl --connect` against a real `netvm run --control PATH`:
 //! the changed rules are reported with check/compile/swap times, a policy with errors or
-//! with other ports is refused with its diagnostics and the running one stays, and a
-//! REPL attached through the socket edits the running switch.
+//! with other ports or port bindings is refused with its diagnostics and the running one
+//! stays, and a REPL attached through the socket edits the running switch.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ fn reload_prints_the_changed_rules_and_how_long_each_step_took() {
 }
 
 #[test]
-fn a_policy_with_errors_or_other_ports_is_refused_and_the_running_one_stays() {
+fn a_policy_with_errors_or_other_ports_or_bindings_is_refused_and_the_running_one_stays() {
     let dir = tempfile::tempdir().unwrap();
     let switch = Switch::start(dir.path());
     let broken = RUNNING.replace("rest : tcp => out sink", "rest : tcp => out nowhere");
@@ -171,6 +171,19 @@ fn a_policy_with_errors_or_other_ports_is_refused_and_the_running_one_stays() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("refused: a reload cannot change the ports"),
+        "{stderr}"
+    );
+
+    // Another declared binding for a port that is already open: refused, not ignored.
+    let rebound = RUNNING.replace("port sink", "port sink = afpacket(\"veth1\")");
+    let out = switch.reload(dir.path(), "rebound.nvr", &rebound);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "refused: a reload cannot change the binding of port `sink` \
+             (running: none declared; new: afpacket(\"veth1\"))"
+        ),
         "{stderr}"
     );
 

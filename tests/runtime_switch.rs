@@ -39,6 +39,7 @@ fn table() -> PolicyTable {
             counters: vec![],
         },
         port_names: vec!["gen".into(), "sink".into()],
+        port_bindings: vec![],
         vm_names: vec!["untrusted".into(), "trusted".into()],
         vm_trusted: vec![false, true],
         vm_on_failure: Vec::new(),

@@ -86,6 +86,10 @@ pub struct PolicyTable {
     pub rules: Vec<RuleAction>,
     pub default: RuleAction,
     pub port_names: Vec<String>,
+    /// The binding each port's declaration names, as written (`port lan =
+    /// afpacket("veth0")`: `afpacket("veth0")`), in `port_names` order (missing entries:
+    /// none declared). Ports are opened once, so a reload may not change it.
+    pub port_bindings: Vec<Option<String>>,
     pub vm_names: Vec<String>,
     /// `trusted` per VM, in `vm_names` order.
     pub vm_trusted: Vec<bool>,
@@ -120,6 +124,14 @@ pub enum PolicyTableError {
         what: &'static str,
         running: Vec<String>,
         new: Vec<String>,
+    },
+    #[error(
+        "a reload cannot change the binding of port `{port}` (running: {running}; new: {new}); restart the switch for that"
+    )]
+    PortBinding {
+        port: String,
+        running: String,
+        new: String,
     },
 }
 
@@ -164,6 +176,53 @@ impl PolicyTable {
             for &c in &action.counters {
                 self.check(rule, "counter", c, self.counter_names.len())?;
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a reload may replace this (running) table by `new`: the switch's ports,
+    /// rings, private pools and threads are built from the port and VM tables, so those
+    /// (names, order, ports' declared bindings and VMs' trust) must stay as they are.
+    pub fn check_compatible(&self, new: &PolicyTable) -> Result<(), PolicyTableError> {
+        let (o, n) = (self, new);
+        if o.port_names != n.port_names {
+            return Err(PolicyTableError::Bindings {
+                what: "ports",
+                running: o.port_names.clone(),
+                new: n.port_names.clone(),
+            });
+        }
+        let binding = |t: &PolicyTable, port: usize| t.port_bindings.get(port).cloned().flatten();
+        for (port, name) in n.port_names.iter().enumerate() {
+            let (running, new) = (binding(o, port), binding(n, port));
+            if running != new {
+                let show = |b: Option<String>| b.unwrap_or_else(|| "none declared".into());
+                return Err(PolicyTableError::PortBinding {
+                    port: name.clone(),
+                    running: show(running),
+                    new: show(new),
+                });
+            }
+        }
+        if o.vm_names != n.vm_names || o.vm_trusted != n.vm_trusted {
+            let show = |t: &PolicyTable| {
+                t.vm_names
+                    .iter()
+                    .zip(&t.vm_trusted)
+                    .map(|(name, &trusted)| {
+                        if trusted {
+                            format!("{name} trusted")
+                        } else {
+                            name.clone()
+                        }
+                    })
+                    .collect()
+            };
+            return Err(PolicyTableError::Bindings {
+                what: "VMs",
+                running: show(o),
+                new: show(n),
+            });
         }
         Ok(())
     }
@@ -425,48 +484,20 @@ impl ProgramHandle {
         self.current.load_full()
     }
 
-    /// Whether `program` may replace the installed one: the switch's rings, private
-    /// pools and threads are built from the port and VM tables, so those (names, order
-    /// and trust) must stay as they are.
+    /// Whether `program` may replace the installed one
+    /// ([`PolicyTable::check_compatible`]).
     pub fn check_compatible(&self, program: &Program) -> Result<(), PolicyTableError> {
-        let old = self.current.load();
-        let (o, n) = (&old.table, &program.table);
-        if o.port_names != n.port_names {
-            return Err(PolicyTableError::Bindings {
-                what: "ports",
-                running: o.port_names.clone(),
-                new: n.port_names.clone(),
-            });
-        }
-        if o.vm_names != n.vm_names || o.vm_trusted != n.vm_trusted {
-            let show = |t: &PolicyTable| {
-                t.vm_names
-                    .iter()
-                    .zip(&t.vm_trusted)
-                    .map(|(name, &trusted)| {
-                        if trusted {
-                            format!("{name} trusted")
-                        } else {
-                            name.clone()
-                        }
-                    })
-                    .collect()
-            };
-            return Err(PolicyTableError::Bindings {
-                what: "VMs",
-                running: show(o),
-                new: show(n),
-            });
-        }
-        Ok(())
+        self.current.load().table.check_compatible(&program.table)
     }
 
     /// Install a new program in one atomic pointer swap and return the old one. Bursts
     /// already in flight finish with the old program; the next burst loads the new one.
     /// A program whose port or VM tables differ is refused ([`Self::check_compatible`])
-    /// and nothing changes. The old program is freed when the returned `Arc` and the
-    /// last in-flight burst's guard are both gone, so the caller chooses where that cost
-    /// falls (not inside the swap).
+    /// and nothing changes. The old program is freed when the returned `Arc`, the last
+    /// in-flight burst's guard and the switch threads' hold on it (until they move over,
+    /// and while packets it classified are still queued to VMs) are all gone, so the
+    /// caller chooses where that cost falls (not inside the swap) unless packets are
+    /// in flight.
     /// The new program gets at least as many counter shards as the old one has (one
     /// per switch thread).
     pub fn swap(&self, mut program: Program) -> Result<Arc<Program>, PolicyTableError> {

@@ -32,6 +32,7 @@ fn table(on_failure: OnFailure) -> PolicyTable {
             counters: vec![],
         },
         port_names: vec!["gen".into(), "sink".into()],
+        port_bindings: vec![],
         vm_names: vec!["fw".into()],
         vm_trusted: vec![true],
         vm_on_failure: vec![on_failure],

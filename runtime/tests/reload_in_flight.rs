@@ -30,6 +30,7 @@ fn chain_program(chain: Vec<Hop>, ports: &[&str], vms: &[&str]) -> Program {
             counters: vec![],
         },
         port_names: ports.iter().map(|p| p.to_string()).collect(),
+        port_bindings: vec![],
         vm_names: vms.iter().map(|v| v.to_string()).collect(),
         vm_trusted: vec![true; vms.len()],
         vm_on_failure: vec![],

@@ -610,17 +610,12 @@ impl ReplSession {
             &policy_table::rule_texts(new, &candidate.program),
         );
         let mut out = diff.to_string();
-        let names = |p: &netvm_lang::Policy| {
-            (
-                p.ports.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
-                p.vms
-                    .iter()
-                    .map(|x| (x.name.clone(), x.trusted))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        if names(old) != names(new) {
-            out.push_str("ports or VMs differ: a reload would be refused (restart the switch)\n");
+        let (old, new) = (
+            policy_table::policy_table(old),
+            policy_table::policy_table(new),
+        );
+        if let Err(e) = old.check_compatible(&new) {
+            out.push_str(&format!("a reload would be refused: {e}\n"));
         }
         Ok(Reply::ok(out))
     }
@@ -948,5 +943,18 @@ test \"ssh is dropped\" {
         std::fs::write(path, POLICY.replace("=> to fw", "=> drop")).unwrap();
         let diff = s.handle(&format!(":diff {path}")).text;
         assert!(diff.contains("0 added, 1 removed, 1 changed"), "{diff}");
+        assert!(!diff.contains("refused"), "{diff}");
+        std::fs::write(
+            path,
+            POLICY.replace("port lan", "port lan = afpacket(\"eth1\")"),
+        )
+        .unwrap();
+        let diff = s.handle(&format!(":diff {path}")).text;
+        assert!(
+            diff.contains(
+                "a reload would be refused: a reload cannot change the binding of port `lan`"
+            ),
+            "{diff}"
+        );
     }
 }
