@@ -1,10 +1,17 @@
-//! `pcap:rx=IN,tx=OUT`: replay a capture (pcap or pcapng, told apart by magic) and
+//! `pcap:rx=IN,tx=OUT[,pps=N]`: replay a capture (pcap or pcapng, told apart by magic) and
 //! record what leaves (classic pcap, Ethernet link type, readable by tcpdump).
 //! Either side is optional. The input is read whole at open so a bad file is reported
 //! before any packet moves.
+//!
+//! The input is replayed as fast as the switch takes it, or, with `pps=N`, at N frames per
+//! second from the first receive poll (frame `k` is not received before `k / N` seconds),
+//! so that a short capture lasts long enough for something to happen mid-stream (a
+//! network function process killed and restarted, a reload). The capture's own
+//! timestamps are not used.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::time::Instant;
 
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::{Block, PcapNgReader};
@@ -17,6 +24,10 @@ pub struct PcapPort {
     tx_path: Option<String>,
     frames: Vec<Vec<u8>>,
     next: usize,
+    /// Replay rate (`pps=N`); `None`: as fast as the switch takes frames.
+    pps: Option<u64>,
+    /// When the first receive poll came (the paced replay's clock).
+    started: Option<Instant>,
     writer: Option<PcapWriter<BufWriter<File>>>,
     tx_error: Option<String>,
 }
@@ -56,14 +67,30 @@ impl PcapPort {
     pub fn open(args: &str) -> Result<PcapPort, PortError> {
         let mut rx_path = None;
         let mut tx_path = None;
-        for (k, v) in parse_args("pcap", args, &["rx", "tx"])? {
+        let mut pps = None;
+        for (k, v) in parse_args("pcap", args, &["rx", "tx", "pps"])? {
             match k {
                 "rx" => rx_path = Some(v.to_string()),
+                "pps" => match v.parse::<u64>() {
+                    Ok(n) if n > 0 => pps = Some(n),
+                    _ => {
+                        return Err(bad_args(
+                            "pcap",
+                            format!("pps must be a number of frames per second above 0, not `{v}`"),
+                        ))
+                    }
+                },
                 _ => tx_path = Some(v.to_string()),
             }
         }
         if rx_path.is_none() && tx_path.is_none() {
             return Err(bad_args("pcap", "needs rx=FILE, tx=FILE or both"));
+        }
+        if pps.is_some() && rx_path.is_none() {
+            return Err(bad_args(
+                "pcap",
+                "pps=N paces the replay of rx=FILE; give rx=FILE",
+            ));
         }
         let frames = match &rx_path {
             Some(path) => read_frames(path)?,
@@ -87,6 +114,8 @@ impl PcapPort {
             tx_path,
             frames,
             next: 0,
+            pps,
+            started: None,
             writer,
             tx_error: None,
         })
@@ -102,11 +131,23 @@ impl Port for PcapPort {
         if let Some(p) = &self.tx_path {
             parts.push(format!("tx={p}"));
         }
+        if let Some(pps) = self.pps {
+            parts.push(format!("pps={pps}"));
+        }
         format!("pcap:{}", parts.join(","))
     }
 
     fn rx_burst(&mut self, burst: &mut RxBurst<'_>) {
-        while let Some(frame) = self.frames.get(self.next) {
+        let due = match self.pps {
+            None => self.frames.len(),
+            Some(pps) => {
+                let started = *self.started.get_or_insert_with(Instant::now);
+                let due = started.elapsed().as_micros() * u128::from(pps) / 1_000_000;
+                // Frame k is due k/pps seconds in: frame 0 at once.
+                usize::try_from(due + 1).unwrap_or(usize::MAX)
+            }
+        };
+        while let Some(frame) = self.frames.get(self.next).filter(|_| self.next < due) {
             if !burst.push(frame) {
                 break;
             }
@@ -154,5 +195,90 @@ impl Port for PcapPort {
             Some(e) => Err(PortError::Other(format!("writing the capture: {e}"))),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::RegionConfig;
+    use crate::region::{HugepagePolicy, SharedRegion};
+    use crate::PacketPool;
+    use std::time::Duration;
+
+    fn capture(dir: &std::path::Path, frames: usize) -> String {
+        let path = dir.join("in.pcap");
+        let mut w = PcapWriter::new(File::create(&path).unwrap()).unwrap();
+        for i in 0..frames {
+            let frame = vec![i as u8; 60];
+            w.write_packet(&PcapPacket::new(Duration::ZERO, 60, &frame))
+                .unwrap();
+        }
+        path.display().to_string()
+    }
+
+    #[test]
+    fn pps_refuses_nonsense_and_needs_an_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let rx = capture(dir.path(), 1);
+        for bad in ["pps=0", "pps=fast", "pps=-3"] {
+            let e = PcapPort::open(&format!("rx={rx},{bad}")).err().unwrap();
+            assert!(e.to_string().contains("frames per second"), "{e}");
+        }
+        let out = dir.path().join("out.pcap").display().to_string();
+        let e = PcapPort::open(&format!("tx={out},pps=10")).err().unwrap();
+        assert!(e.to_string().contains("give rx=FILE"), "{e}");
+        let port = PcapPort::open(&format!("rx={rx},pps=10")).unwrap();
+        assert_eq!(port.describe(), format!("pcap:rx={rx},pps=10"));
+    }
+
+    #[test]
+    fn pps_paces_the_replay_from_the_first_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let rx = capture(dir.path(), 30);
+        let config = RegionConfig {
+            buffer_count: 64,
+            ring_count: 1,
+            ring_slots: 16,
+            counter_count: 0,
+        };
+        let pool =
+            PacketPool::new(SharedRegion::create(config, HugepagePolicy::Off).unwrap()).unwrap();
+        let mut cache = pool.cache(8).unwrap();
+        let mut port = PcapPort::open(&format!("rx={rx},pps=100")).unwrap();
+        let mut poll = |port: &mut PcapPort| {
+            let mut out = [0u32; 64];
+            let n = {
+                let mut b = RxBurst::new(&mut cache, &mut out, 0);
+                port.rx_burst(&mut b);
+                b.len()
+            };
+            let _ = pool.free_burst(&out[..n]);
+            n
+        };
+        let start = Instant::now();
+        // Frame 0 at once, then one every 10 ms: never ahead of the clock.
+        let mut received = poll(&mut port);
+        assert!(received >= 1);
+        while !port.rx_done() {
+            let allowed = start.elapsed().as_millis() / 10 + 1;
+            assert!(
+                received as u128 <= allowed,
+                "{received} frames by {:?}",
+                start.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(3));
+            received += poll(&mut port);
+        }
+        assert_eq!(received, 30);
+        assert!(
+            start.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            start.elapsed()
+        );
+        // Without pps the whole capture comes at once.
+        let mut fast = PcapPort::open(&format!("rx={rx}")).unwrap();
+        assert_eq!(poll(&mut fast), 30);
+        assert!(fast.rx_done());
     }
 }
