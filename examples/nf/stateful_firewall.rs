@@ -7,16 +7,24 @@
 //! connection opened before the firewall started) is dropped; everything that is not
 //! TCP passes. At the end it prints what it saw.
 //!
+//! Two options use the policy's names, resolved when the firewall attaches (an unknown
+//! name stops it there, listing the names the switch has):
+//! - `--inside PORT`: only a SYN that arrived on port PORT opens a connection (the
+//!   packet's ingress port, by name); a SYN from any other port is refused (dropped).
+//! - `--strays-to PORT`: packets of no open connection leave by port PORT (a quarantine
+//!   capture, say) instead of being dropped.
+//!
 //! ```text
 //! netvm run examples/ids-chain.nvr --vm fw=process --control /tmp/netvm.sock &
-//! cargo run --release -p netvm-nf --example stateful-firewall -- /tmp/netvm.sock fw
+//! cargo run --release -p netvm-nf --example stateful-firewall -- /tmp/netvm.sock fw \
+//!     [--inside PORT] [--strays-to PORT]
 //! ```
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use netvm_nf::{AttachOptions, Nf, Verdict};
+use netvm_nf::{AttachOptions, Nf, Packet, Verdict};
 use netvm_packet::{Decoded, Field};
 
 /// Both directions of a connection map to the same key.
@@ -46,19 +54,39 @@ struct Conn {
     fins: u8,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Firewall {
     conns: HashMap<ConnKey, Conn>,
+    /// The only port a connection may be opened from (`--inside`); `None`: any.
+    inside: Option<String>,
+    /// What happens to a packet of no open connection: drop, or out a port.
+    stray: Verdict,
     opened: u64,
     closed: u64,
     passed: u64,
-    dropped_out_of_state: u64,
+    out_of_state: u64,
+    refused_from_outside: u64,
     not_tcp: u64,
 }
 
 impl Firewall {
-    fn verdict(&mut self, d: &Decoded<'_>) -> Verdict {
-        let Some(key) = ConnKey::of(d) else {
+    fn new(inside: Option<String>, stray: Verdict) -> Firewall {
+        Firewall {
+            conns: HashMap::new(),
+            inside,
+            stray,
+            opened: 0,
+            closed: 0,
+            passed: 0,
+            out_of_state: 0,
+            refused_from_outside: 0,
+            not_tcp: 0,
+        }
+    }
+
+    fn verdict(&mut self, packet: &Packet<'_>) -> Verdict {
+        let d = packet.decode();
+        let Some(key) = ConnKey::of(&d) else {
             self.not_tcp += 1;
             return Verdict::Next;
         };
@@ -70,6 +98,12 @@ impl Firewall {
             flag(Field::TcpFlagRst),
         );
         if syn && !ack {
+            if let Some(inside) = &self.inside {
+                if packet.in_port().map(|p| p.name) != Some(inside.as_str()) {
+                    self.refused_from_outside += 1;
+                    return Verdict::Drop;
+                }
+            }
             if self.conns.insert(key, Conn::default()).is_none() {
                 self.opened += 1;
             }
@@ -77,8 +111,8 @@ impl Firewall {
             return Verdict::Next;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
-            self.dropped_out_of_state += 1;
-            return Verdict::Drop;
+            self.out_of_state += 1;
+            return self.stray;
         };
         if fin {
             conn.fins += 1;
@@ -92,12 +126,26 @@ impl Firewall {
     }
 }
 
+const USAGE: &str =
+    "usage: stateful-firewall CONTROL_SOCKET VM_NAME [--inside PORT] [--strays-to PORT]";
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(control), Some(vm)) = (args.next(), args.next()) else {
-        eprintln!("usage: stateful-firewall CONTROL_SOCKET VM_NAME");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    let (mut inside, mut strays_to) = (None, None);
+    while let Some(flag) = args.next() {
+        match (flag.as_str(), args.next()) {
+            ("--inside", Some(port)) => inside = Some(port),
+            ("--strays-to", Some(port)) => strays_to = Some(port),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let mut nf = match Nf::attach_with(&PathBuf::from(&control), &vm, AttachOptions::default()) {
         Ok(nf) => nf,
         Err(e) => {
@@ -105,6 +153,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Names become indices once, here: a typo stops the firewall before any packet.
+    let stray = match strays_to.as_deref().map(|port| nf.out(port)) {
+        None => Verdict::Drop,
+        Some(Ok(verdict)) => verdict,
+        Some(Err(e)) => {
+            eprintln!("stateful-firewall: --strays-to: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Err(e)) = inside.as_deref().map(|port| nf.port_index(port)) {
+        eprintln!("stateful-firewall: --inside: {e}");
+        return ExitCode::FAILURE;
+    }
     eprintln!(
         "stateful-firewall: attached to VM `{}` ({})",
         nf.info().vm,
@@ -114,16 +175,17 @@ fn main() -> ExitCode {
             "untrusted: private copies"
         }
     );
-    let mut fw = Firewall::default();
-    let result = nf.run(|packet| fw.verdict(&packet.decode()));
+    let mut fw = Firewall::new(inside, stray);
+    let result = nf.run(|packet| fw.verdict(packet));
     println!(
         "stateful-firewall: {} connections opened, {} closed, {} open; {} packets passed, \
-         {} dropped out of state, {} not TCP",
+         {} out of state, {} SYNs refused from outside, {} not TCP",
         fw.opened,
         fw.closed,
         fw.conns.len(),
         fw.passed,
-        fw.dropped_out_of_state,
+        fw.out_of_state,
+        fw.refused_from_outside,
         fw.not_tcp
     );
     match result {

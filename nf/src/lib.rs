@@ -19,9 +19,27 @@
 //! A packet is the buffer itself, in place (trusted VMs: zero-copy), or the switch's copy
 //! in the VM's private region (untrusted VMs). [`Packet::data_mut`] gives writable bytes
 //! when nobody else references the buffer (attach with [`AttachOptions::writes`] so that
-//! the switch never hands a writer a shared buffer). Every packet gets one verdict
-//! ([`Verdict::Next`] unless set): next hop, drop, out PORT, or to VM. The run loop ends
-//! when the switch goes away; if this process dies, the switch reclaims what it held.
+//! the switch never hands a writer a shared buffer). [`Packet::in_port`] names the port
+//! the packet arrived on. Every packet gets one verdict ([`Verdict::Next`] unless set):
+//! next hop, drop, out PORT, or to VM. Ports and VMs are named as the policy names them:
+//! [`Nf::out`] and [`Nf::to`] turn a name into a verdict once, at attach time, from the
+//! names the switch sent in its attach reply (an unknown name is an error then, not a
+//! dropped packet later). The run loop ends when the switch goes away; if this process
+//! dies, the switch reclaims what it held.
+//!
+//! ```no_run
+//! use netvm_nf::{Nf, Verdict};
+//!
+//! let mut nf = Nf::attach("/run/netvm/netvm-1234.sock".as_ref(), "fw")?;
+//! let to_ids = nf.to("ids")?;         // Verdict::To(index of VM `ids`)
+//! let quarantine = nf.out("log")?;    // Verdict::Out(index of port `log`)
+//! nf.run(|packet| match packet.in_port().map(|p| p.name) {
+//!     Some("wan") if packet.len() < 64 => quarantine,
+//!     Some("wan") => to_ids,
+//!     _ => Verdict::Next,
+//! })?;
+//! # Ok::<(), netvm_nf::NfError>(())
+//! ```
 //!
 //! What it does not do: classify, steer or count — the switch does that. The wire
 //! details (rings, verdict encoding, handshake) live in `netvm-runtime`.
@@ -30,6 +48,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use netvm_runtime::control::{AttachReply, ControlClient, ControlError};
+use netvm_runtime::pool::NO_PORT;
 use netvm_runtime::ring::{RingConsumer, RingProducer};
 use netvm_runtime::switch::{IdlePolicy, MAX_BURST};
 use netvm_runtime::vm::{self, wire, Frame};
@@ -52,6 +71,41 @@ pub enum NfError {
     NoDescriptor,
     #[error("the VM's rings: {0}")]
     Ring(#[from] netvm_runtime::RingError),
+    /// A port or VM name the switch's policy does not have (or one a verdict cannot
+    /// carry).
+    #[error("{0}")]
+    UnknownName(String),
+}
+
+/// A port of the switch's policy: its index (what [`Verdict::Out`] carries) and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRef<'a> {
+    pub index: u16,
+    pub name: &'a str,
+}
+
+/// `name`'s index in `names` (`what`: "port" or "VM"), below `limit` (what a verdict can
+/// carry); the error lists the names there are.
+fn resolve(names: &[String], what: &str, name: &str, limit: u32) -> Result<u16, NfError> {
+    let Some(index) = names.iter().position(|n| n == name) else {
+        return Err(NfError::UnknownName(if names.is_empty() {
+            format!(
+                "no {what} named `{name}`: the switch sent no {what} names \
+                 (it speaks an older control protocol; use the same netvm version)"
+            )
+        } else {
+            format!(
+                "no {what} named `{name}` in the switch's policy (its {what}s: {})",
+                names.join(", ")
+            )
+        }));
+    };
+    if index as u32 >= limit {
+        return Err(NfError::UnknownName(format!(
+            "{what} `{name}` is number {index}; a verdict can name only the first {limit}"
+        )));
+    }
+    Ok(index as u16)
 }
 
 /// How to attach.
@@ -114,9 +168,41 @@ impl Nf {
         })
     }
 
-    /// What the switch granted: VM name and index, trust, which region, ring numbers.
+    /// What the switch granted: VM name and index, trust, which region, ring numbers,
+    /// and the policy's port and VM names by index.
     pub fn info(&self) -> &AttachReply {
         &self.reply
+    }
+
+    /// The policy's ports, by index.
+    pub fn ports(&self) -> &[String] {
+        &self.reply.ports
+    }
+
+    /// The policy's VMs, by index.
+    pub fn vms(&self) -> &[String] {
+        &self.reply.vms
+    }
+
+    /// The index of port `name` (what [`Verdict::Out`] carries).
+    pub fn port_index(&self, name: &str) -> Result<u16, NfError> {
+        resolve(&self.reply.ports, "port", name, wire::MAX_OUT_PORTS)
+    }
+
+    /// The index of VM `name` (what [`Verdict::To`] carries).
+    pub fn vm_index(&self, name: &str) -> Result<u16, NfError> {
+        resolve(&self.reply.vms, "VM", name, wire::MAX_TO_VMS)
+    }
+
+    /// The verdict "leave by port `name` now, skipping the rest of the chain". Resolve it
+    /// once, before the loop: an unknown name is an error here, naming the ports there are.
+    pub fn out(&self, name: &str) -> Result<Verdict, NfError> {
+        self.port_index(name).map(Verdict::Out)
+    }
+
+    /// The verdict "visit VM `name`, then go on with the chain".
+    pub fn to(&self, name: &str) -> Result<Verdict, NfError> {
+        self.vm_index(name).map(Verdict::To)
     }
 
     /// Addresses of the region this process maps (for audits and diagnostics).
@@ -158,6 +244,8 @@ impl Nf {
                     frame: frame.unwrap_or_else(|_| Frame::shared(&[])),
                     verdict: Verdict::Next,
                     index,
+                    in_port: self.pool.port(index).unwrap_or(NO_PORT),
+                    ports: &self.reply.ports,
                 });
             }
             f(&mut packets);
@@ -240,6 +328,9 @@ pub struct Packet<'a> {
     frame: Frame<'a>,
     verdict: Verdict,
     index: u32,
+    /// The port number the switch recorded in the buffer header.
+    in_port: u16,
+    ports: &'a [String],
 }
 
 impl Packet<'_> {
@@ -259,6 +350,16 @@ impl Packet<'_> {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The port the packet arrived on, by index and name; `None` when the buffer names
+    /// no port of the policy (a frame the switch made itself).
+    pub fn in_port(&self) -> Option<PortRef<'_>> {
+        let name = self.ports.get(usize::from(self.in_port))?;
+        Some(PortRef {
+            index: self.in_port,
+            name,
+        })
     }
 
     /// The headers, decoded by the same rules the switch's classifier uses.

@@ -6,19 +6,24 @@
 //! [`MAX_LINE`] bytes). Every connection starts with a versioned handshake:
 //!
 //! ```text
-//! → {"op":"hello","protocol":1,"layout":2,"pid":1234}
-//! ← {"ok":true,"protocol":1,"layout":2,"pid":99,"server":"netvm 0.1.0"}
+//! → {"op":"hello","protocol":2,"layout":2,"pid":1234}
+//! ← {"ok":true,"protocol":2,"layout":2,"pid":99,"server":"netvm 0.1.0"}
 //! ```
 //!
-//! A peer speaking another protocol or region layout version gets
-//! `{"ok":false,"error":...}` naming both versions and is disconnected; so is a peer that
-//! sends anything that is not a well-formed request. After the handshake:
+//! A peer speaking a protocol outside [`MIN_PROTOCOL_VERSION`]..=[`PROTOCOL_VERSION`] or
+//! another region layout version gets `{"ok":false,"error":...}` naming both versions and
+//! is disconnected; so is a peer that sends anything that is not a well-formed request.
+//! Protocol 2 only added fields to the attach reply (a protocol 1 peer ignores them), so
+//! the switch still serves protocol 1 peers; the reply's `protocol` is the one the
+//! connection speaks. After the handshake:
 //!
 //! - `{"op":"attach","vm":"fw","writes":false}` — claim a VM bound as a process. The reply
 //!   ([`AttachReply`]) carries the region's memfd as `SCM_RIGHTS`: the shared region for a
-//!   trusted VM, the VM's private region (and nothing else) for an untrusted one. The
-//!   connection is then the VM's lifeline: when it closes (the process exited or was
-//!   killed) the switch takes the VM down at once and reclaims its buffers.
+//!   trusted VM, the VM's private region (and nothing else) for an untrusted one, and the
+//!   names of the policy's ports and VMs by index (protocol 2), which a verdict's port
+//!   and VM numbers refer to. The connection is then the VM's lifeline: when it closes
+//!   (the process exited or was killed) the switch takes the VM down at once and reclaims
+//!   its buffers.
 //! - `{"op":"status"}` — VMs, their processes, state, ring fill and counters, ports,
 //!   drops ([`ControlState::status`]).
 //! - anything else goes to the binary's [`AdminHandler`] (policy reload and friends).
@@ -43,8 +48,10 @@ use crate::layout::LAYOUT_VERSION;
 use crate::policy::ProgramHandle;
 use crate::stats::{DropReason, Stats};
 
-/// Bumped whenever a message changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever a message changes shape. 2: the attach reply names the ports and VMs.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol this switch still serves (its messages are a subset of ours).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Longest message line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
 /// Most connections served at once.
@@ -120,10 +127,11 @@ pub struct Hello {
 pub fn check_hello(args: &Value) -> Result<Hello, String> {
     let hello: Hello = serde_json::from_value(args.clone())
         .map_err(|e| format!("bad hello (expected protocol, layout, pid): {e}"))?;
-    if hello.protocol != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.protocol) {
         return Err(format!(
-            "control protocol {} is not spoken here: this switch speaks protocol {PROTOCOL_VERSION} \
-             (netvm {}); use the same netvm version for the switch and its clients",
+            "control protocol {} is not spoken here: this switch speaks protocols \
+             {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION} (netvm {}); use the same netvm version \
+             for the switch and its clients",
             hello.protocol,
             env!("CARGO_PKG_VERSION")
         ));
@@ -159,6 +167,14 @@ pub struct AttachReply {
     pub ring_in: usize,
     pub ring_out: usize,
     pub layout: u32,
+    /// The policy's ports by index: what a verdict's `Out(n)` and a buffer's ingress port
+    /// number refer to (protocol 2; empty from a protocol 1 switch). Fixed for the
+    /// switch's life: a reload that changes the ports is refused.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// The policy's VMs by index: what a verdict's `To(n)` refers to (protocol 2).
+    #[serde(default)]
+    pub vms: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -489,9 +505,21 @@ impl ControlClient {
             }
         };
         message.insert("op".into(), Value::String(op.into()));
-        self.connection
-            .send(&Value::Object(message), &[])
-            .map_err(io_err(format!("sending `{op}` to {}", self.path.display())))?;
+        if let Err(e) = self.connection.send(&Value::Object(message), &[]) {
+            // A switch that refuses a peer before reading from it (another uid, too many
+            // connections) has written why and hung up: say that, not "broken pipe".
+            if let Ok(Some((line, _))) = self.connection.recv() {
+                if let Some(error) = serde_json::from_slice::<Value>(&line)
+                    .ok()
+                    .as_ref()
+                    .and_then(|r| r.get("error"))
+                    .and_then(Value::as_str)
+                {
+                    return Err(ControlError::Remote(error.to_string()));
+                }
+            }
+            return Err(io_err(format!("sending `{op}` to {}", self.path.display()))(e));
+        }
         let (line, fds) = self
             .connection
             .recv()
@@ -726,12 +754,12 @@ fn accept_loop(
         }
         match peer_credentials(connection.stream()) {
             Ok((_, uid)) if uid == own_uid || uid == 0 => {}
-            Ok((_, uid)) => {
-                let _ = connection.send(
-                    &json!({"ok": false, "error": format!(
-                        "permission denied: the switch runs as uid {own_uid}, this client as uid {uid}")}),
-                    &[],
+            Ok((pid, uid)) => {
+                let error = format!(
+                    "permission denied: the switch runs as uid {own_uid}, this client as uid {uid}"
                 );
+                state.log(|| format!("refused a client (process {pid}): {error}"));
+                let _ = connection.send(&json!({"ok": false, "error": error}), &[]);
                 continue;
             }
             Err(e) => {
@@ -840,7 +868,7 @@ fn serve(
     let _ = connection.stream().set_read_timeout(None);
     let reply = json!({
         "ok": true,
-        "protocol": PROTOCOL_VERSION,
+        "protocol": hello.protocol,
         "layout": LAYOUT_VERSION,
         "pid": std::process::id(),
         "server": format!("netvm {}", env!("CARGO_PKG_VERSION")),
@@ -932,7 +960,10 @@ fn attach(
     }
     let request: AttachRequest = serde_json::from_value(args.clone())
         .map_err(|e| format!("bad attach request (expected vm, writes): {e}"))?;
-    let vm_names = state.program.load().table.vm_names.clone();
+    let program = state.program.load();
+    let vm_names = program.table.vm_names.clone();
+    let port_names = program.table.port_names.clone();
+    drop(program);
     let grant = state
         .external
         .attach(&request.vm, pid, request.writes, &vm_names)?;
@@ -949,6 +980,8 @@ fn attach(
         ring_in: grant.vm.ring_in,
         ring_out: grant.vm.ring_out,
         layout: LAYOUT_VERSION,
+        ports: port_names,
+        vms: vm_names,
     };
     *attached = Some((grant.vm.clone(), grant.owner));
     let value = serde_json::to_value(&reply).map_err(|e| e.to_string())?;
@@ -984,9 +1017,38 @@ mod tests {
             e.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)),
             "{e}"
         );
+        let e = check_hello(&json!({"protocol": 0, "layout": LAYOUT_VERSION})).unwrap_err();
+        assert!(
+            e.contains("protocol 0")
+                && e.contains(&format!(
+                    "protocols {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                )),
+            "{e}"
+        );
+        // Protocol 1 peers are still served: protocol 2 only added attach reply fields.
+        let v1 = json!({"protocol": 1, "layout": LAYOUT_VERSION, "pid": 1});
+        assert_eq!(check_hello(&v1).unwrap().protocol, 1);
         let layout = json!({"protocol": PROTOCOL_VERSION, "layout": 999});
         assert!(check_hello(&layout).unwrap_err().contains("layout 999"));
         assert!(check_hello(&json!({"protocol": "one"})).is_err());
+    }
+
+    #[test]
+    fn attach_replies_of_both_protocols_parse() {
+        let v1 = json!({"ok": true, "vm": "fw", "vm_index": 0, "trusted": true,
+            "region": "shared", "ring_in": 4, "ring_out": 5, "layout": LAYOUT_VERSION});
+        let reply: AttachReply = serde_json::from_value(v1).unwrap();
+        assert!(reply.ports.is_empty() && reply.vms.is_empty());
+        let mut v2 = serde_json::to_value(AttachReply {
+            ports: vec!["wan".into(), "lan".into()],
+            vms: vec!["fw".into()],
+            ..reply
+        })
+        .unwrap();
+        assert_eq!(v2["ports"], json!(["wan", "lan"]));
+        v2["ok"] = json!(true);
+        let back: AttachReply = serde_json::from_value(v2).unwrap();
+        assert_eq!(back.vms, ["fw"]);
     }
 
     proptest::proptest! {

@@ -989,6 +989,14 @@ fn copy_buffer(src: &PacketPool, from: u32, dst: &PacketPool, to: u32) -> usize 
     }
 }
 
+/// A copy made for a VM carries the packet's ingress port (a VM process reads it from the
+/// buffer header). Copies back from a VM keep the original's port: a VM cannot change it.
+fn carry_port(src: &PacketPool, from: u32, dst: &PacketPool, to: u32) {
+    if let Ok(port) = src.port(from) {
+        let _ = dst.set_port(to, port);
+    }
+}
+
 impl Engine {
     fn poll_until_done(
         &mut self,
@@ -1390,6 +1398,7 @@ impl Engine {
     fn unshare(&mut self, index: u32) -> Option<u32> {
         let copy = self.cache.alloc()?;
         copy_buffer(&self.pool, index, &self.pool, copy);
+        carry_port(&self.pool, index, &self.pool, copy);
         let _ = self.cache.free(index);
         Some(copy)
     }
@@ -1799,6 +1808,7 @@ impl Engine {
                 return false;
             };
             let bytes = copy_buffer(&self.pool, pending.shared, cache.pool(), copy);
+            carry_port(&self.pool, pending.shared, cache.pool(), copy);
             self.stats.vms[vm].copied_bytes.add(bytes as u64);
             pending.given = copy;
         }
