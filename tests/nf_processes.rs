@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use netvm_packet::{BaseProto, Field, PacketSpec};
 use serde_json::Value;
-use support::{netvm, read_pcap, status, vm_row, wait_for, write_pcap, Proc};
+use support::{
+    netvm, port_row, positions_in_order, read_pcap, status, vm_row, wait_for, write_pcap, Proc,
+};
 
 fn udp_frame(dport: u16, flow: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
     let mut spec = PacketSpec::new(BaseProto::Udp);
@@ -39,11 +41,20 @@ fn start_switch(dir: &Path, policy: &str, args: &[String]) -> (Proc, std::path::
         .arg(&control)
         .args(["--hugepages", "off", "--idle", "sleep"])
         .args(args);
-    let switch = Proc::spawn(command, dir.join("switch.log"));
-    let path = control.clone();
-    wait_for("the control socket", Duration::from_secs(20), || {
-        UnixStream::connect(&path).is_ok()
-    });
+    let mut switch = Proc::spawn(command, dir.join("switch.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&control).is_err() {
+        if let Some(code) = switch.wait(Duration::from_millis(20)) {
+            panic!(
+                "the switch exited ({code}) before listening:\n{}",
+                switch.log()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the control socket"
+        );
+    }
     (switch, control)
 }
 
@@ -144,6 +155,210 @@ fn a_chain_of_two_processes_delivers_every_frame_byte_exact() {
             .any(|m| m["name"] == "memfd:netvm-region"),
         "{audit}"
     );
+}
+
+fn port_rx(control: &Path, port: &str) -> u64 {
+    status(control).map_or(0, |s| port_row(&s, port)["rx_packets"].as_u64().unwrap())
+}
+
+fn drops(status: &Value, reason: &str) -> u64 {
+    status["drops"][reason].as_u64().unwrap()
+}
+
+/// CHAIN (`fw` trusted -> `mon` untrusted -> out b) from a paced capture into a capture,
+/// both VMs processes; `victim` is SIGKILLed mid-stream and restarted under the same VM
+/// name while the switch runs on. Every input frame must come out byte-exact, in order,
+/// or be counted dropped for a reason that says why (lost in the killed VM, or sent to it
+/// while it was down); everything read after the restart comes out; every buffer, shared
+/// and private, comes back.
+fn a_chain_of_two_processes_survives_a_sigkill_mid_stream(victim: &str) {
+    const FRAMES: usize = 15_000;
+    const PPS: usize = 3_000; // 5 s of input
+    let dir = tempfile::tempdir().unwrap();
+    let frames: Vec<Vec<u8>> = (0..FRAMES as u32)
+        .map(|i| udp_frame(53, i % 17, i, &vec![i as u8; (i % 200) as usize]))
+        .collect();
+    let (input, output, stats) = (
+        dir.path().join("in.pcap"),
+        dir.path().join("out.pcap"),
+        dir.path().join("stats.json"),
+    );
+    write_pcap(&input, &frames);
+    let (mut switch, control) = start_switch(
+        dir.path(),
+        CHAIN,
+        &[
+            "--bind".into(),
+            format!("a=pcap:rx={},pps={PPS}", input.display()),
+            "--bind".into(),
+            format!("b=pcap:tx={}", output.display()),
+            "--vm".into(),
+            "fw=process".into(),
+            "--vm".into(),
+            "mon=process".into(),
+            "--wait-for-vms".into(),
+            "30".into(),
+            // Nothing may be dropped for being slow: only the kill may cost frames.
+            "--vm-stall-ms".into(),
+            "10000".into(),
+            "--stats-json".into(),
+            stats.display().to_string(),
+        ],
+    );
+    // The victim holds every packet 20 ms, so it always holds some when it is killed.
+    let builtin = |vm: &str| {
+        if vm == victim {
+            "delay:us=20000"
+        } else {
+            "forward"
+        }
+    };
+    let other = if victim == "fw" { "mon" } else { "fw" };
+    let killed = start_nf(dir.path(), &control, builtin(victim), victim, &[]);
+    let mut survivor = start_nf(dir.path(), &control, builtin(other), other, &[]);
+
+    wait_for(
+        "a quarter of the input read",
+        Duration::from_secs(30),
+        || port_rx(&control, "a") >= (FRAMES / 4) as u64,
+    );
+    killed.signal(libc::SIGKILL);
+    wait_for(
+        &format!("the switch to mark {victim} down"),
+        Duration::from_secs(5),
+        || status(&control).is_some_and(|s| vm_row(&s, victim)["state"] == "down"),
+    );
+    drop(killed);
+    wait_for(
+        "frames dropped for the down VM",
+        Duration::from_secs(5),
+        || status(&control).is_some_and(|s| drops(&s, "vm_down") > 0),
+    );
+    let read_while_down = port_rx(&control, "a");
+    assert!(
+        read_while_down < FRAMES as u64,
+        "the kill did not land mid-stream: all {FRAMES} frames were read before {victim} was down"
+    );
+
+    // Restart: the same VM name, the same switch.
+    let mut restarted = start_nf(dir.path(), &control, builtin(victim), victim, &[]);
+    wait_for(
+        &format!("{victim} to re-attach"),
+        Duration::from_secs(10),
+        || {
+            status(&control).is_some_and(|s| {
+                let row = vm_row(&s, victim);
+                row["state"] == "up" && row["attaches"] == 2
+            })
+        },
+    );
+    // Let the burst in flight when it came up settle: what is read from here on was read
+    // with both VMs up.
+    std::thread::sleep(Duration::from_millis(300));
+    let read_before_up = port_rx(&control, "a") as usize;
+    assert!(
+        read_before_up + 300 <= FRAMES,
+        "too little input left after the restart ({read_before_up} of {FRAMES} read)"
+    );
+
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+    assert_eq!(
+        survivor.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        survivor.log()
+    );
+    assert_eq!(
+        restarted.wait(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        restarted.log()
+    );
+    assert!(
+        switch.log().contains(&format!("VM `{victim}` is down")),
+        "{}",
+        switch.log()
+    );
+
+    // Output: input frames, byte-exact, in order, some left out.
+    let out = read_pcap(&output);
+    let positions = positions_in_order(&out, &frames);
+    // Nothing read after the restart is missing.
+    let missing: Vec<usize> = (read_before_up..FRAMES)
+        .filter(|i| positions.binary_search(i).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} frames read after {victim} came back are missing (first {:?})",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(out.len() < FRAMES, "the kill cost no frame");
+
+    // Exact accounting: each frame left out is counted, and only as lost in the killed VM
+    // or dropped for the VM being down.
+    let s = stats_json(&stats);
+    let (n, sent) = (FRAMES as u64, out.len() as u64);
+    assert_eq!(s["rx"], n, "{s}");
+    assert_eq!(s["tx"], sent, "{s}");
+    assert_eq!(s["ports"][0]["rx_packets"], n, "{s}");
+    assert_eq!(s["ports"][1]["tx_packets"], sent, "{s}");
+    let (lost, down) = (drops(&s, "vm_lost"), drops(&s, "vm_down"));
+    assert!(lost > 0, "{victim} held packets when killed: {s}");
+    assert!(down > 0, "{s}");
+    for (reason, count) in s["drops"].as_object().unwrap() {
+        if reason != "vm_lost" && reason != "vm_down" {
+            assert_eq!(count, 0, "no `{reason}` drops expected: {s}");
+        }
+    }
+    assert_eq!(
+        lost + down,
+        n - sent,
+        "every frame left out is counted: {s}"
+    );
+    assert_eq!(s["dropped"], n - sent, "{s}");
+    assert_eq!(s["balanced"], true, "{s}");
+    // Per VM: the survivor passed everything it was given, the victim everything but what
+    // it lost, and the last hop's answers are exactly what left.
+    let vm = |name: &str| -> &Value {
+        s["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+    };
+    let count = |name: &str, key: &str| vm(name)[key].as_u64().unwrap();
+    assert_eq!(count(other, "packets_in"), count(other, "passed"), "{s}");
+    assert_eq!(count(victim, "dropped") + count(other, "dropped"), 0, "{s}");
+    assert!(
+        count(victim, "packets_in") >= count(victim, "passed") + lost,
+        "{s}"
+    );
+    assert_eq!(count("mon", "passed"), sent, "{s}");
+    // The pool is whole again: every shared buffer and every private copy of `mon`.
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    assert_eq!(s["private_leaks"], serde_json::json!([]), "{s}");
+    eprintln!(
+        "{victim} killed: {sent} of {n} frames out, {lost} lost in it, {down} dropped while \
+         it was down; {} read after the restart, all out",
+        FRAMES - read_before_up
+    );
+}
+
+#[test]
+fn a_chain_of_two_processes_accounts_for_every_frame_when_the_first_is_killed_and_restarted() {
+    a_chain_of_two_processes_survives_a_sigkill_mid_stream("fw");
+}
+
+#[test]
+fn a_chain_of_two_processes_accounts_for_every_frame_when_the_second_is_killed_and_restarted() {
+    a_chain_of_two_processes_survives_a_sigkill_mid_stream("mon");
 }
 
 /// Two chains: UDP through the process VM `fw`, TCP through the built-in `other`.
@@ -347,6 +562,11 @@ fn misbehaving_clients_get_an_error_and_are_disconnected_and_the_switch_runs_on(
             vec![br#"{"op":"hello","protocol":99,"layout":2}"#],
             0,
             "protocol 99",
+        ),
+        (
+            vec![br#"{"op":"hello","protocol":0,"layout":2}"#],
+            0,
+            "protocol 0 is not spoken here: this switch speaks protocols 1 to 2",
         ),
         (
             vec![br#"{"op":"hello","protocol":1,"layout":77}"#],
@@ -567,6 +787,510 @@ fn the_example_stateful_firewall_passes_opened_connections_and_drops_strays() {
     expected.push(udp);
     assert_eq!(read_pcap(&out_pcap), expected);
     let summary = "1 connections opened, 1 closed, 0 open; \
-                   7 packets passed, 2 dropped out of state, 1 not TCP";
+                   7 packets passed, 2 out of state, 0 SYNs refused from outside, 1 not TCP";
     assert!(fw.log().contains(summary), "{}", fw.log());
+}
+
+#[test]
+fn the_control_socket_is_0600_even_under_umask_0_and_another_uid_is_refused_while_the_switch_runs_on(
+) {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.nvr");
+    std::fs::write(&policy, "port a\nport b\nrule all : ip => out b\n").unwrap();
+    let control = dir.path().join("control.sock");
+    let mut command = netvm();
+    command
+        .arg("run")
+        .arg(&policy)
+        .arg("--control")
+        .arg(&control)
+        .args(["--hugepages", "off", "--idle", "sleep", "--duration", "60"])
+        .args(["--bind", "a=gen:flows=4,size=64", "--bind", "b=null"]);
+    // SAFETY: umask(2) is async-signal-safe; this runs in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut switch = Proc::spawn(command, dir.path().join("switch.log"));
+    let path = control.clone();
+    wait_for("the control socket", Duration::from_secs(20), || {
+        UnixStream::connect(&path).is_ok()
+    });
+    let meta = std::fs::metadata(&control).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o600,
+        "the control socket is {:o}",
+        meta.permissions().mode() & 0o7777
+    );
+
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a client as another uid; that half is skipped");
+    } else {
+        const NOBODY: u32 = 65534;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status_as_nobody = || {
+            let out = netvm()
+                .args(["status", "--control"])
+                .arg(&control)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .output()
+                .unwrap();
+            assert!(!out.status.success(), "uid {NOBODY} was let in");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        // The socket's mode keeps another uid out at connect(2)...
+        let refused = status_as_nobody();
+        assert!(refused.contains("Permission denied"), "{refused}");
+        // ...and with the mode opened up by hand, the switch still refuses it by its
+        // credentials (SO_PEERCRED), saying why.
+        std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let refused = status_as_nobody();
+        assert!(
+            refused
+                .contains("permission denied: the switch runs as uid 0, this client as uid 65534"),
+            "{refused}"
+        );
+        wait_for(
+            "the refusal in the switch's log",
+            Duration::from_secs(5),
+            || switch.log().contains("refused a client"),
+        );
+        assert!(switch.log().contains("uid 65534"), "{}", switch.log());
+    }
+    // The switch runs on and still answers its own user.
+    let before = status(&control).expect("status after the refusals")["rx"]
+        .as_u64()
+        .unwrap();
+    wait_for(
+        "the switch to keep receiving",
+        Duration::from_secs(10),
+        || status(&control).is_some_and(|s| s["rx"].as_u64().unwrap() > before),
+    );
+    switch.signal(libc::SIGINT);
+    assert_eq!(
+        switch.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+}
+
+/// The IP header's offset (behind any VLAN tags) and whether it is IPv6; `None` for
+/// frames without IP. Decoded by the packet crate, not by the rewrite NF's own walker.
+fn ip_header_of(frame: &[u8]) -> Option<(usize, bool)> {
+    let d = netvm_packet::Decoded::new(frame);
+    let v6 = d.has(netvm_packet::Proto::Ip6);
+    if !v6 && !d.has(netvm_packet::Proto::Ip) {
+        return None;
+    }
+    Some((usize::from(d.offsets().l3?), v6))
+}
+
+/// `frame` with its IP DSCP set to `dscp`, or `None` when it has no IP header. The ECN
+/// bits stay; an IPv4 header checksum is recomputed from scratch (etherparse).
+fn with_dscp(frame: &[u8], dscp: u8) -> Option<Vec<u8>> {
+    let (l3, v6) = ip_header_of(frame)?;
+    let mut f = frame.to_vec();
+    if v6 {
+        let word = u32::from_be_bytes(f[l3..l3 + 4].try_into().unwrap());
+        let ecn = (word >> 20) & 0x3;
+        let tc = (u32::from(dscp) << 2) | ecn;
+        f[l3..l3 + 4].copy_from_slice(&((word & 0xf00f_ffff) | (tc << 20)).to_be_bytes());
+    } else {
+        f[l3 + 1] = (dscp << 2) | (f[l3 + 1] & 0x3);
+        f[l3 + 10..l3 + 12].fill(0);
+        let sum = etherparse::Ipv4HeaderSlice::from_slice(&f[l3..])
+            .unwrap()
+            .to_header()
+            .calc_header_checksum();
+        f[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
+    }
+    Some(f)
+}
+
+/// IPv4 (plain and VLAN-tagged) and IPv6 frames with assorted DSCP and ECN bits, and ARP.
+fn rewrite_input() -> Vec<Vec<u8>> {
+    (0..800u32)
+        .map(|i| {
+            let base = match i % 4 {
+                0 | 1 => BaseProto::Udp,
+                2 => BaseProto::Tcp,
+                _ => BaseProto::Arp,
+            };
+            let mut spec = PacketSpec::new(base);
+            spec.payload = Some(i.to_be_bytes().repeat(1 + (i % 40) as usize));
+            match i % 8 {
+                1 => {
+                    spec.set(Field::Ip6Src, 0xfd00 << 112 | u128::from(i))
+                        .set(Field::Ip6Flow, u128::from(i * 7919) & 0xfffff);
+                }
+                2 | 6 => {
+                    spec.set(Field::VlanId, u128::from(i % 4000 + 1));
+                }
+                _ => {}
+            }
+            let frame = spec.build().unwrap();
+            // Arbitrary starting DSCP and ECN (ECN must survive the rewrite).
+            let start = (i % 64) as u8;
+            let mut frame = with_dscp(&frame, start).unwrap_or(frame);
+            if let Some((l3, v6)) = ip_header_of(&frame) {
+                let ecn = (i % 4) as u8;
+                if v6 {
+                    frame[l3 + 1] = (frame[l3 + 1] & !0x30) | (ecn << 4);
+                } else {
+                    frame[l3 + 1] = (frame[l3 + 1] & !0x3) | ecn;
+                    frame = with_dscp(&frame, start).unwrap();
+                }
+            }
+            frame
+        })
+        .collect()
+}
+
+#[test]
+fn the_builtin_rewrite_run_as_processes_sets_dscp_byte_for_byte_and_leaves_mirrors_alone() {
+    let frames = rewrite_input();
+    assert!(frames
+        .iter()
+        .any(|f| ip_header_of(f).is_some_and(|(_, v6)| v6)));
+    assert!(frames.iter().any(|f| ip_header_of(f).is_none()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    write_pcap(Path::new(&file("in.pcap")), &frames);
+    // rw1 (trusted: in place, or on a copy while the mirror holds the buffer) sets DSCP
+    // 10, `mid` records what it made, rw2 (untrusted: on its private copy) sets 46; `orig`
+    // records the mirror copies, which must stay as they came in.
+    let policy = "port a\nport b\n\
+                  vm rw1 trusted\nvm mid trusted\nvm rw2\nvm orig trusted\n\
+                  rule v4 : ip => mirror orig, chain rw1 -> mid -> rw2 -> out b\n\
+                  rule v6 : ip6 => mirror orig, chain rw1 -> mid -> rw2 -> out b\n\
+                  default => chain rw1 -> mid -> rw2 -> out b\n";
+    let stats = file("stats.json");
+    let (mut switch, control) = start_switch(
+        dir.path(),
+        policy,
+        &[
+            "--bind".into(),
+            format!("a=pcap:rx={}", file("in.pcap")),
+            "--bind".into(),
+            format!("b=pcap:tx={}", file("out.pcap")),
+            "--vm".into(),
+            "rw1=process".into(),
+            "--vm".into(),
+            "rw2=process".into(),
+            "--vm".into(),
+            format!("mid=pcap-tap:{}", file("mid.pcap")),
+            "--vm".into(),
+            format!("orig=pcap-tap:{}", file("orig.pcap")),
+            "--wait-for-vms".into(),
+            "30".into(),
+            "--vm-stall-ms".into(),
+            "10000".into(),
+            "--stats-json".into(),
+            stats.clone(),
+        ],
+    );
+    let mut rw1 = start_nf(dir.path(), &control, "rewrite:dscp=10", "rw1", &[]);
+    let mut rw2 = start_nf(dir.path(), &control, "rewrite:dscp=46", "rw2", &[]);
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+    assert_eq!(rw1.wait(Duration::from_secs(10)), Some(0), "{}", rw1.log());
+    assert_eq!(rw2.wait(Duration::from_secs(10)), Some(0), "{}", rw2.log());
+
+    let rewritten = |dscp: u8| -> Vec<Vec<u8>> {
+        frames
+            .iter()
+            .map(|f| with_dscp(f, dscp).unwrap_or_else(|| f.clone()))
+            .collect()
+    };
+    let ip: Vec<Vec<u8>> = frames
+        .iter()
+        .filter(|f| ip_header_of(f).is_some())
+        .cloned()
+        .collect();
+    let changed = rewritten(46)
+        .iter()
+        .zip(&frames)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(changed > 500, "the test rewrites too little: {changed}");
+    let check = |name: &str, expected: &[Vec<u8>]| {
+        let got = read_pcap(Path::new(&file(name)));
+        assert_eq!(got.len(), expected.len(), "{name}");
+        for (k, (g, e)) in got.iter().zip(expected).enumerate() {
+            assert_eq!(g, e, "{name}: frame {k} differs");
+        }
+    };
+    check("mid.pcap", &rewritten(10));
+    check("out.pcap", &rewritten(46));
+    check("orig.pcap", &ip);
+    let s = stats_json(Path::new(&stats));
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    assert_eq!(s["balanced"], true, "{s}");
+    let vms = s["vms"].as_array().unwrap();
+    assert_eq!(vms[0]["copied_bytes"], 0, "rw1 is trusted: {s}");
+    assert!(
+        vms[2]["copied_bytes"].as_u64().unwrap() > 0,
+        "rw2 copies: {s}"
+    );
+}
+
+/// A `netvm-nf` function in a thread of this test, attached to VM `vm`: it records each
+/// packet's ingress port (index and name) and payload sequence number, sends what came
+/// in on `west` out port `log`, and visits VM `mark` with every even-numbered frame from
+/// `east`, all by name. Returns what it recorded when the switch goes away.
+fn steer_by_name(
+    control: std::path::PathBuf,
+    vm: &'static str,
+) -> std::thread::JoinHandle<Vec<(u16, String, u32)>> {
+    let mut nf = netvm_nf::Nf::attach_with(
+        &control,
+        vm,
+        netvm_nf::AttachOptions {
+            writes: false,
+            idle: netvm_runtime::IdlePolicy::Sleep,
+        },
+    )
+    .expect("attach");
+    std::thread::spawn(move || {
+        assert_eq!(nf.ports(), ["east", "west", "lan", "log"]);
+        assert_eq!(nf.vms(), ["steer", "mark"]);
+        for (e, expected) in [
+            (
+                nf.out("nope").unwrap_err(),
+                "no port named `nope` in the switch's policy (its ports: east, west, lan, log)",
+            ),
+            (
+                nf.to("nope").unwrap_err(),
+                "no VM named `nope` in the switch's policy (its VMs: steer, mark)",
+            ),
+        ] {
+            assert!(matches!(e, netvm_nf::NfError::UnknownName(_)));
+            assert_eq!(e.to_string(), expected);
+        }
+        let to_log = nf.out("log").unwrap();
+        let to_mark = nf.to("mark").unwrap();
+        assert_eq!(
+            (to_log, to_mark),
+            (netvm_nf::Verdict::Out(3), netvm_nf::Verdict::To(1))
+        );
+        let mut seen = Vec::new();
+        nf.run(|packet| {
+            let data = packet.data();
+            let seq = u32::from_be_bytes(data[data.len() - 4..].try_into().unwrap());
+            let port = packet.in_port().expect("every frame came in on a port");
+            seen.push((port.index, port.name.to_string(), seq));
+            match port.name {
+                "west" => to_log,
+                _ if seq % 2 == 0 => to_mark,
+                _ => netvm_nf::Verdict::Next,
+            }
+        })
+        .unwrap();
+        seen
+    })
+}
+
+#[test]
+fn an_nf_sees_the_ingress_port_by_name_and_steers_to_ports_and_vms_by_name() {
+    for trust in ["trusted", "untrusted"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        let east: Vec<Vec<u8>> = (0..300).map(|i| udp_frame(53, 1, i, b"east")).collect();
+        let west: Vec<Vec<u8>> = (1000..1200).map(|i| udp_frame(53, 2, i, b"west")).collect();
+        write_pcap(Path::new(&file("east.pcap")), &east);
+        write_pcap(Path::new(&file("west.pcap")), &west);
+        let policy = format!(
+            "port east\nport west\nport lan\nport log\nvm steer {trust}\nvm mark trusted\n\
+             rule all : ip => chain steer -> out lan\n"
+        );
+        let stats = file("stats.json");
+        let (mut switch, control) = start_switch(
+            dir.path(),
+            &policy,
+            &[
+                "--bind".into(),
+                format!("east=pcap:rx={}", file("east.pcap")),
+                "--bind".into(),
+                format!("west=pcap:rx={}", file("west.pcap")),
+                "--bind".into(),
+                format!("lan=pcap:tx={}", file("out.pcap")),
+                "--bind".into(),
+                format!("log=pcap:tx={}", file("log.pcap")),
+                "--vm".into(),
+                "steer=process".into(),
+                "--vm".into(),
+                "mark=counter".into(),
+                "--wait-for-vms".into(),
+                "30".into(),
+                "--vm-stall-ms".into(),
+                "10000".into(),
+                "--stats-json".into(),
+                stats.clone(),
+            ],
+        );
+        let nf = steer_by_name(control, "steer");
+        assert_eq!(
+            switch.wait(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            switch.log()
+        );
+        let seen = nf.join().expect("the NF thread");
+
+        // Every frame was seen once, with the port it came in on.
+        let mut from_east: Vec<u32> = Vec::new();
+        let mut from_west: Vec<u32> = Vec::new();
+        for (index, name, seq) in &seen {
+            match (index, name.as_str()) {
+                (0, "east") => from_east.push(*seq),
+                (1, "west") => from_west.push(*seq),
+                other => panic!("{trust}: frame {seq} came in on {other:?}"),
+            }
+        }
+        assert_eq!(from_east, (0..300).collect::<Vec<_>>(), "{trust}");
+        assert_eq!(from_west, (1000..1200).collect::<Vec<_>>(), "{trust}");
+        // West left by `log` (out, by name), east by the chain's `lan`; the even east
+        // frames visited `mark` on the way (to, by name).
+        assert_eq!(read_pcap(Path::new(&file("log.pcap"))), west, "{trust}");
+        assert_eq!(read_pcap(Path::new(&file("out.pcap"))), east, "{trust}");
+        let s = stats_json(Path::new(&stats));
+        assert_eq!(s["vms"][1]["packets_in"], 150, "{trust}: {s}");
+        assert_eq!(
+            s["vms"][1]["summary"],
+            format!("150 packets, {} bytes", 150 * east[0].len()),
+            "{trust}: {s}"
+        );
+        assert_eq!(s["buffers_returned"], s["buffers"], "{trust}: {s}");
+    }
+}
+
+#[test]
+fn the_example_firewall_opens_connections_only_from_its_inside_port_and_sends_strays_out_by_name() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const PSH: u8 = 0x08;
+    let connection = vec![
+        tcp_frame(true, SYN, 1),
+        tcp_frame(false, SYN | ACK, 2),
+        tcp_frame(true, PSH | ACK, 3),
+        tcp_frame(false, FIN | ACK, 4),
+        tcp_frame(true, FIN | ACK, 5),
+    ];
+    let strays = [tcp_frame(false, PSH | ACK, 9), tcp_frame(true, ACK, 8)];
+    let mut lan_in = vec![strays[0].clone()];
+    lan_in.extend(connection.iter().cloned());
+    lan_in.push(strays[1].clone());
+    // A SYN from outside, to a host inside: refused because of the port it came in on.
+    let mut outside_syn = PacketSpec::new(BaseProto::Tcp);
+    outside_syn
+        .set(Field::IpSrc, 0xcb00_7109)
+        .set(Field::IpDst, 0x0a00_0001)
+        .set(Field::TcpDport, 22)
+        .set(Field::TcpFlags, u128::from(SYN));
+    let wan_in = vec![outside_syn.build().unwrap()];
+    let binary = stateful_firewall_binary();
+    for trust in ["trusted", "untrusted"] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        write_pcap(Path::new(&file("lan.pcap")), &lan_in);
+        write_pcap(Path::new(&file("wan.pcap")), &wan_in);
+        let (mut switch, control) = start_switch(
+            dir.path(),
+            &format!(
+                "port lan\nport wan\nport quarantine\nvm fw {trust}\n\
+                 rule all : ip => chain fw -> out wan\n"
+            ),
+            &[
+                "--bind".into(),
+                format!("lan=pcap:rx={}", file("lan.pcap")),
+                "--bind".into(),
+                format!("wan=pcap:rx={},tx={}", file("wan.pcap"), file("out.pcap")),
+                "--bind".into(),
+                format!("quarantine=pcap:tx={}", file("strays.pcap")),
+                "--vm".into(),
+                "fw=process".into(),
+                "--wait-for-vms".into(),
+                "60".into(),
+                "--vm-stall-ms".into(),
+                "10000".into(),
+            ],
+        );
+        let mut command = std::process::Command::new(&binary);
+        command
+            .arg(&control)
+            .arg("fw")
+            .args(["--inside", "lan", "--strays-to", "quarantine"]);
+        let mut fw = Proc::spawn(command, dir.path().join("fw.log"));
+        assert_eq!(
+            switch.wait(Duration::from_secs(60)),
+            Some(0),
+            "{}",
+            switch.log()
+        );
+        assert_eq!(fw.wait(Duration::from_secs(10)), Some(0), "{}", fw.log());
+        assert_eq!(
+            read_pcap(Path::new(&file("out.pcap"))),
+            connection,
+            "{trust}"
+        );
+        assert_eq!(
+            read_pcap(Path::new(&file("strays.pcap"))),
+            strays,
+            "{trust}"
+        );
+        let summary = "1 connections opened, 1 closed, 0 open; \
+                       5 packets passed, 2 out of state, 1 SYNs refused from outside, 0 not TCP";
+        assert!(fw.log().contains(summary), "{trust}: {}", fw.log());
+    }
+
+    // A port name the policy lacks stops the firewall at attach, naming the ports.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut switch, control) = start_switch(
+        dir.path(),
+        "port lan\nport wan\nvm fw trusted\nrule all : ip => chain fw -> out wan\n",
+        &[
+            "--bind".into(),
+            "lan=gen:flows=2,size=64".into(),
+            "--bind".into(),
+            "wan=null".into(),
+            "--vm".into(),
+            "fw=process".into(),
+            "--duration".into(),
+            "30".into(),
+        ],
+    );
+    let out = std::process::Command::new(&binary)
+        .arg(&control)
+        .arg("fw")
+        .args(["--strays-to", "quarantine"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--strays-to: no port named `quarantine` in the switch's policy (its ports: lan, wan)"
+        ),
+        "{stderr}"
+    );
+    switch.signal(libc::SIGINT);
+    assert!(
+        switch.wait(Duration::from_secs(30)).is_some(),
+        "{}",
+        switch.log()
+    );
 }

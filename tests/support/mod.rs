@@ -119,3 +119,34 @@ pub fn vm_row<'a>(status: &'a Value, name: &str) -> &'a Value {
         .find(|v| v["name"] == name)
         .unwrap_or_else(|| panic!("no VM {name} in {status}"))
 }
+
+/// Where each frame of `output` sits in `input`, checking that `output` is `input` with
+/// some frames left out: every output frame byte-exact and in input order. Panics naming
+/// the first output frame that is not.
+pub fn positions_in_order(output: &[Vec<u8>], input: &[Vec<u8>]) -> Vec<usize> {
+    let mut positions = Vec::with_capacity(output.len());
+    let mut next = 0;
+    for (k, frame) in output.iter().enumerate() {
+        let Some(offset) = input[next..].iter().position(|f| f == frame) else {
+            panic!(
+                "output frame {k} ({} bytes) is not an input frame after input frame {}: \
+                 changed, duplicated or out of order",
+                frame.len(),
+                next as i64 - 1
+            );
+        };
+        positions.push(next + offset);
+        next += offset + 1;
+    }
+    positions
+}
+
+/// The status row of port `name`.
+pub fn port_row<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name} in {status}"))
+}
