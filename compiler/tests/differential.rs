@@ -611,8 +611,9 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, guarded: bool
             check(&frame[..n], 2);
         }
     }
-    // The burst entry point agrees with the interpreter on every frame checked above, in
-    // bursts of every length up to MAX_BURST.
+    // The burst entry point (the linear loop or the tree walk) agrees with the
+    // interpreter on every frame checked above, in bursts of every length up to
+    // MAX_BURST, each burst from a random port (`in_port` atoms are loop invariants there).
     let all = checked.into_inner();
     let mut rest: &[Vec<u8>] = &all;
     let mut len = 1;
@@ -620,15 +621,16 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, guarded: bool
         let (burst, tail) = rest.split_at(len.min(rest.len()));
         rest = tail;
         len = len % netvm_compiler::jit::MAX_BURST + 1;
+        let port = rng.below(5) as u32;
         let refs: Vec<&[u8]> = burst.iter().map(Vec::as_slice).collect();
         let mut out = vec![u32::MAX; refs.len()];
-        jit.classify_burst(&refs, 1, &mut out);
+        jit.classify_burst(&refs, port, &mut out);
         for (frame, got) in refs.iter().zip(&out) {
-            let want = interp.classify(frame, 1).unwrap_or(ir.rules.len());
+            let want = interp.classify(frame, port).unwrap_or(ir.rules.len());
             counts.comparisons.fetch_add(1, Ordering::Relaxed);
             assert_eq!(
                 *got as usize, want,
-                "burst, seed {seed:#x}, frame {frame:02x?}"
+                "burst, seed {seed:#x} strategy {strategy:?}, in_port {port}, frame {frame:02x?}"
             );
         }
     }

@@ -615,6 +615,14 @@ impl Switch {
                 device_batches: (0..ports.len())
                     .map(|_| Vec::with_capacity(MAX_BURST))
                     .collect(),
+                lent: Box::new(LentBurst {
+                    frames: [DeviceFrame::default(); MAX_BURST],
+                    rules: [0; MAX_BURST],
+                    dropped: [DeviceFrame::default(); MAX_BURST],
+                    general: [0; MAX_BURST],
+                }),
+                lent_plan: Vec::new(),
+                lent_plan_for: None,
                 ports,
                 vms,
                 shard,
@@ -963,12 +971,58 @@ struct Engine {
     /// `out PORT` to a port of the same domain go there as they are (`device_batches`).
     port_domain: Vec<Option<usize>>,
     device_batches: Vec<Vec<DeviceFrame>>,
+    /// [`rx_device`](Self::rx_device)'s per-burst arrays, kept so that no burst pays
+    /// for initialising them.
+    lent: Box<LentBurst>,
+    /// What `rx_device` does with a lent frame of each rule of program `lent_plan_for`
+    /// (a generation), then the default's; made once per program, not per frame.
+    lent_plan: Vec<LentAction>,
+    lent_plan_for: Option<u32>,
     vms: Vec<VmSlot>,
     /// Which switch thread this is: the counter shard it writes.
     shard: usize,
     stats: Arc<StatsShard>,
     burst_len: usize,
     ring_slots: usize,
+}
+
+/// One burst of frames a device lent the switch ([`Engine::rx_device`]).
+struct LentBurst {
+    frames: [DeviceFrame; MAX_BURST],
+    /// Each frame's rule.
+    rules: [u32; MAX_BURST],
+    /// Frames whose rule is a plain `drop`, given straight back.
+    dropped: [DeviceFrame; MAX_BURST],
+    /// Indices (into `frames`) of frames for the general path.
+    general: [u8; MAX_BURST],
+}
+
+/// What the switch does with a frame a device lent it, by the frame's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LentAction {
+    /// The rule is just `out port`, and `port` lends frames of device domain `domain`:
+    /// a frame received on a port of that domain goes there as it is.
+    Out { port: u16, domain: usize },
+    /// The rule is just `drop`: the frame goes straight back.
+    Drop,
+    /// Anything else: adopted into a pool buffer and dispatched.
+    General,
+}
+
+impl LentAction {
+    /// One action per rule of `prog`, then the default's.
+    fn plan(prog: &Program, port_domain: &[Option<usize>]) -> Vec<LentAction> {
+        (0..=prog.table.rules.len() as u32)
+            .map(|rule| match prog.direct_out(rule) {
+                Some(out) => match (port_domain.get(out), u16::try_from(out)) {
+                    (Some(&Some(domain)), Ok(port)) => LentAction::Out { port, domain },
+                    _ => LentAction::General,
+                },
+                None if prog.plain_drop(rule) => LentAction::Drop,
+                None => LentAction::General,
+            })
+            .collect()
+    }
 }
 
 /// Copy `len` bytes of buffer `from` (in `src`) into buffer `to` (in `dst`), which must
@@ -1140,71 +1194,95 @@ impl Engine {
     /// walk), one whose rule is just `drop` goes straight back; every other frame is adopted into a pool buffer and dispatched as
     /// [`rx`](Self::rx) does. Zero-copy either way: the device's buffers are the pool's.
     fn rx_device(&mut self, prog: &Program, port: usize, domain: usize) -> usize {
-        let mut frames = [DeviceFrame::default(); MAX_BURST];
-        let (n, oversize) = self.ports[port].rx_device(&mut frames[..self.burst_len]);
+        let (n, oversize) = self.ports[port].rx_device(&mut self.lent.frames[..self.burst_len]);
         let n = n.min(self.burst_len);
         self.count_oversize(port, oversize);
         if n == 0 {
             return oversize as usize;
         }
-        let mut rules = [0u32; MAX_BURST];
+        if self.lent_plan_for != Some(self.generation) {
+            self.lent_plan = LentAction::plan(prog, &self.port_domain);
+            self.lent_plan_for = Some(self.generation);
+        }
+        let plan = &self.lent_plan[..];
+        let lent = &mut *self.lent;
         {
             let mut bytes: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
-            for (slot, frame) in bytes.iter_mut().zip(&frames[..n]) {
+            for (slot, frame) in bytes.iter_mut().zip(&lent.frames[..n]) {
                 // SAFETY: the port lent us these frames for this burst and nobody writes
                 // them until we give them back (after the slices are dropped).
                 *slot = unsafe { frame.bytes() };
             }
             prog.classifier
-                .classify_burst(&bytes[..n], port as u32, &mut rules[..n]);
+                .classify_burst(&bytes[..n], port as u32, &mut lent.rules[..n]);
         }
-        let mut total = 0u64;
         let default_rule = prog.table.rules.len() as u32;
-        let mut general = [0u8; MAX_BURST];
+        let mut total = 0u64;
         let mut general_n = 0;
-        let mut dropped = [DeviceFrame::default(); MAX_BURST];
         let mut dropped_n = 0;
         {
             let rule_counters = prog.rule_counters(self.shard);
+            // Rule counters are added per run of frames with the same rule (a burst is
+            // mostly one or two runs), not per frame: consecutive load/store pairs on one
+            // counter would each wait for the one before.
+            let mut run_rule = u32::MAX;
+            let (mut run_packets, mut run_bytes) = (0u64, 0u64);
             for i in 0..n {
-                let len = u64::from(frames[i].len);
+                let frame = lent.frames[i];
+                let len = u64::from(frame.len);
                 total += len;
-                let rule = rules[i].min(default_rule);
-                rules[i] = rule;
-                let rc = &rule_counters[rule as usize];
-                rc.packets.add(1);
-                rc.bytes.add(len);
-                match prog.direct_out(rule) {
-                    Some(out) if self.port_domain.get(out) == Some(&Some(domain)) => {
-                        self.device_batches[out].push(frames[i]);
-                        if self.device_batches[out].len() >= self.burst_len {
-                            self.flush_device(out);
+                let rule = lent.rules[i].min(default_rule);
+                lent.rules[i] = rule;
+                if rule != run_rule {
+                    if run_packets > 0 {
+                        let rc = &rule_counters[run_rule as usize];
+                        rc.packets.add(run_packets);
+                        rc.bytes.add(run_bytes);
+                    }
+                    (run_rule, run_packets, run_bytes) = (rule, 0, 0);
+                }
+                run_packets += 1;
+                run_bytes += len;
+                match plan[rule as usize] {
+                    LentAction::Out {
+                        port: out,
+                        domain: d,
+                    } if d == domain => {
+                        let out = out as usize;
+                        let batch = &mut self.device_batches[out];
+                        batch.push(frame);
+                        if batch.len() >= self.burst_len {
+                            Self::send_device_batch(&mut self.ports, &self.stats, batch, out);
                         }
                     }
-                    _ if prog.plain_drop(rule) => {
-                        dropped[dropped_n] = frames[i];
+                    LentAction::Drop => {
+                        lent.dropped[dropped_n] = frame;
                         dropped_n += 1;
                     }
                     _ => {
-                        general[general_n] = i as u8;
+                        lent.general[general_n] = i as u8;
                         general_n += 1;
                     }
                 }
             }
+            let rc = &rule_counters[run_rule as usize];
+            rc.packets.add(run_packets);
+            rc.bytes.add(run_bytes);
         }
         if dropped_n > 0 {
-            self.ports[port].free_device(&dropped[..dropped_n]);
+            self.ports[port].free_device(&self.lent.dropped[..dropped_n]);
             self.stats.count_drop(DropReason::Policy, dropped_n as u64);
         }
-        for &i in &general[..general_n] {
-            let i = i as usize;
+        for k in 0..general_n {
+            let i = self.lent.general[k] as usize;
+            let (frame, rule) = (self.lent.frames[i], self.lent.rules[i]);
             let mut held = [0u32; 1];
             let adopted = {
                 let mut burst = RxBurst::new(&mut self.cache, &mut held, port as u16);
-                self.ports[port].adopt_device(frames[i], &mut burst) && burst.len() == 1
+                self.ports[port].adopt_device(frame, &mut burst) && burst.len() == 1
             };
             if adopted {
-                self.dispatch(prog, held[0], rules[i]);
+                self.dispatch(prog, held[0], rule);
             } else {
                 self.stats.count_drop(DropReason::NoBuffer, 1);
             }
@@ -1242,22 +1320,30 @@ impl Engine {
 
     /// Send the device frames batched for `port`.
     fn flush_device(&mut self, port: usize) {
-        let mut batch = std::mem::take(&mut self.device_batches[port]);
-        if batch.is_empty() {
-            self.device_batches[port] = batch;
-            return;
+        let batch = &mut self.device_batches[port];
+        if !batch.is_empty() {
+            Self::send_device_batch(&mut self.ports, &self.stats, batch, port);
         }
-        let (sent, bytes) = self.ports[port].tx_device(&batch);
+    }
+
+    /// Send `batch` (device frames for `port`) and empty it; what the port did not send
+    /// is counted as a TX error. (Fields, not `&mut self`: the RX loop calls this while
+    /// it holds its burst scratch.)
+    fn send_device_batch(
+        ports: &mut [Box<dyn Port>],
+        stats: &StatsShard,
+        batch: &mut Vec<DeviceFrame>,
+        port: usize,
+    ) {
+        let (sent, bytes) = ports[port].tx_device(batch);
         let sent = sent.min(batch.len());
         if sent < batch.len() {
-            self.stats
-                .count_drop(DropReason::TxError, (batch.len() - sent) as u64);
+            stats.count_drop(DropReason::TxError, (batch.len() - sent) as u64);
         }
-        let counters = &self.stats.ports[port];
+        let counters = &stats.ports[port];
         counters.tx_packets.add(sent as u64);
         counters.tx_bytes.add(bytes);
         batch.clear();
-        self.device_batches[port] = batch;
     }
 
     /// Walk the packet down the chain of the program that classified it (`by`) from hop

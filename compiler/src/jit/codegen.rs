@@ -311,6 +311,19 @@ impl RuleEmitter<'_> {
     /// of that header's presence (18 rules on `ip.src ...` cost one branch for an ARP
     /// frame, not 18); inside the run each rule still tests everything it needs.
     pub fn rules_linear(&self, fb: &mut FunctionBuilder) {
+        self.rules_linear_to(fb, &mut |fb, rule| {
+            fb.ins().return_(&[rule]);
+        });
+    }
+
+    /// [`rules_linear`](Self::rules_linear), ending each outcome (the first matching
+    /// rule's index, or the default's, an `i32`) with `finish`, which must end the block
+    /// (a return, or a jump to a block that takes the index).
+    pub fn rules_linear_to(
+        &self,
+        fb: &mut FunctionBuilder,
+        finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
+    ) {
         let guards: Vec<Option<Proto>> = self.ir.rules.iter().map(|r| self.guard(r)).collect();
         let mut run_end: Option<(usize, Block)> = None;
         for (i, rule) in self.ir.rules.iter().enumerate() {
@@ -338,10 +351,10 @@ impl RuleEmitter<'_> {
             self.expr(fb, rule, hit, next);
             fb.switch_to_block(hit);
             let r = fb.ins().iconst(types::I32, i as i64);
-            fb.ins().return_(&[r]);
+            finish(fb, r);
             fb.switch_to_block(next);
         }
         let d = fb.ins().iconst(types::I32, self.ir.rules.len() as i64);
-        fb.ins().return_(&[d]);
+        finish(fb, d);
     }
 }

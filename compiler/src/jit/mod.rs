@@ -81,8 +81,10 @@ impl Strategy {
 }
 
 type ClassifyFn = unsafe extern "C" fn(*const u8, usize, u32, *mut Scratch) -> u32;
-/// `(frames, lens, n, out)`: the tree's burst function (see [`tree::Tree::emit_burst`]).
-type BurstFn = unsafe extern "C" fn(*const *const u8, *const usize, usize, *mut u32);
+/// `(frames, lens, n, out, in_port)`: a whole burst in one call — the tree's interleaved
+/// walk ([`tree::Tree::emit_burst`], which has no `in_port` atoms and ignores it), or the
+/// linear rules in a loop ([`emit_linear_burst`]).
+type BurstFn = unsafe extern "C" fn(*const *const u8, *const usize, usize, *mut u32, u64);
 
 /// The JIT's code memory. Freed on drop.
 struct Code(Option<JITModule>);
@@ -216,12 +218,16 @@ impl Jit {
             .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
         module.clear_context(&mut ctx);
 
-        let burst_id = match &tree {
-            Some(t) => {
+        // The burst function: the tree's interleaved walk, or the linear rules in a loop
+        // (not when payload helpers need per-frame scratch: those call `func` per frame).
+        let burst_id = match (&tree, needs_payload_helpers) {
+            (None, true) => None,
+            (tree, _) => {
                 let sig = &mut ctx.func.signature;
                 sig.call_conv = call_conv;
-                for _ in 0..4 {
-                    sig.params.push(AbiParam::new(types::I64)); // frames, lens, n, out
+                for _ in 0..5 {
+                    // frames, lens, n, out, in_port
+                    sig.params.push(AbiParam::new(types::I64));
                 }
                 let id = module
                     .declare_function("netvm_classify_burst", Linkage::Local, &ctx.func.signature)
@@ -233,7 +239,12 @@ impl Jit {
                     fb.append_block_params_for_function_params(entry);
                     fb.switch_to_block(entry);
                     let p = fb.block_params(entry).to_vec();
-                    t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], ir.rules.len() as i64);
+                    match tree {
+                        Some(t) => {
+                            t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], ir.rules.len() as i64)
+                        }
+                        None => emit_linear_burst(&mut fb, ir, [p[0], p[1], p[2], p[3], p[4]]),
+                    }
                     fb.seal_all_blocks();
                     fb.finalize(target);
                 }
@@ -243,7 +254,6 @@ impl Jit {
                 module.clear_context(&mut ctx);
                 Some(id)
             }
-            None => None,
         };
         module
             .finalize_definitions()
@@ -251,7 +261,7 @@ impl Jit {
         let burst = burst_id.map(|id| {
             let code = module.get_finalized_function(id);
             // SAFETY: as for `func` below: the finalized function with exactly the signature
-            // (i64, i64, i64, i64) -> () in the host's C calling convention.
+            // (i64, i64, i64, i64, i64) -> () in the host's C calling convention.
             unsafe { std::mem::transmute::<*const u8, BurstFn>(code) }
         });
         let code = module.get_finalized_function(func_id);
@@ -332,9 +342,17 @@ impl Jit {
             }
             // SAFETY: the first `n` (pointer, length) pairs are live frames, `n <= MAX_BURST`
             // and `out` has room for `n` results; the code reads only inside each frame (see
-            // `parse`) and writes only `out[..n]`. The tree strategy has no payload or
-            // `in_port` atoms, so it needs neither scratch space nor the port.
-            unsafe { burst(ptrs.as_ptr(), lens.as_ptr(), n, out.as_mut_ptr()) };
+            // `parse`) and writes only `out[..n]`. A burst function exists only for code
+            // without payload helpers, so it needs no scratch space.
+            unsafe {
+                burst(
+                    ptrs.as_ptr(),
+                    lens.as_ptr(),
+                    n,
+                    out.as_mut_ptr(),
+                    u64::from(in_port),
+                )
+            };
             return;
         }
         let mut scratch = self.take_scratch();
@@ -348,4 +366,65 @@ impl Jit {
     pub fn rule_count(&self) -> usize {
         self.rules
     }
+}
+
+/// The linear strategy over a whole burst, `(frames, lens, n, out, in_port)`: for each
+/// frame `i < n`, the same parse and rules as `netvm_classify`, its rule index stored in
+/// `out[i]`. One call per burst instead of one indirect call per frame, and what depends
+/// only on the port (`in_port` atoms) is computed from a loop invariant. Only for code
+/// without payload helpers (the scratch pointer is null).
+fn emit_linear_burst(
+    fb: &mut FunctionBuilder,
+    ir: &Classifier,
+    [ptrs, lens, n, out, port]: [cranelift_codegen::ir::Value; 5],
+) {
+    use cranelift_codegen::ir::condcodes::IntCC;
+    use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData};
+    let i64t = types::I64;
+    // SAFETY (of the loads and stores below): the caller passes `n <= MAX_BURST` live
+    // (pointer, length) pairs in `ptrs`/`lens` and room for `n` results in `out`; every
+    // index is `< n`.
+    let mem = MemFlagsData::trusted();
+    let in_port = fb.ins().ireduce(types::I32, port);
+    let null = fb.ins().iconst(i64t, 0);
+    let head = fb.create_block();
+    let i = fb.append_block_param(head, i64t);
+    let body = fb.create_block();
+    let done = fb.create_block();
+    let rule = fb.append_block_param(done, types::I32);
+    let exit = fb.create_block();
+    let zero = fb.ins().iconst(i64t, 0);
+    fb.ins().jump(head, &[BlockArg::Value(zero)]);
+
+    fb.switch_to_block(head);
+    let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
+    fb.ins().brif(finished, exit, &[], body, &[]);
+
+    fb.switch_to_block(body);
+    let off = fb.ins().ishl_imm_u(i, 3);
+    let at = fb.ins().iadd(ptrs, off);
+    let frame = fb.ins().load(i64t, mem, at, 0);
+    let at = fb.ins().iadd(lens, off);
+    let len = fb.ins().load(i64t, mem, at, 0);
+    let parse = Parse::emit(fb, frame, len, codegen::level_of(ir));
+    let emitter = RuleEmitter {
+        ir,
+        parse,
+        in_port,
+        scratch: null,
+        helper_sig: None,
+    };
+    emitter.rules_linear_to(fb, &mut |fb, r| {
+        fb.ins().jump(done, &[BlockArg::Value(r)]);
+    });
+
+    fb.switch_to_block(done);
+    let off = fb.ins().ishl_imm_u(i, 2);
+    let at = fb.ins().iadd(out, off);
+    fb.ins().store(mem, rule, at, 0);
+    let next = fb.ins().iadd_imm_u(i, 1);
+    fb.ins().jump(head, &[BlockArg::Value(next)]);
+
+    fb.switch_to_block(exit);
+    fb.ins().return_(&[]);
 }
