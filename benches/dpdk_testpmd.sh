@@ -6,6 +6,9 @@
 #
 #   cargo build --release --features dpdk && benches/dpdk_testpmd.sh [SECONDS] [ROUNDS]
 #   NOHUGE=1 ...   # testpmd --no-huge -m 1024, netvm --hugepages off --eal '--no-huge -m 256'
+#   PEERS="io 5tswap" ...   # also testpmd in another forwarding mode each round (5tswap
+#                           # reads and swaps the L2-L4 addresses of every frame: a peer
+#                           # that touches each frame's headers, as classifying must)
 #
 # Rates are frames received per second on both ports (every frame is sent on). Prints one
 # line per run, then medians and the median of the per-round ratios to testpmd.
@@ -22,11 +25,13 @@ else
   TP_MEM=(--in-memory); NV_MEM=(--hugepages require)
 fi
 
-testpmd() {
+PEERS=(${PEERS:-io})
+
+testpmd() { # MODE
   local out rx
   out=$( (sleep 2; echo "clear port stats all"; sleep "$SECS"; echo "show port stats all"; echo quit) |
     dpdk-testpmd -l 0,1 --no-pci "${TP_MEM[@]}" --file-prefix="tp$$" --vdev=net_null0 \
-      --vdev=net_null1 --log-level=4 -- --forward-mode=io --total-num-mbufs=16384 \
+      --vdev=net_null1 --log-level=4 -- --forward-mode="$1" --total-num-mbufs=16384 \
       --auto-start -i 2>&1)
   rx=$(echo "$out" | grep -E "RX-packets:" | head -2 | awk '{s += $2} END {print s}')
   python3 -c "print($rx / $SECS / 1e6)"
@@ -44,17 +49,24 @@ netvm() { # THREADS CORES
 
 : >"$WORK/rates"
 for r in $(seq "$ROUNDS"); do
-  t=$(testpmd); one=$(netvm 1 1); two=$(netvm 2 0-1)
-  printf 'round %d  testpmd %6.2f  netvm 1 thread %6.2f  netvm 2 threads %6.2f Mpps\n' \
-    "$r" "$t" "$one" "$two"
-  echo "$t $one $two" >>"$WORK/rates"
+  peers=()
+  for mode in "${PEERS[@]}"; do peers+=("$(testpmd "$mode")"); done
+  one=$(netvm 1 1); two=$(netvm 2 0-1)
+  printf 'round %d  testpmd' "$r"
+  for i in "${!PEERS[@]}"; do printf ' %s %6.2f' "${PEERS[$i]}" "${peers[$i]}"; done
+  printf '  netvm 1 thread %6.2f  netvm 2 threads %6.2f Mpps\n' "$one" "$two"
+  echo "${peers[*]} $one $two" >>"$WORK/rates"
 done
-python3 - "$WORK/rates" <<'PY'
+python3 - "$WORK/rates" "${PEERS[@]}" <<'PY'
 import statistics as st, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+modes = sys.argv[2:]
 med = lambda xs: st.median(xs)
-t, one, two = zip(*rows)
-print(f"median Mpps: testpmd {med(t):.2f}, netvm 1 thread {med(one):.2f}, 2 threads {med(two):.2f}")
-print(f"median per-round ratio: 1 thread / testpmd {med([o / x for o, x in zip(one, t)]):.3f}, "
-      f"2 threads / 1 thread {med([w / o for w, o in zip(two, one)]):.2f}")
+cols = list(zip(*rows))
+one, two = cols[-2], cols[-1]
+peers = ", ".join(f"testpmd {m} {med(c):.2f}" for m, c in zip(modes, cols))
+print(f"median Mpps: {peers}, netvm 1 thread {med(one):.2f}, 2 threads {med(two):.2f}")
+for m, c in zip(modes, cols):
+    print(f"median per-round ratio: 1 thread / testpmd {m} {med([o / x for o, x in zip(one, c)]):.3f}")
+print(f"median per-round ratio: 2 threads / 1 thread {med([w / o for w, o in zip(two, one)]):.2f}")
 PY

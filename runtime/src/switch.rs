@@ -619,6 +619,8 @@ impl Switch {
                     frames: [DeviceFrame::default(); MAX_BURST],
                     rules: [0; MAX_BURST],
                     dropped: [DeviceFrame::default(); MAX_BURST],
+                    staged: [DeviceFrame::default(); MAX_BURST],
+                    staged_port: [0; MAX_BURST],
                     general: [0; MAX_BURST],
                 }),
                 lent_plan: Vec::new(),
@@ -993,6 +995,9 @@ struct LentBurst {
     rules: [u32; MAX_BURST],
     /// Frames whose rule is a plain `drop`, given straight back.
     dropped: [DeviceFrame; MAX_BURST],
+    /// Frames that go out as they are, and the port each goes to.
+    staged: [DeviceFrame; MAX_BURST],
+    staged_port: [u16; MAX_BURST],
     /// Indices (into `frames`) of frames for the general path.
     general: [u8; MAX_BURST],
 }
@@ -1220,6 +1225,7 @@ impl Engine {
         let mut total = 0u64;
         let mut general_n = 0;
         let mut dropped_n = 0;
+        let mut staged_n = 0;
         {
             let rule_counters = prog.rule_counters(self.shard);
             // Rule counters are added per run of frames with the same rule (a burst is
@@ -1248,12 +1254,9 @@ impl Engine {
                         port: out,
                         domain: d,
                     } if d == domain => {
-                        let out = out as usize;
-                        let batch = &mut self.device_batches[out];
-                        batch.push(frame);
-                        if batch.len() >= self.burst_len {
-                            Self::send_device_batch(&mut self.ports, &self.stats, batch, out);
-                        }
+                        lent.staged[staged_n] = frame;
+                        lent.staged_port[staged_n] = out;
+                        staged_n += 1;
                     }
                     LentAction::Drop => {
                         lent.dropped[dropped_n] = frame;
@@ -1268,6 +1271,26 @@ impl Engine {
             let rc = &rule_counters[run_rule as usize];
             rc.packets.add(run_packets);
             rc.bytes.add(run_bytes);
+        }
+        // The frames that go out as they are join their port's batch a run of one port at
+        // a time (a burst is mostly one run), not one push per frame.
+        let mut k = 0;
+        while k < staged_n {
+            let out = lent.staged_port[k];
+            let run = lent.staged_port[k..staged_n]
+                .iter()
+                .take_while(|&&p| p == out)
+                .count();
+            let out = out as usize;
+            let batch = &mut self.device_batches[out];
+            if batch.len() + run > MAX_BURST {
+                Self::send_device_batch(&mut self.ports, &self.stats, batch, out);
+            }
+            batch.extend_from_slice(&lent.staged[k..k + run]);
+            if batch.len() >= self.burst_len {
+                Self::send_device_batch(&mut self.ports, &self.stats, batch, out);
+            }
+            k += run;
         }
         if dropped_n > 0 {
             self.ports[port].free_device(&self.lent.dropped[..dropped_n]);
