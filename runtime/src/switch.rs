@@ -58,7 +58,9 @@ use crate::pool::{PacketPool, PoolCache};
 use crate::port::{DeviceFrame, Port, RxBurst};
 use crate::region::{Backing, HugepagePolicy, RegionError, SharedRegion};
 use crate::ring::{Ring, RingConsumer, RingError, RingProducer};
-use crate::stats::{DropReason, PortRow, RuleRow, Stats, StatsShard, StatsSnapshot, VmRow};
+use crate::stats::{
+    DropReason, PortRow, RuleCounters, RuleRow, Stats, StatsShard, StatsSnapshot, VmRow,
+};
 use crate::vm::{self, Frame, NetworkFunction, Verdict};
 
 /// Largest RX burst.
@@ -1002,6 +1004,56 @@ struct LentBurst {
     general: [u8; MAX_BURST],
 }
 
+/// A burst's rule counts, added to a program's rule counters (one shard's) per run of
+/// frames with the same rule rather than per frame: a burst is mostly one or two runs,
+/// and consecutive load/store pairs on one counter would each wait for the one before.
+struct RuleRuns<'a> {
+    counters: &'a [Arc<RuleCounters>],
+    rule: u32,
+    packets: u64,
+    bytes: u64,
+}
+
+impl<'a> RuleRuns<'a> {
+    fn new(counters: &'a [Arc<RuleCounters>]) -> Self {
+        RuleRuns {
+            counters,
+            rule: 0,
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// One frame of `bytes` bytes matched `rule` (an index into the counters).
+    #[inline]
+    fn add(&mut self, rule: u32, bytes: u64) {
+        if rule != self.rule {
+            self.finish();
+            self.rule = rule;
+        }
+        self.packets += 1;
+        self.bytes += bytes;
+    }
+
+    /// Add the current run to its counters.
+    #[inline]
+    fn finish(&mut self) {
+        if self.packets > 0 {
+            let rc = &self.counters[self.rule as usize];
+            rc.packets.add(self.packets);
+            rc.bytes.add(self.bytes);
+            (self.packets, self.bytes) = (0, 0);
+        }
+    }
+}
+
+impl Drop for RuleRuns<'_> {
+    /// The last run is added when the burst's count goes out of scope.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// What the switch does with a frame a device lent it, by the frame's rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LentAction {
@@ -1169,14 +1221,12 @@ impl Engine {
                 .classify_burst(&frames[..n], port as u32, &mut rules[..n]);
         }
         let mut bytes = 0u64;
-        let rule_counters = prog.rule_counters(self.shard);
+        let mut counted = RuleRuns::new(prog.rule_counters(self.shard));
         let default_rule = prog.table.rules.len() as u32;
         for i in 0..n {
             bytes += lens[i] as u64;
             let rule = rules[i].min(default_rule);
-            let rc = &rule_counters[rule as usize];
-            rc.packets.add(1);
-            rc.bytes.add(lens[i] as u64);
+            counted.add(rule, lens[i] as u64);
             self.dispatch(prog, indices[i], rule);
         }
         let counters = &self.stats.ports[port];
@@ -1227,28 +1277,14 @@ impl Engine {
         let mut dropped_n = 0;
         let mut staged_n = 0;
         {
-            let rule_counters = prog.rule_counters(self.shard);
-            // Rule counters are added per run of frames with the same rule (a burst is
-            // mostly one or two runs), not per frame: consecutive load/store pairs on one
-            // counter would each wait for the one before.
-            let mut run_rule = u32::MAX;
-            let (mut run_packets, mut run_bytes) = (0u64, 0u64);
+            let mut counted = RuleRuns::new(prog.rule_counters(self.shard));
             for i in 0..n {
                 let frame = lent.frames[i];
                 let len = u64::from(frame.len);
                 total += len;
                 let rule = lent.rules[i].min(default_rule);
                 lent.rules[i] = rule;
-                if rule != run_rule {
-                    if run_packets > 0 {
-                        let rc = &rule_counters[run_rule as usize];
-                        rc.packets.add(run_packets);
-                        rc.bytes.add(run_bytes);
-                    }
-                    (run_rule, run_packets, run_bytes) = (rule, 0, 0);
-                }
-                run_packets += 1;
-                run_bytes += len;
+                counted.add(rule, len);
                 match plan[rule as usize] {
                     LentAction::Out {
                         port: out,
@@ -1268,9 +1304,6 @@ impl Engine {
                     }
                 }
             }
-            let rc = &rule_counters[run_rule as usize];
-            rc.packets.add(run_packets);
-            rc.bytes.add(run_bytes);
         }
         // The frames that go out as they are join their port's batch a run of one port at
         // a time (a burst is mostly one run), not one push per frame.
