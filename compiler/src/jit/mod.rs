@@ -15,11 +15,14 @@
 //!
 //! The generated function has the signature
 //! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
-//! and returns the index of the first matching rule, or `rules.len()` for the default. With
-//! the tree strategy the module also holds a burst function,
-//! `extern "C" fn(frames: *const *const u8, lens: *const usize, n: usize, out: *mut u32)`,
-//! which [`Jit::classify_burst`] calls: it interleaves the tree walks of the burst's frames
-//! (see [`tree`]). The reference interpreter ([`crate::interp`]) is the specification of
+//! and returns the index of the first matching rule, or `rules.len()` for the default. The
+//! module also holds a burst function,
+//! `extern "C" fn(frames: *const *const u8, lens: *const usize, n: usize, out: *mut u32, in_port: u64)`,
+//! which [`Jit::classify_burst`] calls: with the tree strategy it interleaves the tree walks
+//! of the burst's frames (see [`tree`]); with the linear strategy it runs the same parse and
+//! rules in a loop over the burst (one call per burst, not an indirect call per frame). A
+//! policy with payload atoms has no burst function: its frames go one call each, with the
+//! thread's scratch. The reference interpreter ([`crate::interp`]) is the specification of
 //! both; `tests/differential.rs` checks they agree with it on random policies and random,
 //! truncated and mutated frames, one at a time and in bursts.
 //!
@@ -119,7 +122,7 @@ thread_local! {
 /// A classifier compiled to native code.
 pub struct Jit {
     func: ClassifyFn,
-    /// The interleaved burst walk, for the tree strategy.
+    /// The whole-burst function (see [`BurstFn`]); `None` with payload helpers.
     burst: Option<BurstFn>,
     rules: usize,
     strategy_used: Strategy,
