@@ -375,3 +375,39 @@ impl Packet<'_> {
         self.verdict = verdict;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn names_resolve_to_their_index_and_unknown_ones_list_what_there_is() {
+        let ports = names(&["wan", "lan", "log"]);
+        assert_eq!(resolve(&ports, "port", "log", 64).unwrap(), 2);
+        let e = resolve(&ports, "port", "lanx", 64).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no port named `lanx` in the switch's policy (its ports: wan, lan, log)"
+        );
+        let e = resolve(&[], "VM", "ids", 190).unwrap_err();
+        assert!(e.to_string().contains("sent no VM names"), "{e}");
+    }
+
+    #[test]
+    fn a_name_beyond_what_a_verdict_carries_is_refused_not_turned_into_a_drop() {
+        let ports: Vec<String> = (0..70).map(|i| format!("p{i}")).collect();
+        assert_eq!(
+            resolve(&ports, "port", "p63", wire::MAX_OUT_PORTS).unwrap(),
+            63
+        );
+        let e = resolve(&ports, "port", "p64", wire::MAX_OUT_PORTS).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "port `p64` is number 64; a verdict can name only the first 64"
+        );
+    }
+}
