@@ -48,8 +48,8 @@ pub struct Args {
 /// How to bind and run the switch: shared by `netvm run` and `netvm repl`.
 #[derive(clap::Args)]
 pub struct SwitchArgs {
-    /// Bind a port: `PORT=gen:flows=N,size=B,count=N[,prefilled=1]`, `PORT=pcap:rx=IN,tx=OUT`,
-    /// `PORT=null`, `PORT=afpacket:IFACE`, `PORT=dpdk:DEVICE[,ARGS][,rxq=N,txq=N]`
+    /// Bind a port: `PORT=gen:flows=N,size=B,count=N[,prefilled=1]`,
+    /// `PORT=pcap:rx=IN,tx=OUT[,pps=N]` (`pps`: replay IN at N frames a second), `PORT=null`, `PORT=afpacket:IFACE`, `PORT=dpdk:DEVICE[,ARGS][,rxq=N,txq=N]`
     /// (`--features dpdk` builds; see docs/dpdk.md).
     #[arg(long = "bind", value_name = "PORT=DRIVER:ARGS")]
     binds: Vec<String>,
