@@ -913,7 +913,9 @@ mod with_dpdk {
                 &format!("guest=dpdk:net_vhost0,iface={}", socket.display()),
             ])
             .args(["--bind", &format!("sink=pcap:tx={}", output.display())])
-            .args(["--duration", "6", "--idle", "sleep", "--control", "none"])
+            // Stopped with Ctrl-C once the guest has forwarded (below); the duration is
+            // only a backstop.
+            .args(["--duration", "60", "--idle", "sleep", "--control", "none"])
             .args(["--hugepages", "off", "--eal", "--no-huge -m 256"])
             .arg("--stats-json")
             .arg(&json_path)
@@ -928,7 +930,10 @@ mod with_dpdk {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(socket.exists(), "netvm did not open the vhost-user socket");
-        let mut guest = Command::new("dpdk-testpmd")
+        // Line-buffered, so that its "Start automatic packet forwarding" reaches us when
+        // it is printed, not when the pipe's buffer fills.
+        let mut guest = Command::new("stdbuf")
+            .args(["-oL", "dpdk-testpmd"])
             .args([
                 "-l",
                 "0,1",
@@ -947,13 +952,40 @@ mod with_dpdk {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(3));
+        // The guest's start-up (its EAL zeroing 512 MiB without huge pages) takes from
+        // under a second to several on a loaded machine: let it forward for two seconds
+        // from the moment it says it forwards, not from when it was started.
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let guest_stdout = guest.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(guest_stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Start automatic packet forwarding") {
+                    let _ = started_tx.send(());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let forwarding = started_rx.recv_timeout(Duration::from_secs(40)).is_ok();
+        std::thread::sleep(Duration::from_secs(2));
         {
             use std::io::Write;
             let stdin = guest.stdin.as_mut().unwrap();
             let _ = stdin.write_all(b"quit\n");
         }
         let guest = guest.wait_with_output().unwrap();
+        let guest_lines = reader.join().unwrap();
+        assert!(
+            forwarding,
+            "the guest never started forwarding:\n{}\n{}",
+            guest_lines.join("\n"),
+            String::from_utf8_lossy(&guest.stderr)
+        );
+        // SAFETY: kill has no memory preconditions; the pid is our child's, not yet reaped.
+        unsafe { libc::kill(switch.id() as libc::pid_t, libc::SIGINT) };
         let out = switch.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "netvm run failed:\n{stderr}");
