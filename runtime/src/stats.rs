@@ -103,7 +103,10 @@ pub struct PortCounters {
 
 #[derive(Debug, Default)]
 pub struct VmCounters {
-    /// Packets handed to the VM on a chain (mirror copies not included).
+    /// Packets handed to the VM on a chain (mirror copies not included): queued for it,
+    /// on its ring or in the switch's backlog for it. A packet still queued when a VM
+    /// process dies is counted here and then again as a `vm_down` or `vm_lost` drop, so
+    /// `packets_in` can exceed `passed + dropped`; the switch-wide drop counts are exact.
     pub packets_in: Counter,
     /// Mirror copies handed to it.
     pub mirrored_in: Counter,
