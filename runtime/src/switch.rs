@@ -625,8 +625,6 @@ impl Switch {
                     staged_port: [0; MAX_BURST],
                     general: [0; MAX_BURST],
                 }),
-                lent_plan: Vec::new(),
-                lent_plan_for: None,
                 ports,
                 vms,
                 shard,
@@ -978,10 +976,6 @@ struct Engine {
     /// [`rx_device`](Self::rx_device)'s per-burst arrays, kept so that no burst pays
     /// for initialising them.
     lent: Box<LentBurst>,
-    /// What `rx_device` does with a lent frame of each rule of program `lent_plan_for`
-    /// (a generation), then the default's; made once per program, not per frame.
-    lent_plan: Vec<LentAction>,
-    lent_plan_for: Option<u32>,
     vms: Vec<VmSlot>,
     /// Which switch thread this is: the counter shard it writes.
     shard: usize,
@@ -999,7 +993,7 @@ struct LentBurst {
     dropped: [DeviceFrame; MAX_BURST],
     /// Frames that go out as they are, and the port each goes to.
     staged: [DeviceFrame; MAX_BURST],
-    staged_port: [u16; MAX_BURST],
+    staged_port: [u32; MAX_BURST],
     /// Indices (into `frames`) of frames for the general path.
     general: [u8; MAX_BURST],
 }
@@ -1051,34 +1045,6 @@ impl Drop for RuleRuns<'_> {
     /// The last run is added when the burst's count goes out of scope.
     fn drop(&mut self) {
         self.finish();
-    }
-}
-
-/// What the switch does with a frame a device lent it, by the frame's rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LentAction {
-    /// The rule is just `out port`, and `port` lends frames of device domain `domain`:
-    /// a frame received on a port of that domain goes there as it is.
-    Out { port: u16, domain: usize },
-    /// The rule is just `drop`: the frame goes straight back.
-    Drop,
-    /// Anything else: adopted into a pool buffer and dispatched.
-    General,
-}
-
-impl LentAction {
-    /// One action per rule of `prog`, then the default's.
-    fn plan(prog: &Program, port_domain: &[Option<usize>]) -> Vec<LentAction> {
-        (0..=prog.table.rules.len() as u32)
-            .map(|rule| match prog.direct_out(rule) {
-                Some(out) => match (port_domain.get(out), u16::try_from(out)) {
-                    (Some(&Some(domain)), Ok(port)) => LentAction::Out { port, domain },
-                    _ => LentAction::General,
-                },
-                None if prog.plain_drop(rule) => LentAction::Drop,
-                None => LentAction::General,
-            })
-            .collect()
     }
 }
 
@@ -1255,11 +1221,6 @@ impl Engine {
         if n == 0 {
             return oversize as usize;
         }
-        if self.lent_plan_for != Some(self.generation) {
-            self.lent_plan = LentAction::plan(prog, &self.port_domain);
-            self.lent_plan_for = Some(self.generation);
-        }
-        let plan = &self.lent_plan[..];
         let lent = &mut *self.lent;
         {
             let mut bytes: [&[u8]; MAX_BURST] = [&[]; MAX_BURST];
@@ -1285,16 +1246,14 @@ impl Engine {
                 let rule = lent.rules[i].min(default_rule);
                 lent.rules[i] = rule;
                 counted.add(rule, len);
-                match plan[rule as usize] {
-                    LentAction::Out {
-                        port: out,
-                        domain: d,
-                    } if d == domain => {
+                // `Program` keeps both answers per rule: one load each, no lookup.
+                match prog.direct_out(rule) {
+                    Some(out) if self.port_domain.get(out) == Some(&Some(domain)) => {
                         lent.staged[staged_n] = frame;
-                        lent.staged_port[staged_n] = out;
+                        lent.staged_port[staged_n] = out as u32;
                         staged_n += 1;
                     }
-                    LentAction::Drop => {
+                    _ if prog.plain_drop(rule) => {
                         lent.dropped[dropped_n] = frame;
                         dropped_n += 1;
                     }
