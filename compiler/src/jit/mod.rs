@@ -381,7 +381,6 @@ fn emit_linear_burst(
     ir: &Classifier,
     [ptrs, lens, n, out, port]: [cranelift_codegen::ir::Value; 5],
 ) {
-    use cranelift_codegen::ir::condcodes::IntCC;
     use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData};
     let i64t = types::I64;
     // SAFETY (of the loads and stores below): the caller passes `n <= MAX_BURST` live
@@ -390,44 +389,73 @@ fn emit_linear_burst(
     let mem = MemFlagsData::trusted();
     let in_port = fb.ins().ireduce(types::I32, port);
     let null = fb.ins().iconst(i64t, 0);
-    let head = fb.create_block();
-    let i = fb.append_block_param(head, i64t);
-    let body = fb.create_block();
-    let done = fb.create_block();
-    let rule = fb.append_block_param(done, types::I32);
+    let level = codegen::level_of(ir);
     let exit = fb.create_block();
-    let zero = fb.ins().iconst(i64t, 0);
-    fb.ins().jump(head, &[BlockArg::Value(zero)]);
-
-    fb.switch_to_block(head);
-    let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
-    fb.ins().brif(finished, exit, &[], body, &[]);
-
-    fb.switch_to_block(body);
-    let off = fb.ins().ishl_imm_u(i, 3);
-    let at = fb.ins().iadd(ptrs, off);
-    let frame = fb.ins().load(i64t, mem, at, 0);
-    let at = fb.ins().iadd(lens, off);
-    let len = fb.ins().load(i64t, mem, at, 0);
-    let parse = Parse::emit(fb, frame, len, codegen::level_of(ir));
-    let emitter = RuleEmitter {
-        ir,
-        parse,
-        in_port,
-        scratch: null,
-        helper_sig: None,
-    };
-    emitter.rules_linear_to(fb, &mut |fb, r| {
-        fb.ins().jump(done, &[BlockArg::Value(r)]);
+    emit_frame_loop(fb, n, exit, |fb, i| {
+        let (frame, len) = emit_frame(fb, ptrs, lens, i);
+        let emitter = RuleEmitter {
+            ir,
+            parse: Parse::emit(fb, frame, len, level),
+            in_port,
+            scratch: null,
+            helper_sig: None,
+        };
+        let done = fb.create_block();
+        let rule = fb.append_block_param(done, types::I32);
+        emitter.rules_linear_to(fb, &mut |fb, r| {
+            fb.ins().jump(done, &[BlockArg::Value(r)]);
+        });
+        fb.switch_to_block(done);
+        let off = fb.ins().ishl_imm_u(i, 2);
+        let at = fb.ins().iadd(out, off);
+        fb.ins().store(mem, rule, at, 0);
     });
-
-    fb.switch_to_block(done);
-    let off = fb.ins().ishl_imm_u(i, 2);
-    let at = fb.ins().iadd(out, off);
-    fb.ins().store(mem, rule, at, 0);
-    let next = fb.ins().iadd_imm_u(i, 1);
-    fb.ins().jump(head, &[BlockArg::Value(next)]);
-
     fb.switch_to_block(exit);
     fb.ins().return_(&[]);
+}
+
+/// Emits `for i in 0..n { body(i) }` over a burst's frame indices (`n` an `i64`), then
+/// leaves the builder in `after`. `body` starts in the loop's body block and leaves the
+/// builder in the block that goes on to the next index.
+fn emit_frame_loop(
+    fb: &mut FunctionBuilder,
+    n: cranelift_codegen::ir::Value,
+    after: cranelift_codegen::ir::Block,
+    body: impl FnOnce(&mut FunctionBuilder, cranelift_codegen::ir::Value),
+) {
+    use cranelift_codegen::ir::condcodes::IntCC;
+    use cranelift_codegen::ir::{BlockArg, InstBuilder};
+    let head = fb.create_block();
+    let i = fb.append_block_param(head, types::I64);
+    let first = fb.create_block();
+    let zero = fb.ins().iconst(types::I64, 0);
+    fb.ins().jump(head, &[BlockArg::Value(zero)]);
+    fb.switch_to_block(head);
+    let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
+    fb.ins().brif(finished, after, &[], first, &[]);
+    fb.switch_to_block(first);
+    body(fb, i);
+    let next = fb.ins().iadd_imm_u(i, 1);
+    fb.ins().jump(head, &[BlockArg::Value(next)]);
+    fb.switch_to_block(after);
+}
+
+/// Frame `i` of a burst: its pointer and length (`i64`s), loaded from the `ptrs` and
+/// `lens` arrays the burst function was given.
+fn emit_frame(
+    fb: &mut FunctionBuilder,
+    ptrs: cranelift_codegen::ir::Value,
+    lens: cranelift_codegen::ir::Value,
+    i: cranelift_codegen::ir::Value,
+) -> (cranelift_codegen::ir::Value, cranelift_codegen::ir::Value) {
+    use cranelift_codegen::ir::{InstBuilder, MemFlagsData};
+    // SAFETY: the burst function's caller passes `n` live (pointer, length) pairs and
+    // `i < n` (see `emit_frame_loop`).
+    let mem = MemFlagsData::trusted();
+    let off = fb.ins().ishl_imm_u(i, 3);
+    let at = fb.ins().iadd(ptrs, off);
+    let frame = fb.ins().load(types::I64, mem, at, 0);
+    let at = fb.ins().iadd(lens, off);
+    let len = fb.ins().load(types::I64, mem, at, 0);
+    (frame, len)
 }

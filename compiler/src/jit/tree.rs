@@ -787,38 +787,25 @@ impl Tree {
             fb.ins().iadd(base, off)
         };
 
-        // Pass 1: parse every frame, store its key, walk it to its leaf.
-        let head = fb.create_block();
-        let i = fb.append_block_param(head, i64t);
-        let body = fb.create_block();
+        // Pass 1: parse every frame, store its key.
         let walks = fb.create_block();
         let leaves = fb.create_block();
         let zero = fb.ins().iconst(i64t, 0);
-        fb.ins().jump(head, &[BlockArg::Value(zero)]);
-        fb.switch_to_block(head);
-        let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
-        fb.ins().brif(finished, walks, &[], body, &[]);
-        fb.switch_to_block(body);
-        // SAFETY: the caller passes `n` live (pointer, length) pairs; the parse reads only
-        // inside each frame (see `parse`).
-        let a = at(fb, ptrs, i, 3);
-        let ptr = fb.ins().load(i64t, mem, a, 0);
-        let a = at(fb, lens, i, 3);
-        let len = fb.ins().load(i64t, mem, a, 0);
-        let parse = Parse::emit(fb, ptr, len, self.level());
-        let keys = self.emit_key(fb, &parse);
-        let kb = key_at(fb, i);
-        for (d, &k) in keys.iter().enumerate() {
-            fb.ins().store(mem, k, kb, (d * 8) as i32);
-        }
-        let i1 = fb.ins().iadd_imm_u(i, 1);
-        fb.ins().jump(head, &[BlockArg::Value(i1)]);
+        super::emit_frame_loop(fb, n, walks, |fb, i| {
+            // SAFETY: the parse reads only inside each frame (see `parse`).
+            let (ptr, len) = super::emit_frame(fb, ptrs, lens, i);
+            let parse = Parse::emit(fb, ptr, len, self.level());
+            let keys = self.emit_key(fb, &parse);
+            let kb = key_at(fb, i);
+            for (d, &k) in keys.iter().enumerate() {
+                fb.ins().store(mem, k, kb, (d * 8) as i32);
+            }
+        });
 
         // Pass 2: the walks, WALK_GROUP frames at a time in lockstep, branch-free in
         // registers, so that their dependent chains of node loads overlap. A frame that has
         // reached its leaf keeps its word (its step is computed from the root's word, which is
         // always safe to step, and thrown away).
-        fb.switch_to_block(walks);
         let ghead = fb.create_block();
         let g = fb.append_block_param(ghead, i64t);
         let gbody = fb.create_block();
@@ -889,32 +876,22 @@ impl Tree {
 
         // Pass 3: each frame's leaf.
         fb.switch_to_block(leaves);
-        let head = fb.create_block();
-        let i = fb.append_block_param(head, i64t);
-        let body = fb.create_block();
         let exit = fb.create_block();
-        fb.ins().jump(head, &[BlockArg::Value(zero)]);
-        fb.switch_to_block(head);
-        let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, i, n);
-        fb.ins().brif(finished, exit, &[], body, &[]);
-        fb.switch_to_block(body);
-        let a = at(fb, leaf_base, i, 3);
-        let node = fb.ins().load(i64t, mem, a, 0);
-        let kb = key_at(fb, i);
-        let keys: Vec<Value> = (0..self.dims.len())
-            .map(|d| fb.ins().load(i64t, mem, kb, (d * 8) as i32))
-            .collect();
-        let done = fb.create_block();
-        let rule = fb.append_block_param(done, i32t);
-        self.emit_scan(fb, node, &keys, default, done);
-        fb.switch_to_block(done);
-        // SAFETY: the caller passes `out` with room for `n` u32s.
-        let a = at(fb, out, i, 2);
-        fb.ins().store(mem, rule, a, 0);
-        let i1 = fb.ins().iadd_imm_u(i, 1);
-        fb.ins().jump(head, &[BlockArg::Value(i1)]);
-
-        fb.switch_to_block(exit);
+        super::emit_frame_loop(fb, n, exit, |fb, i| {
+            let a = at(fb, leaf_base, i, 3);
+            let node = fb.ins().load(i64t, mem, a, 0);
+            let kb = key_at(fb, i);
+            let keys: Vec<Value> = (0..self.dims.len())
+                .map(|d| fb.ins().load(i64t, mem, kb, (d * 8) as i32))
+                .collect();
+            let done = fb.create_block();
+            let rule = fb.append_block_param(done, i32t);
+            self.emit_scan(fb, node, &keys, default, done);
+            fb.switch_to_block(done);
+            // SAFETY: the caller passes `out` with room for `n` u32s.
+            let a = at(fb, out, i, 2);
+            fb.ins().store(mem, rule, a, 0);
+        });
         fb.ins().return_(&[]);
     }
 }
