@@ -81,6 +81,39 @@ fn stats_json(path: &Path) -> Value {
 const CHAIN: &str = "port a\nport b\nvm fw trusted\nvm mon\n\
                      rule all : ip => chain fw -> mon -> out b\n";
 
+/// A switch running CHAIN with both VMs processes (not started here), port `a` bound to
+/// `input` and `b` writing `output`: (switch, control socket). It waits up to 30 s for
+/// the processes, and never drops a packet for a slow one (10 s stall limit): byte-exact
+/// means no overflow however loaded the machine running the tests is, and in the kill
+/// tests only the kill may cost frames.
+fn start_chain_of_processes(
+    dir: &Path,
+    input: &str,
+    output: &Path,
+    stats: &Path,
+) -> (Proc, std::path::PathBuf) {
+    start_switch(
+        dir,
+        CHAIN,
+        &[
+            "--bind".into(),
+            format!("a={input}"),
+            "--bind".into(),
+            format!("b=pcap:tx={}", output.display()),
+            "--vm".into(),
+            "fw=process".into(),
+            "--vm".into(),
+            "mon=process".into(),
+            "--wait-for-vms".into(),
+            "30".into(),
+            "--vm-stall-ms".into(),
+            "10000".into(),
+            "--stats-json".into(),
+            stats.display().to_string(),
+        ],
+    )
+}
+
 #[test]
 fn a_chain_of_two_processes_delivers_every_frame_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,27 +124,11 @@ fn a_chain_of_two_processes_delivers_every_frame_byte_exact() {
     let output = dir.path().join("out.pcap");
     let stats = dir.path().join("stats.json");
     write_pcap(&input, &frames);
-    let (mut switch, control) = start_switch(
+    let (mut switch, control) = start_chain_of_processes(
         dir.path(),
-        CHAIN,
-        &[
-            "--bind".into(),
-            format!("a=pcap:rx={}", input.display()),
-            "--bind".into(),
-            format!("b=pcap:tx={}", output.display()),
-            "--vm".into(),
-            "fw=process".into(),
-            "--vm".into(),
-            "mon=process".into(),
-            "--wait-for-vms".into(),
-            "30".into(),
-            // Byte-exact means no overflow: wait for the processes however loaded the
-            // machine running the tests is.
-            "--vm-stall-ms".into(),
-            "10000".into(),
-            "--stats-json".into(),
-            stats.display().to_string(),
-        ],
+        &format!("pcap:rx={}", input.display()),
+        &output,
+        &stats,
     );
     let audit = dir.path().join("fw-audit.json");
     let audit_arg = audit.display().to_string();
@@ -184,26 +201,11 @@ fn a_chain_of_two_processes_survives_a_sigkill_mid_stream(victim: &str) {
         dir.path().join("stats.json"),
     );
     write_pcap(&input, &frames);
-    let (mut switch, control) = start_switch(
+    let (mut switch, control) = start_chain_of_processes(
         dir.path(),
-        CHAIN,
-        &[
-            "--bind".into(),
-            format!("a=pcap:rx={},pps={PPS}", input.display()),
-            "--bind".into(),
-            format!("b=pcap:tx={}", output.display()),
-            "--vm".into(),
-            "fw=process".into(),
-            "--vm".into(),
-            "mon=process".into(),
-            "--wait-for-vms".into(),
-            "30".into(),
-            // Nothing may be dropped for being slow: only the kill may cost frames.
-            "--vm-stall-ms".into(),
-            "10000".into(),
-            "--stats-json".into(),
-            stats.display().to_string(),
-        ],
+        &format!("pcap:rx={},pps={PPS}", input.display()),
+        &output,
+        &stats,
     );
     // The victim holds every packet 20 ms, so it always holds some when it is killed.
     let builtin = |vm: &str| {
@@ -325,15 +327,7 @@ fn a_chain_of_two_processes_survives_a_sigkill_mid_stream(victim: &str) {
     assert_eq!(s["balanced"], true, "{s}");
     // Per VM: the survivor passed everything it was given, the victim everything but what
     // it lost, and the last hop's answers are exactly what left.
-    let vm = |name: &str| -> &Value {
-        s["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap()
-    };
-    let count = |name: &str, key: &str| vm(name)[key].as_u64().unwrap();
+    let count = |name: &str, key: &str| vm_row(&s, name)[key].as_u64().unwrap();
     assert_eq!(count(other, "packets_in"), count(other, "passed"), "{s}");
     assert_eq!(count(victim, "dropped") + count(other, "dropped"), 0, "{s}");
     assert!(
