@@ -1,0 +1,2 @@
+" netvm policy files
+autocmd BufRead,BufNewFile *.nvr setfiletype nvr
