@@ -42,20 +42,20 @@
 //! ```
 //!
 //! What it does not do: classify, steer or count — the switch does that. The wire
-//! details (rings, verdict encoding, handshake) live in `netvm-runtime`.
+//! details (rings, verdict encoding, handshake) live in `netvm-shm`, the only netvm crate
+//! this one links besides `netvm-packet`: no switch code runs in an NF.
 
 use std::ops::Range;
 use std::path::Path;
 
-use netvm_runtime::control::{AttachReply, ControlClient, ControlError};
-use netvm_runtime::pool::NO_PORT;
-use netvm_runtime::ring::{RingConsumer, RingProducer};
-use netvm_runtime::switch::{IdlePolicy, MAX_BURST};
-use netvm_runtime::vm::{self, wire, Frame};
-use netvm_runtime::{PacketPool, SharedRegion};
+use netvm_shm::control::{AttachReply, ControlClient, ControlError};
+use netvm_shm::pool::NO_PORT;
+use netvm_shm::ring::{RingConsumer, RingProducer};
+use netvm_shm::vm::{self, wire, Frame};
+use netvm_shm::{PacketPool, SharedRegion};
 use serde_json::json;
 
-pub use netvm_runtime::vm::{NetworkFunction, Verdict};
+pub use netvm_shm::vm::{IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
 
 pub mod audit;
 
@@ -66,11 +66,11 @@ pub enum NfError {
     #[error("the switch's reply to attach: {0}")]
     BadReply(String),
     #[error("mapping the region the switch granted: {0}")]
-    Region(#[from] netvm_runtime::RegionError),
+    Region(#[from] netvm_shm::RegionError),
     #[error("the switch sent no memory descriptor with its attach reply")]
     NoDescriptor,
     #[error("the VM's rings: {0}")]
-    Ring(#[from] netvm_runtime::RingError),
+    Ring(#[from] netvm_shm::RingError),
     /// A port or VM name the switch's policy does not have (or one a verdict cannot
     /// carry).
     #[error("{0}")]

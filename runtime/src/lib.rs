@@ -1,18 +1,24 @@
 //! netvm's runtime foundation: the memory, rings and placement that the switch threads,
 //! ports, VMs and `netvm run` are built on.
 //!
-//! What it owns, bottom up:
+//! What it is built on, from `netvm-shm` (the shared-memory ABI that NF processes and
+//! guests link alone), re-exported here under the same paths:
 //! - [`layout`]: where every byte of the shared region is (header, rings, buffers).
 //! - [`region`]: the [`SharedRegion`], one `memfd` on 2 MiB huge pages (or, loudly,
 //!   ordinary pages) that other processes can map at any address.
 //! - [`ring`]: SPSC rings of buffer indices with claimed [`RingProducer`] /
 //!   [`RingConsumer`] ends; [`mpmc`]: the MPMC ring behind the pool's free list.
 //! - [`pool`]: the refcounted [`PacketPool`] with per-core [`PoolCache`]s.
+//! - [`vm`]: verdicts, the ring slot wire format, [`NetworkFunction`], the built-ins and
+//!   the VM serve loop.
+//!
+//! What it owns:
 //! - [`numa`]: topology, `mbind`, core pinning and the thread placement planner.
-//! - [`switch`], [`port`], [`vm`], [`policy`], [`stats`]: the switch engine, its port
-//!   drivers, built-in VMs, the installed program and its counters.
+//! - [`switch`], [`port`], [`policy`], [`stats`]: the switch engine, its port drivers,
+//!   the installed program and its counters.
 //! - [`external`]: VMs run by other processes; [`control`]: the control socket they
-//!   (and operators' tools) connect to.
+//!   (and operators' tools) connect to (its wire protocol and client come from
+//!   `netvm-shm`).
 //!
 //! Invariants it keeps:
 //! - **No pointers in shared memory.** Everything in the region is an offset or a buffer
@@ -21,7 +27,7 @@
 //! - **No locks on the data path.** Rings hand over indices with one Release store and
 //!   one Acquire load per burst; the free ring is lock-free (CAS per burst). Both are
 //!   model-checked with loom:
-//!   `RUSTFLAGS="--cfg loom" cargo test -p netvm-runtime --release loom`.
+//!   `RUSTFLAGS="--cfg loom" cargo test -p netvm-shm --release loom`.
 //! - **Every buffer accounted for.** A buffer is in the free ring, in a [`PoolCache`], or
 //!   held (refcount ≥ 1) by whoever received its index; with threads idle,
 //!   [`PacketPool::available`] equals [`PacketPool::capacity`].
@@ -41,26 +47,25 @@ pub mod control;
 #[cfg(not(loom))]
 pub mod external;
 #[cfg(not(loom))]
-pub mod layout;
-pub mod mpmc;
+pub use netvm_shm::layout;
+pub use netvm_shm::mpmc;
 #[cfg(not(loom))]
 pub mod numa;
 #[cfg(not(loom))]
 pub mod policy;
 #[cfg(not(loom))]
-pub mod pool;
+pub use netvm_shm::pool;
 #[cfg(not(loom))]
 pub mod port;
 #[cfg(not(loom))]
-pub mod region;
-pub mod ring;
+pub use netvm_shm::region;
+pub use netvm_shm::ring;
 #[cfg(not(loom))]
 pub mod stats;
 #[cfg(not(loom))]
 pub mod switch;
-mod sync;
 #[cfg(not(loom))]
-pub mod vm;
+pub use netvm_shm::vm;
 
 #[cfg(not(loom))]
 pub use classify::Classifier;

@@ -63,8 +63,7 @@ use crate::stats::{
 };
 use crate::vm::{self, Frame, NetworkFunction, Verdict};
 
-/// Largest RX burst.
-pub const MAX_BURST: usize = 64;
+pub use crate::vm::{IdlePolicy, MAX_BURST};
 
 /// Most switch threads one switch runs.
 pub const MAX_SWITCH_THREADS: usize = 64;
@@ -78,15 +77,6 @@ pub enum VmMode {
     Inline,
     /// Each on its own pinned thread, fed by SPSC rings.
     Thread,
-}
-
-/// What polling threads do when there is no work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdlePolicy {
-    /// Spin (lowest latency, one core at 100%).
-    Busy,
-    /// Back off with growing sleeps up to 1 ms (laptops, CI).
-    Sleep,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

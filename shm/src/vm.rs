@@ -12,7 +12,7 @@
 //!
 //! Built-ins ([`builtin`]): `forward`, `counter`, `drop-every:N`, `pcap-tap:FILE`,
 //! `rewrite:dscp=N`, `delay:us=N`, and `process`: a VM run by another process that
-//! attaches through the control socket (see [`crate::external`]).
+//! attaches through the control socket (`netvm-runtime`'s `external` module).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,7 +22,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::pool::PacketPool;
 use crate::ring::{RingConsumer, RingProducer};
-use crate::switch::{IdlePolicy, MAX_BURST};
+
+/// Largest burst: what the switch receives at once, and what a VM takes from its ring.
+pub const MAX_BURST: usize = 64;
+
+/// What polling threads do when there is no work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdlePolicy {
+    /// Spin (lowest latency, one core at 100%).
+    Busy,
+    /// Back off with growing sleeps up to 1 ms (laptops, CI).
+    Sleep,
+}
 
 /// What a VM wants done with the packet it was handed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +486,7 @@ impl PcapTap {
 }
 
 /// Seconds since the epoch, as a pcap timestamp.
-pub(crate) fn now_timestamp() -> Duration {
+pub fn now_timestamp() -> Duration {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/tmp/target-loom \
-//!     cargo test -p netvm-runtime --release loom
+//!     cargo test -p netvm-shm --release loom
 //! ```
 //! (a separate target dir keeps the loom build from invalidating the normal one). Under
 //! `--cfg loom` the crate compiles only the rings (over heap memory, with loom's atomics
@@ -11,7 +11,7 @@
 #![cfg(loom)]
 
 use loom::thread;
-use netvm_runtime::Ring;
+use netvm_shm::Ring;
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -65,7 +65,7 @@ fn loom_only_one_of_two_racing_claims_of_an_end_wins() {
 
 #[test]
 fn loom_mpmc_free_ring_loses_and_duplicates_nothing_under_racing_bursts() {
-    use netvm_runtime::MpmcRing;
+    use netvm_shm::MpmcRing;
     model(|| {
         let ring = MpmcRing::with_slots(4).expect("four slots is a valid ring");
         assert_eq!(ring.enqueue_burst(&[10, 11]), 2);

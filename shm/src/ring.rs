@@ -243,7 +243,7 @@ impl Ring {
     /// running (the previous peer has exited or has been cut off and is no longer
     /// trusted to touch the ring), and no other thread may call this concurrently.
     #[cfg(not(loom))]
-    pub(crate) unsafe fn reset(&self) -> Result<(), RingError> {
+    pub unsafe fn reset(&self) -> Result<(), RingError> {
         // SAFETY: `header` is the 64-byte-aligned start of a block of
         // ring_bytes(capacity) bytes kept alive by `memory`; the caller guarantees
         // nobody uses it.
