@@ -361,3 +361,45 @@ fn a_repl_switch_with_control_takes_a_netvm_reload_from_outside() {
         "the socket is removed when the REPL leaves"
     );
 }
+
+#[test]
+fn a_policy_nested_too_deep_is_refused_with_e019_and_the_deepest_accepted_one_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = Switch::start(dir.path());
+    // 400 parentheses: passed `check` and then overflowed the connection thread.
+    let deep = RUNNING.replace(
+        "rule udp  : udp",
+        &format!("rule udp  : {}udp{}", "(".repeat(400), ")".repeat(400)),
+    );
+    let out = switch.reload(dir.path(), "deep.nvr", &deep);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("E019"),
+        "{stdout}\n{stderr}"
+    );
+    // The deepest the language accepts: 128 levels of not/or, as one predicate
+    // (`(not (... or tcp.dport == 3) or tcp.dport == 5)`).
+    let depth = netvm_lang::MAX_NESTING;
+    let mut pred = "udp".to_string();
+    for i in 1..depth {
+        pred = if i % 2 == 0 {
+            format!("not {pred}")
+        } else {
+            format!("({pred} or tcp.dport == {i})")
+        };
+    }
+    let deepest = RUNNING.replace("rule udp  : udp", &format!("rule udp  : {pred}"));
+    let out = switch.reload(dir.path(), "deepest.nvr", &deepest);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    // Still running, and still answering.
+    let again = switch.reload(dir.path(), "running.nvr", RUNNING);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    switch.stop();
+}

@@ -56,6 +56,9 @@ pub enum Code {
     Recursive,
     /// E018: a vm's `on_failure` names no known policy, or is given twice.
     BadFailurePolicy,
+    /// E019: a predicate nested deeper than [`crate::MAX_NESTING`] (parentheses, `not`s, or
+    /// `and`/`or` once `let`s are inlined).
+    TooDeep,
     /// W001: a rule that an earlier rule fully covers.
     Shadowed,
     /// W002: a const or let that nothing uses.
@@ -87,6 +90,7 @@ impl Code {
             Code::DuplicateDefault => "E016",
             Code::Recursive => "E017",
             Code::BadFailurePolicy => "E018",
+            Code::TooDeep => "E019",
             Code::Shadowed => "W001",
             Code::Unused => "W002",
             Code::UnreachedVm => "W003",

@@ -24,6 +24,13 @@ pub mod source;
 use std::path::PathBuf;
 
 pub use diag::{Code, Diagnostic, Severity};
+
+/// How deep a predicate may nest (E019): parentheses and `not`s as written, and
+/// `and`/`or`/`not` levels once `let`s are inlined. Every stage after the parser (checker,
+/// shadow analysis, lowering, the JIT, the interpreter, the printer) walks predicates
+/// recursively; this bound keeps those walks well inside a 2 MiB thread stack, so a
+/// policy that `check` accepts cannot overflow the thread that compiles it.
+pub const MAX_NESTING: usize = 128;
 pub use interval::IntervalSet;
 pub use load::{Program, RootSource};
 pub use policy::Policy;

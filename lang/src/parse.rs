@@ -33,6 +33,13 @@ pub fn parse_file(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
     let mut decls = Vec::new();
     let mut pos = skip_trivia(text, 0);
     while pos < text.len() {
+        // pest's descent recurses once per parenthesis: a declaration nested too deep is
+        // refused before pest sees it, and parsing resumes at the next declaration.
+        if let Some(deep) = too_deep(&text[pos..]) {
+            builder.diags.push(deep.diagnostic(file, pos));
+            pos = skip_trivia(text, next_decl_line(text, pos, pos + deep.at));
+            continue;
+        }
         // Parse up to the next line that starts a declaration first: pest's cost grows with
         // the input it is handed, and a 10,000-rule policy must check in well under a second.
         // The bounded parse counts only when it ends exactly there; otherwise (a declaration
@@ -70,6 +77,9 @@ pub fn parse_file(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
 
 /// Parses a predicate typed on its own (REPL, tests).
 pub fn parse_pred(file: FileId, text: &str) -> Result<(Pred, Vec<Diagnostic>), Diagnostic> {
+    if let Some(deep) = too_deep(text) {
+        return Err(deep.diagnostic(file, 0));
+    }
     let mut pairs = NvrParser::parse(Rule::one_pred, text)
         .map_err(|err| syntax_error(file, text, error_offset(&err), &err))?;
     let mut builder = Builder {
@@ -129,6 +139,123 @@ pub fn parse_decl(file: FileId, text: &str) -> Result<(Decl, Vec<Diagnostic>), D
     }
 }
 
+/// Where a declaration first nests deeper than [`crate::MAX_NESTING`].
+struct TooDeep {
+    /// Offset of the `(` or `not` that crossed the limit.
+    at: usize,
+    len: usize,
+}
+
+impl TooDeep {
+    fn diagnostic(&self, file: FileId, base: usize) -> Diagnostic {
+        let limit = crate::MAX_NESTING;
+        Diagnostic::new(
+            Code::TooDeep,
+            Span::new(file, base + self.at, base + self.at + self.len),
+            format!("predicate nested too deep: parentheses and `not`s nest more than {limit} levels here"),
+        )
+        .label(format!("level {} (the limit is {limit})", limit + 1))
+        .help("split the predicate into `let`s, or flatten it: `a or b or c` needs no parentheses")
+    }
+}
+
+/// A lexical pre-scan of one declaration (it stops at the first line that starts a
+/// declaration while no parenthesis is open): the nesting of `(` plus the `not`s in
+/// front of each operand. Strings, regexes and comments are skipped. `Some` when it
+/// passes [`crate::MAX_NESTING`]: the parser's descent (and every later walk) stays
+/// bounded. The count can only over-estimate the syntax tree's depth by the `not`s of
+/// operands that are siblings, never under-estimate it.
+fn too_deep(text: &str) -> Option<TooDeep> {
+    let bytes = text.as_bytes();
+    // For each open parenthesis, the level inside it.
+    let mut open: Vec<usize> = Vec::new();
+    let mut level = 0usize;
+    let mut nots = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\n' => {
+                i += 1;
+                if open.is_empty() && starts_decl(&text[i..]) {
+                    return None;
+                }
+                continue;
+            }
+            b'#' => {
+                i = line_end(text, i);
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i = line_end(text, i);
+                continue;
+            }
+            // A `/` right after an address character is a prefix length; otherwise it
+            // opens a regex, which ends at the next unescaped `/` or the line's end.
+            b'/' if i == 0
+                || !(bytes[i - 1].is_ascii_hexdigit() || matches!(bytes[i - 1], b'.' | b':')) =>
+            {
+                i += 1;
+                while i < bytes.len() && !matches!(bytes[i], b'/' | b'\n') {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                nots = 0;
+                continue;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && !matches!(bytes[i], b'"' | b'\n') {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                nots = 0;
+                continue;
+            }
+            b'(' => {
+                level += nots + 1;
+                nots = 0;
+                if level > crate::MAX_NESTING {
+                    return Some(TooDeep { at: i, len: 1 });
+                }
+                open.push(level);
+                i += 1;
+                continue;
+            }
+            b')' => {
+                open.pop();
+                level = open.last().copied().unwrap_or(0);
+                nots = 0;
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if b.is_ascii_alphanumeric() || b == b'_' {
+            let start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'.' | b'-'))
+            {
+                i += 1;
+            }
+            if &text[start..i] == "not" {
+                nots += 1;
+                if level + nots > crate::MAX_NESTING {
+                    return Some(TooDeep { at: start, len: 3 });
+                }
+            } else {
+                nots = 0;
+            }
+            continue;
+        }
+        if !b.is_ascii_whitespace() {
+            nots = 0;
+        }
+        i += 1;
+    }
+    None
+}
+
 fn skip_trivia(text: &str, mut pos: usize) -> usize {
     let bytes = text.as_bytes();
     while pos < bytes.len() {
@@ -152,16 +279,21 @@ fn next_decl_line(text: &str, start: usize, at: usize) -> usize {
     let mut line = line_end(text, at.max(start));
     while line < text.len() {
         let begin = line + 1;
-        let rest = text[begin..].trim_start_matches([' ', '\t']);
-        let word_end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
-        if DECL_KEYWORDS.contains(&&rest[..word_end]) {
+        if starts_decl(&text[begin..]) {
             return begin;
         }
         line = line_end(text, begin);
     }
     text.len()
+}
+
+/// Whether the line `line` begins with (after blanks) starts a declaration.
+fn starts_decl(line: &str) -> bool {
+    let rest = line.trim_start_matches([' ', '\t']);
+    let word_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    DECL_KEYWORDS.contains(&&rest[..word_end])
 }
 
 fn error_offset(err: &pest::error::Error<Rule>) -> usize {

@@ -76,6 +76,26 @@ pub struct Pred {
     pub span: Span,
 }
 
+impl Pred {
+    /// Levels of the tree: 1 for a leaf, one more for each `and`/`or`/`not` above it.
+    /// Walked with a stack of its own, so any depth can be measured.
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut todo = vec![(self, 1usize)];
+        while let Some((pred, level)) = todo.pop() {
+            deepest = deepest.max(level);
+            match &pred.kind {
+                PredKind::And(items) | PredKind::Or(items) => {
+                    todo.extend(items.iter().map(|p| (p, level + 1)));
+                }
+                PredKind::Not(inner) => todo.push((inner, level + 1)),
+                _ => {}
+            }
+        }
+        deepest
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum PredKind {
     True,

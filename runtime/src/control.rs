@@ -56,6 +56,11 @@ use crate::stats::{DropReason, Stats};
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// The stack of each connection's thread. An [`AdminHandler`] checks and compiles
+/// policies there (`netvm reload`); the language bounds a policy's nesting
+/// (`netvm_lang::MAX_NESTING`) so that the deepest one it accepts needs under 4 MiB in
+/// a debug build: four times that leaves room for what a handler adds.
+pub const CONNECTION_STACK: usize = 16 << 20;
 /// How long a peer may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -302,6 +307,7 @@ fn accept_loop(
         let stop = stop.clone();
         if let Ok(worker) = thread::Builder::new()
             .name("netvm-control-conn".into())
+            .stack_size(CONNECTION_STACK)
             .spawn(move || serve(connection, &state, admin.as_deref(), &stop))
         {
             workers.push(worker);

@@ -131,6 +131,7 @@ enum Mode {
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static RELOAD_REQUESTED: AtomicBool = AtomicBool::new(false);
 
+/// SIGINT (Ctrl-C) and SIGTERM (systemd, docker, `timeout`): stop, report, clean up.
 extern "C" fn on_sigint(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
@@ -182,6 +183,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     // SAFETY: the handlers only store to atomics, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_sigint as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, on_sighup as *const () as libc::sighandler_t);
     }
     eprintln!("netvm run {}", args.policy);

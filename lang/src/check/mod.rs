@@ -22,6 +22,7 @@ use crate::interval::IntervalSet;
 use crate::load::Program;
 use crate::policy::*;
 use crate::source::{FileId, Span};
+use crate::MAX_NESTING;
 
 use values::{ConstItem, ConstValue};
 
@@ -86,6 +87,16 @@ pub struct Checker<'p> {
     reached_vms: Vec<bool>,
     /// VMs (table index) whose declaration repeats a name (already reported as E003).
     duplicate_vms: Vec<usize>,
+    /// How many predicate levels (lets inlined) the checker is inside now (E019).
+    depth: usize,
+    /// E019 was reported for the declaration being checked: one report per declaration.
+    too_deep: bool,
+    /// Lets refused as too deep (E019 at the first): those built on them are too.
+    deep_lets: Vec<DeclId>,
+    /// How many let evaluations the checker is inside now.
+    let_depth: usize,
+    /// E019 was reported inside a let.
+    deep_let_reported: bool,
 }
 
 /// Checks a loaded program. The policy is `None` when there are errors.
@@ -103,6 +114,11 @@ pub fn check(program: &Program) -> (Option<Policy>, Vec<Diagnostic>) {
         counters: Vec::new(),
         reached_vms: Vec::new(),
         duplicate_vms: Vec::new(),
+        depth: 0,
+        too_deep: false,
+        deep_lets: Vec::new(),
+        let_depth: 0,
+        deep_let_reported: false,
     };
     checker.declare();
     checker.build_scopes();
@@ -456,6 +472,7 @@ impl<'p> Checker<'p> {
                     self.const_value(n);
                 }
                 Kind::Let => {
+                    self.too_deep = false;
                     self.let_pred(n);
                 }
                 _ => {}
@@ -477,6 +494,7 @@ impl<'p> Checker<'p> {
                         pred,
                         actions,
                     } => {
+                        self.too_deep = false;
                         let checked_pred = self.pred(file.id, pred);
                         let checked_actions = self.actions(file.id, actions, decl.span(), is_root);
                         if !is_root {
@@ -614,13 +632,15 @@ impl<'p> Checker<'p> {
     }
 
     fn warn_unused(&mut self, policy: &Policy) {
+        let cut_short = self.diags.iter().any(|d| d.code == Code::TooDeep);
         for n in 0..self.named.len() {
             let named = &self.named[n];
             if named.file != FileId(0) {
                 continue;
             }
             match named.kind {
-                Kind::Const | Kind::Let if !named.used => {
+                // After E019 some uses were never walked: "unused" would be a guess.
+                Kind::Const | Kind::Let if !named.used && !cut_short => {
                     let diag = Diagnostic::new(
                         Code::Unused,
                         named.span,
@@ -813,7 +833,20 @@ impl<'p> Checker<'p> {
             id,
             |c| &mut c.lets,
             |c, file, kind| match kind {
-                DeclKind::Let { pred, .. } => Some(c.pred(file, pred)),
+                DeclKind::Let { pred, .. } => {
+                    // A let nested too deep is reported once, where it is declared; its
+                    // users then see an erroneous let (None), not a second report.
+                    let outer = std::mem::replace(&mut c.too_deep, false);
+                    c.let_depth += 1;
+                    let checked = c.pred(file, pred);
+                    c.let_depth -= 1;
+                    let deep = c.too_deep;
+                    c.too_deep = outer || deep;
+                    if deep {
+                        c.deep_lets.push(id);
+                    }
+                    (!deep).then_some(checked)
+                }
                 _ => None,
             },
         )
@@ -821,7 +854,45 @@ impl<'p> Checker<'p> {
 
     fn pred(&mut self, file: FileId, pred: &ast::Pred) -> Pred {
         let span = pred.span();
-        let kind = match &pred.kind {
+        if self.depth >= MAX_NESTING {
+            self.nested_too_deep(span, None);
+            return Pred {
+                kind: PredKind::False,
+                span,
+            };
+        }
+        self.depth += 1;
+        let kind = self.pred_kind(file, pred);
+        self.depth -= 1;
+        Pred { kind, span }
+    }
+
+    /// E019, once per declaration, and once for all the lets (a chain of lets crosses the
+    /// limit at many places): `via` is the `let` whose inlining crossed the limit.
+    fn nested_too_deep(&mut self, span: Span, via: Option<(&str, usize)>) {
+        if std::mem::replace(&mut self.too_deep, true) {
+            return;
+        }
+        let in_let = self.let_depth > 0;
+        if in_let && std::mem::replace(&mut self.deep_let_reported, true) {
+            return;
+        }
+        let message = match via {
+            Some((name, depth)) => format!(
+                "predicate nested too deep: with `{name}` inlined here it nests {depth} levels (at most {MAX_NESTING})"
+            ),
+            None => format!(
+                "predicate nested too deep: `and`/`or`/`not`, with `let`s inlined, nest more than {MAX_NESTING} levels here"
+            ),
+        };
+        self.error(Code::TooDeep, span, message).help = Some(
+            "flatten the predicate (`a or b or c` needs no parentheses), or build it from fewer nested `let`s"
+                .into(),
+        );
+    }
+
+    fn pred_kind(&mut self, file: FileId, pred: &ast::Pred) -> PredKind {
+        match &pred.kind {
             AstPred::Or(items) => PredKind::Or(items.iter().map(|p| self.pred(file, p)).collect()),
             AstPred::And(items) => {
                 PredKind::And(items.iter().map(|p| self.pred(file, p)).collect())
@@ -847,8 +918,7 @@ impl<'p> Checker<'p> {
                 self.compare(file, operand, None, op, value)
             }
             AstPred::Payload { op, arg } => self.payload_test(file, *op, arg),
-        };
-        Pred { kind, span }
+        }
     }
 
     fn test_path(&mut self, file: FileId, path: &ast::Path) -> PredKind {
@@ -922,8 +992,20 @@ impl<'p> Checker<'p> {
             return PredKind::False;
         }
         match self.let_pred(id) {
+            // The let's tree replaces this node (one level of `self.depth`).
+            Some(p) if self.depth - 1 + p.depth() > MAX_NESTING => {
+                let depth = self.depth - 1 + p.depth();
+                self.nested_too_deep(path.span(), Some((text, depth)));
+                PredKind::False
+            }
             Some(p) => p.kind,
-            None => PredKind::False,
+            None => {
+                // Built on a let that is too deep: as deep, without another report.
+                if self.deep_lets.contains(&id) {
+                    self.too_deep = true;
+                }
+                PredKind::False
+            }
         }
     }
 
