@@ -20,7 +20,7 @@ impl Engine {
         // `prog` is the program this burst loaded: the current one.
         let by = ClassifiedBy {
             program: prog,
-            generation: self.generation,
+            generation: self.gens.generation,
         };
         for &m in &action.mirrors {
             if self.pool.clone_ref(index).is_ok() {

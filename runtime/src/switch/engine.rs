@@ -14,14 +14,9 @@ pub(super) const PROCESS_GRACE: Duration = Duration::from_secs(2);
 
 /// The switch thread's state.
 pub(super) struct Engine {
-    /// The program new packets are classified by, and its generation.
-    pub(super) current: Arc<Program>,
-    pub(super) generation: u32,
-    /// Packets queued to VMs under `current`.
-    pub(super) current_holds: usize,
-    /// Programs replaced by a reload that queued packets still refer to:
-    /// (generation, program, packets), freed when the count reaches 0.
-    pub(super) retired: Vec<(u32, Arc<Program>, usize)>,
+    /// The program new packets are classified by, and the retired ones queued packets
+    /// still need.
+    pub(super) gens: Generations,
     /// VMs run by processes (checked once per round for attach/detach).
     pub(super) process_vms: Vec<usize>,
     pub(super) process_stall: Duration,
@@ -66,11 +61,11 @@ impl Engine {
             round += 1;
             {
                 let installed = program.load();
-                if !Arc::ptr_eq(&installed, &self.current) {
-                    self.install(program.load_full());
+                if !Arc::ptr_eq(&installed, &self.gens.current) {
+                    self.gens.install(program.load_full());
                 }
             }
-            let prog = self.current.clone();
+            let prog = self.gens.current.clone();
             if !self.process_vms.is_empty() {
                 self.sync_external(&prog);
             }

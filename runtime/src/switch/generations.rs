@@ -7,14 +7,35 @@ use super::*;
 /// The program that classified a packet, and its generation on this switch thread. It
 /// goes with the packet from hop to hop: every hop of the chain, and the final `out` or
 /// drop, is that program's, and each VM hop that queues the packet holds it alive
-/// ([`Engine::hold`]) however many reloads come meanwhile.
+/// ([`Generations::hold`]) however many reloads come meanwhile.
 #[derive(Clone, Copy)]
 pub(super) struct ClassifiedBy<'a> {
     pub(super) program: &'a Program,
     pub(super) generation: u32,
 }
 
-impl Engine {
+/// One switch thread's programs: the current one and the retired ones still held.
+pub(super) struct Generations {
+    /// The program new packets are classified by, and its generation.
+    pub(super) current: Arc<Program>,
+    pub(super) generation: u32,
+    /// Packets queued to VMs under `current`.
+    current_holds: usize,
+    /// Programs replaced by a reload that queued packets still refer to:
+    /// (generation, program, packets), freed when the count reaches 0.
+    retired: Vec<(u32, Arc<Program>, usize)>,
+}
+
+impl Generations {
+    pub(super) fn new(current: Arc<Program>) -> Self {
+        Generations {
+            current,
+            generation: 0,
+            current_holds: 0,
+            retired: Vec::new(),
+        }
+    }
+
     /// A reload installed `program`: packets queued from now on belong to it; the one it
     /// replaces stays alive while queued packets still need its chains.
     pub(super) fn install(&mut self, program: Arc<Program>) {
@@ -29,7 +50,7 @@ impl Engine {
 
     /// A packet classified by program `generation` was queued to a VM. A retired
     /// generation is still listed here: the packet's previous hold is released only
-    /// after this hop ([`drain_vm`](Self::drain_vm)).
+    /// after this hop ([`Engine::drain_vm`]).
     pub(super) fn hold(&mut self, generation: u32) {
         if generation == self.generation {
             self.current_holds += 1;

@@ -166,13 +166,7 @@ impl Engine {
             match self.unshare(index) {
                 Some(copy) => index = copy,
                 None => {
-                    let _ = self.cache.free(index);
-                    if mirror {
-                        // A mirror copy is an extra reference, not a packet: settle it.
-                        self.stats.mirrors_done.add(1);
-                    } else {
-                        self.stats.count_drop(DropReason::NoBuffer, 1);
-                    }
+                    self.settle(index, mirror, DropReason::NoBuffer);
                     return None;
                 }
             }
@@ -197,17 +191,12 @@ impl Engine {
         if let Link::Process(p) = &self.vms[vm].link {
             if p.stalled || p.backlog.len() >= self.ring_slots {
                 // Stalled, or as far behind as a whole ring: drop, never wait.
-                if mirror {
-                    self.stats.mirrors_done.add(1);
-                } else {
-                    self.stats.count_drop(DropReason::VmFull, 1);
-                }
-                let _ = self.cache.free(pending.shared);
+                self.settle(pending.shared, mirror, DropReason::VmFull);
                 return None;
             }
         }
         // From here the packet is queued to the VM (its ring or its backlog).
-        self.hold(pending.generation);
+        self.gens.hold(pending.generation);
         let fits = self.vms[vm].link.backlog_len() == 0;
         if !(fits && self.send(vm, pending)) {
             if let Link::Process(p) = &mut self.vms[vm].link {
@@ -231,8 +220,7 @@ impl Engine {
     ) -> Option<(u32, Verdict)> {
         if mirror {
             // A down VM gets no copy; the extra reference is settled.
-            self.stats.mirrors_done.add(1);
-            let _ = self.cache.free(index);
+            self.settle(index, true, DropReason::VmDown);
             return None;
         }
         match on_failure {
@@ -392,7 +380,7 @@ impl Engine {
             // another index has its verdict ignored.
             let verdict = (given == pending.given).then_some(verdict);
             // Classified before a reload: the packet finishes the old program's chain.
-            let retired = self.retired_program(pending.generation);
+            let retired = self.gens.retired_program(pending.generation);
             if let Some((index, verdict)) = self.answered(vm, pending, verdict) {
                 let by = match &retired {
                     Some(old) => ClassifiedBy {
@@ -401,14 +389,14 @@ impl Engine {
                     },
                     None => ClassifiedBy {
                         program: prog,
-                        generation: self.generation,
+                        generation: self.gens.generation,
                     },
                 };
                 self.apply(by, index, pending, verdict);
             }
             // Only now: a next VM hop has taken its own hold, so a retired program its
             // chain still needs is not freed in between.
-            self.release(pending.generation);
+            self.gens.release(pending.generation);
         }
         // Room freed: move the backlog in.
         loop {
@@ -466,8 +454,7 @@ impl Engine {
             counters.passed.add(1);
         }
         if pending.mirror {
-            self.stats.mirrors_done.add(1);
-            let _ = self.cache.free(index);
+            self.settle(index, true, DropReason::Vm);
             return None;
         }
         Some((index, verdict))

@@ -81,7 +81,7 @@ pub use crate::vm::{IdlePolicy, MAX_BURST};
 pub use process::DEFAULT_PROCESS_STALL;
 
 use engine::Engine;
-use generations::ClassifiedBy;
+use generations::{ClassifiedBy, Generations};
 use link::{Link, Pending, VmSlot, VmWorker};
 use process::ProcessLink;
 use rx::LentBurst;
@@ -607,10 +607,7 @@ impl Switch {
                 Vec::new()
             };
             let engine = Engine {
-                current: program.clone(),
-                generation: 0,
-                current_holds: 0,
-                retired: Vec::new(),
+                gens: Generations::new(program.clone()),
                 process_stall: self.config.process_stall,
                 rx_gate: self
                     .config
@@ -692,7 +689,7 @@ impl Switch {
         }
         // Processes still attached lose nothing now (every packet was answered, or
         // counted lost after the grace period); tell the control threads we are gone.
-        let last = engine.current.clone();
+        let last = engine.gens.current.clone();
         engine.close_external(&last);
         self.external.engine.finished.store(true, Ordering::Release);
 

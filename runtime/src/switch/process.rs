@@ -82,29 +82,19 @@ impl Engine {
         // Packets still waiting to be sent never reached it: dropped as for a down VM.
         let waiting: Vec<Pending> = p.backlog.drain(..).collect();
         for pending in waiting {
-            self.release(pending.generation);
-            if pending.mirror {
-                self.stats.mirrors_done.add(1);
-            } else {
-                self.stats.count_drop(DropReason::VmDown, 1);
-            }
-            let _ = self.cache.free(pending.shared);
+            self.gens.release(pending.generation);
+            self.settle(pending.shared, pending.mirror, DropReason::VmDown);
         }
         let Link::Process(p) = &mut self.vms[vm].link else {
             return;
         };
         let lost: Vec<Pending> = p.fifo.drain(..).collect();
         for pending in lost {
-            self.release(pending.generation);
+            self.gens.release(pending.generation);
             if let Some(cache) = &mut self.vms[vm].copy_cache {
                 let _ = cache.free(pending.given);
             }
-            if pending.mirror {
-                self.stats.mirrors_done.add(1);
-            } else {
-                self.stats.count_drop(DropReason::VmLost, 1);
-            }
-            let _ = self.cache.free(pending.shared);
+            self.settle(pending.shared, pending.mirror, DropReason::VmLost);
         }
     }
 
@@ -135,13 +125,8 @@ impl Engine {
             p.stalled = true;
             let dropped: Vec<Pending> = p.backlog.drain(..).collect();
             for pending in dropped {
-                self.release(pending.generation);
-                if pending.mirror {
-                    self.stats.mirrors_done.add(1);
-                } else {
-                    self.stats.count_drop(DropReason::VmFull, 1);
-                }
-                let _ = self.cache.free(pending.shared);
+                self.gens.release(pending.generation);
+                self.settle(pending.shared, pending.mirror, DropReason::VmFull);
             }
         }
     }

@@ -9,6 +9,18 @@ impl Engine {
         let _ = self.cache.free(index);
     }
 
+    /// A reference that ends here: a mirror's extra reference is settled (it is not a
+    /// packet, so it is not a drop), a packet is counted dropped for `reason`; either
+    /// way the buffer reference is freed.
+    pub(super) fn settle(&mut self, index: u32, mirror: bool, reason: DropReason) {
+        if mirror {
+            self.stats.mirrors_done.add(1);
+            let _ = self.cache.free(index);
+        } else {
+            self.drop(index, reason);
+        }
+    }
+
     pub(super) fn tx(&mut self, port: usize, index: u32) {
         match self.port_has_tx.get(port) {
             None => return self.drop(index, DropReason::BadVerdict),
