@@ -423,7 +423,7 @@ mod driver {
     use crate::pool::{PacketPool, PoolCache, BUF_ROOM};
     use crate::port::{DeviceFrame, Port, PortError, RxBurst};
     use crate::region::Backing;
-    use crate::switch::MAX_BURST;
+    use crate::vm::MAX_BURST;
 
     /// Descriptors per RX and TX queue.
     const RING_SLOTS: u16 = 512;
