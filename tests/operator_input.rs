@@ -66,10 +66,7 @@ fn sigterm_stops_netvm_run_like_sigint_with_the_report_the_stats_and_no_socket_l
     wait_for_line(&mut stderr, "control socket:");
     assert!(socket.exists());
     // SAFETY: kill with our own child's pid and a standard signal.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let mut stdout = String::new();
     child
         .stdout
