@@ -56,6 +56,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands whose output is read by pipelines (`netvm check ... | head -1`) end quietly
+    // when the reader goes, as Unix tools do, instead of panicking on a broken pipe. The
+    // switch (`run`, `repl`, `nf`) keeps SIGPIPE ignored: a closed stdout must not kill it.
+    if matches!(
+        cli.command,
+        Command::Check(_)
+            | Command::Test(_)
+            | Command::Explain(_)
+            | Command::Fmt(_)
+            | Command::Import(_)
+            | Command::Classify(_)
+            | Command::Bench(_)
+            | Command::Status(_)
+    ) {
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args),
         Command::Test(args) => commands::test::run(args),

@@ -627,7 +627,10 @@ fn explain_of_a_file_that_is_not_a_capture_exits_2() {
         "1",
     ]);
     assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("not a readable capture"), "{run:?}");
+    assert!(
+        run.stderr.contains("is not a pcap or pcapng capture"),
+        "{run:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use support::netvm;
 
+const FW1_1K: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/classbench/fw1_1k");
+
 const POLICY: &str = "\
 port src
 port sink
@@ -66,10 +68,7 @@ fn sigterm_stops_netvm_run_like_sigint_with_the_report_the_stats_and_no_socket_l
     wait_for_line(&mut stderr, "control socket:");
     assert!(socket.exists());
     // SAFETY: kill with our own child's pid and a standard signal.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let mut stdout = String::new();
     child
         .stdout
@@ -84,4 +83,67 @@ fn sigterm_stops_netvm_run_like_sigint_with_the_report_the_stats_and_no_socket_l
         serde_json::from_str(&std::fs::read_to_string(&stats).expect("stats written")).unwrap();
     assert!(json.is_object(), "{json}");
     assert!(!socket.exists(), "the control socket was removed");
+}
+
+/// Runs `netvm ARGS` with stdout a pipe whose reader is gone before the first byte.
+fn with_closed_stdout(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe fills two fds we own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: closing the read end we own, so that every write fails with EPIPE.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is an open fd we own; the Stdio takes it over.
+    let stdout = unsafe { <Stdio as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let out = netvm()
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (out.status, text(&out.stderr))
+}
+
+#[test]
+fn a_closed_stdout_ends_check_test_fmt_import_and_bench_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Enough output to fill any pipe buffer.
+    let mut big = String::from("port src\nport sink\n");
+    for i in 0..3000 {
+        big.push_str(&format!("rule r{i} : tcp.dport == {} => out sink\n", i % 60000 + 1));
+    }
+    // Unused consts: warnings for `check` to print.
+    for i in 0..2000 {
+        big.push_str(&format!("const c{i} = {i}\n"));
+    }
+    big.push_str("test \"t\" {\n");
+    for i in 0..200 {
+        big.push_str(&format!("  tcp {{ tcp.dport = {} }} => rule r{i}\n", i + 1));
+    }
+    big.push_str("}\n");
+    let path = dir.path().join("big.nvr");
+    std::fs::write(&path, big).unwrap();
+    let path = path.display().to_string();
+    let cases: [&[&str]; 5] = [
+        &["check", "--format", "json", &path],
+        &["test", &path],
+        &["fmt", &path],
+        &["import", "classbench", FW1_1K],
+        &["bench", &path, "--tests", "--runs", "1", "--run-ms", "1", "--jit-only"],
+    ];
+    for args in cases {
+        let (status, stderr) = with_closed_stdout(args);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            status.code() != Some(101),
+            "{args:?}: exit {status:?}: {stderr}"
+        );
+        assert!(
+            status.success() || status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: exit {status:?}: {stderr}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use netvm_compiler::explain::explain;
 use netvm_compiler::testing::{case_frame, case_port};
 use netvm_compiler::NO_PORT;
 use netvm_lang::RootSource;
+use netvm_runtime::port::capture::CaptureReader;
 
 use crate::report::{self, Format};
 
@@ -132,37 +133,45 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `index`-th packet (from 1) of a pcap or pcapng file.
+/// The `index`-th record (from 1, as tcpdump and Wireshark number them) of a pcap or pcapng
+/// file, read up to that record only. A damaged record is explained as far as it is sound,
+/// with a warning saying what was wrong; one that cannot be read at all is named.
 pub fn read_capture_frame(path: &str, index: usize) -> Result<Vec<u8>, String> {
-    let frames = read_capture(path)?;
-    let count = frames.len();
-    if index == 0 || index > count {
-        return Err(format!(
-            "`{path}` holds {count} packets; --index counts from 1 to {count}"
-        ));
+    let mut reader = CaptureReader::open(path)?;
+    let wanted = index as u64;
+    while let Some(next) = reader.next_frame() {
+        let (record, frame) = next?;
+        if record >= wanted {
+            if record > wanted {
+                break; // the wanted record was skipped as damaged
+            }
+            if let Some(d) = reader.damaged().iter().find(|d| d.record == wanted) {
+                eprintln!("warning: {path}: {d}");
+            }
+            return Ok(frame);
+        }
     }
-    Ok(frames.into_iter().nth(index - 1).unwrap_or_default())
+    if let Some(d) = reader.damaged().iter().find(|d| d.record == wanted) {
+        return Err(format!("{path}: {d}"));
+    }
+    while let Some(next) = reader.next_frame() {
+        next?;
+    }
+    let count = reader.records();
+    Err(format!(
+        "`{path}` holds {count} packets; --index counts from 1 to {count}"
+    ))
 }
 
-/// Every frame of a pcap or pcapng file.
+/// Every frame of a pcap or pcapng file; damaged records are reported on stderr.
 pub fn read_capture(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{path}`: {e}"))?;
-    let bad = |e: pcap_file::PcapError| format!("`{path}` is not a readable capture: {e}");
+    let mut reader = CaptureReader::open(path)?;
     let mut frames = Vec::new();
-    if bytes.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        let mut reader = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).map_err(bad)?;
-        while let Some(block) = reader.next_block() {
-            match block.map_err(bad)? {
-                pcap_file::pcapng::Block::EnhancedPacket(p) => frames.push(p.data.to_vec()),
-                pcap_file::pcapng::Block::SimplePacket(p) => frames.push(p.data.to_vec()),
-                _ => {}
-            }
-        }
-    } else {
-        let mut reader = pcap_file::pcap::PcapReader::new(&bytes[..]).map_err(bad)?;
-        while let Some(packet) = reader.next_packet() {
-            frames.push(packet.map_err(bad)?.data.to_vec());
-        }
+    while let Some(next) = reader.next_frame() {
+        frames.push(next?.1);
+    }
+    if let Some(summary) = reader.damage_summary() {
+        eprintln!("warning: {summary}");
     }
     Ok(frames)
 }

@@ -303,7 +303,8 @@ pub fn launch(
             (None, None) if i == 0 => "gen:flows=64,size=64,dpi=10".to_string(),
             (None, None) => "null".to_string(),
         };
-        let port = port::open(&spec, i).map_err(|e| format!("port `{}`: {e}", p.name))?;
+        let port =
+            port::open(&spec, i).map_err(|e| format!("port `{}`: {}", p.name, error_chain(&e)))?;
         if spec.starts_with("gen") && !port.rx_done() && !spec.contains("count=") {
             unbounded_gen = true;
         }

@@ -16,6 +16,7 @@
 //! being handed its bytes.
 
 pub mod afpacket;
+pub mod capture;
 pub mod dpdk;
 pub mod gen;
 pub mod null;

@@ -1,7 +1,9 @@
 //! `pcap:rx=IN,tx=OUT[,pps=N]`: replay a capture (pcap or pcapng, told apart by magic) and
 //! record what leaves (classic pcap, Ethernet link type, readable by tcpdump).
-//! Either side is optional. The input is read whole at open so a bad file is reported
-//! before any packet moves.
+//! Either side is optional. The input is streamed ([`super::capture`]: read as libpcap
+//! reads it, other link types turned into Ethernet frames): its header is read at open, so
+//! a file that is not a capture is refused before any packet moves; damaged records are
+//! counted and named (number and offset) in a warning when the run ends.
 //!
 //! The input is replayed as fast as the switch takes it, or, with `pps=N`, at N frames per
 //! second from the first receive poll (frame `k` is not received before `k / N` seconds),
@@ -10,20 +12,25 @@
 //! timestamps are not used.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::time::Instant;
 
-use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcap::{PcapPacket, PcapWriter};
 
+use super::capture::CaptureReader;
 use super::{bad_args, parse_args, Port, PortError, RxBurst};
 use crate::vm::now_timestamp;
 
 pub struct PcapPort {
     rx_path: Option<String>,
     tx_path: Option<String>,
-    frames: Vec<Vec<u8>>,
+    reader: Option<CaptureReader>,
+    /// A frame read but not yet taken (the burst was full, or it is not due).
+    pending: Option<Vec<u8>>,
+    /// Frames handed to the switch so far.
     next: usize,
+    /// An I/O error that ended the input early.
+    rx_error: Option<String>,
     /// Replay rate (`pps=N`); `None`: as fast as the switch takes frames.
     pps: Option<u64>,
     /// When the first receive poll came (the paced replay's clock).
@@ -32,33 +39,13 @@ pub struct PcapPort {
     tx_error: Option<String>,
 }
 
-/// Every Ethernet frame of a pcap or pcapng file, in file order.
+/// Every frame of a pcap or pcapng file, in file order, as Ethernet frames (damaged records
+/// clamped or skipped as [`CaptureReader`] does).
 pub fn read_frames(path: &str) -> Result<Vec<Vec<u8>>, PortError> {
-    let io = |source| PortError::Io {
-        what: format!("reading {path}"),
-        source,
-    };
-    let mut file = BufReader::new(File::open(path).map_err(io)?);
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).map_err(io)?;
-    let file = BufReader::new(File::open(path).map_err(io)?);
-    let bad = |e: pcap_file::PcapError| PortError::Other(format!("{path}: {e}"));
+    let mut reader = CaptureReader::open(path).map_err(PortError::Other)?;
     let mut frames = Vec::new();
-    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-        let mut reader = PcapNgReader::new(file).map_err(bad)?;
-        while let Some(block) = reader.next_block() {
-            match block.map_err(bad)? {
-                Block::EnhancedPacket(p) => frames.push(p.data.into_owned()),
-                Block::SimplePacket(p) => frames.push(p.data.into_owned()),
-                Block::Packet(p) => frames.push(p.data.into_owned()),
-                _ => {}
-            }
-        }
-    } else {
-        let mut reader = PcapReader::new(file).map_err(bad)?;
-        while let Some(packet) = reader.next_packet() {
-            frames.push(packet.map_err(bad)?.data.into_owned());
-        }
+    while let Some(frame) = reader.next_frame() {
+        frames.push(frame.map_err(PortError::Other)?.1);
     }
     Ok(frames)
 }
@@ -92,9 +79,9 @@ impl PcapPort {
                 "pps=N paces the replay of rx=FILE; give rx=FILE",
             ));
         }
-        let frames = match &rx_path {
-            Some(path) => read_frames(path)?,
-            None => Vec::new(),
+        let reader = match &rx_path {
+            Some(path) => Some(CaptureReader::open(path).map_err(PortError::Other)?),
+            None => None,
         };
         let writer = match &tx_path {
             Some(path) => {
@@ -112,8 +99,10 @@ impl PcapPort {
         Ok(PcapPort {
             rx_path,
             tx_path,
-            frames,
+            reader,
+            pending: None,
             next: 0,
+            rx_error: None,
             pps,
             started: None,
             writer,
@@ -139,7 +128,7 @@ impl Port for PcapPort {
 
     fn rx_burst(&mut self, burst: &mut RxBurst<'_>) {
         let due = match self.pps {
-            None => self.frames.len(),
+            None => usize::MAX,
             Some(pps) => {
                 let started = *self.started.get_or_insert_with(Instant::now);
                 let due = started.elapsed().as_micros() * u128::from(pps) / 1_000_000;
@@ -147,16 +136,30 @@ impl Port for PcapPort {
                 usize::try_from(due + 1).unwrap_or(usize::MAX)
             }
         };
-        while let Some(frame) = self.frames.get(self.next).filter(|_| self.next < due) {
+        while self.next < due {
+            if self.pending.is_none() {
+                self.pending = match self.reader.as_mut().and_then(CaptureReader::next_frame) {
+                    Some(Ok((_, frame))) => Some(frame),
+                    Some(Err(e)) => {
+                        self.rx_error = Some(e);
+                        None
+                    }
+                    None => None,
+                };
+            }
+            let Some(frame) = &self.pending else {
+                break;
+            };
             if !burst.push(frame) {
                 break;
             }
+            self.pending = None;
             self.next += 1;
         }
     }
 
     fn rx_done(&self) -> bool {
-        self.next >= self.frames.len()
+        self.pending.is_none() && self.reader.as_ref().is_none_or(CaptureReader::finished)
     }
 
     fn has_tx(&self) -> bool {
@@ -191,9 +194,19 @@ impl Port for PcapPort {
                     source,
                 })?;
         }
-        match self.tx_error.take() {
-            Some(e) => Err(PortError::Other(format!("writing the capture: {e}"))),
-            None => Ok(()),
+        let mut problems = Vec::new();
+        if let Some(e) = self.rx_error.take() {
+            problems.push(e);
+        }
+        if let Some(summary) = self.reader.as_ref().and_then(CaptureReader::damage_summary) {
+            problems.push(summary);
+        }
+        if let Some(e) = self.tx_error.take() {
+            problems.push(format!("writing the capture: {e}"));
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(PortError::Other(problems.join("; "))),
         }
     }
 }
