@@ -430,10 +430,28 @@ fn differing_atom(ir: &Classifier, frame: &[u8], port: u32) -> Option<Atom> {
     })
 }
 
-/// Per strategy: comparisons made and classifiers compiled as trees.
+/// Per strategy: comparisons made and classifiers compiled as trees; of the forests, those
+/// of several trees, those with residual rules and those built at their memory budget.
 struct Counts {
     comparisons: AtomicU64,
     trees: AtomicU64,
+    partitioned: AtomicU64,
+    mixed: AtomicU64,
+    at_budget: AtomicU64,
+}
+
+/// What a run generates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `random_classifier`.
+    Random,
+    /// `guarded_classifier`.
+    Guarded,
+    /// `random_tuple_classifier` (all header rules).
+    Tuples,
+    /// Header rules with random rules (payload, `or`, `not`, `in_port`, masks, IPv6) among
+    /// them, and a random forest budget (often small enough to stop the cutting).
+    Mixed,
 }
 
 fn policies() -> u32 {
@@ -546,16 +564,41 @@ fn guarded_classifier(rng: &mut Rng, seen: &[Vec<u8>]) -> Classifier {
     ir
 }
 
-fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, guarded: bool) {
+/// A header rule set with random rules spliced in at random places (first-match order
+/// across the forest and the residual rules is what this exercises).
+fn mixed_classifier(rng: &mut Rng, seen: &[Vec<u8>]) -> Classifier {
+    let mut ir = random_tuple_classifier(rng, seen);
+    let other = random_classifier(rng, seen);
+    let offset = ir.atoms.len();
+    ir.atoms.extend(other.atoms);
+    // The tuple classifier has no literals or regexes, so the other's numbering holds.
+    ir.literals = other.literals;
+    ir.regexes = other.regexes;
+    fn shift(e: &Expr, by: usize) -> Expr {
+        match e {
+            Expr::Const(c) => Expr::Const(*c),
+            Expr::Atom(a) => Expr::Atom(a + by),
+            Expr::And(v) => Expr::And(v.iter().map(|x| shift(x, by)).collect()),
+            Expr::Or(v) => Expr::Or(v.iter().map(|x| shift(x, by)).collect()),
+            Expr::Not(x) => Expr::Not(Box::new(shift(x, by))),
+        }
+    }
+    for rule in &other.rules {
+        let at = rng.below(ir.rules.len() + 1);
+        ir.rules.insert(at, shift(rule, offset));
+    }
+    ir
+}
+
+fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, shape: Shape) {
     let mut rng = Rng(seed);
     let mut frames: Vec<Vec<u8>> = (0..8).map(|_| random_frame(&mut rng)).collect();
     frames.extend((0..8).map(|_| handmade_frame(&mut rng)));
-    let ir = if strategy == Strategy::Tree {
-        random_tuple_classifier(&mut rng, &frames)
-    } else if guarded {
-        guarded_classifier(&mut rng, &frames)
-    } else {
-        random_classifier(&mut rng, &frames)
+    let ir = match shape {
+        Shape::Tuples => random_tuple_classifier(&mut rng, &frames),
+        Shape::Mixed => mixed_classifier(&mut rng, &frames),
+        Shape::Guarded => guarded_classifier(&mut rng, &frames),
+        Shape::Random => random_classifier(&mut rng, &frames),
     };
     for rule in ir.rules.iter().take(24) {
         if let Some(f) = hit_frame(&mut rng, &ir, rule) {
@@ -565,11 +608,23 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, guarded: bool
     frames.push(Vec::new());
     let n = rng.below(100);
     frames.push(rng.bytes(n));
-    let jit = Jit::compile_with(&ir, strategy).expect("the JIT compiles every classifier");
+    let budget = match shape {
+        Shape::Mixed if rng.chance(2) => 1 + rng.below(40_000),
+        _ => netvm_compiler::jit::tree::DEFAULT_BUDGET,
+    };
+    let jit =
+        Jit::compile_with_budget(&ir, strategy, budget).expect("the JIT compiles every classifier");
     if jit.strategy() == Strategy::Tree {
         counts.trees.fetch_add(1, Ordering::Relaxed);
     }
-    if netvm_compiler::jit::tree::qualifies(&ir) || strategy == Strategy::Linear {
+    if let Some(stats) = jit.tree_stats() {
+        assert!(stats.bytes <= budget, "seed {seed:#x}: {stats:?}");
+        let add = |c: &AtomicU64, yes: bool| c.fetch_add(u64::from(yes), Ordering::Relaxed);
+        add(&counts.partitioned, stats.subtrees > 1);
+        add(&counts.mixed, stats.residual_rules > 0);
+        add(&counts.at_budget, stats.budget_reached);
+    }
+    if shape == Shape::Tuples || strategy == Strategy::Linear {
         assert_eq!(jit.strategy(), strategy, "seed {seed:#x}");
     }
     let interp = Interpreter::new(ir.clone()).expect("regexes compile");
@@ -636,14 +691,13 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, guarded: bool
     }
 }
 
-fn run(strategy: Strategy) {
-    run_with(strategy, false)
-}
-
-fn run_with(strategy: Strategy, guarded: bool) {
+fn run(strategy: Strategy, shape: Shape) -> Counts {
     let counts = Counts {
         comparisons: AtomicU64::new(0),
         trees: AtomicU64::new(0),
+        partitioned: AtomicU64::new(0),
+        mixed: AtomicU64::new(0),
+        at_budget: AtomicU64::new(0),
     };
     let started = std::time::Instant::now();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -652,36 +706,56 @@ fn run_with(strategy: Strategy, guarded: bool) {
         ..ProptestConfig::default()
     });
     let result = runner.run(&any::<u64>(), |seed| {
-        check_seed_with(seed, strategy, &counts, guarded);
+        check_seed_with(seed, strategy, &counts, shape);
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
-        "{strategy:?}: {} policies ({} compiled as decision trees), {} comparisons, all equal ({:.1?})",
+        "{strategy:?}: {} policies ({} compiled as decision forests: {} of several trees, {} with residual rules, {} at their budget), {} comparisons, all equal ({:.1?})",
         policies(),
-        counts.trees.load(Ordering::Relaxed),
-        counts.comparisons.load(Ordering::Relaxed),
+        load(&counts.trees),
+        load(&counts.partitioned),
+        load(&counts.mixed),
+        load(&counts.at_budget),
+        load(&counts.comparisons),
         started.elapsed()
     );
+    counts
 }
 
 #[test]
 fn jit_agrees_with_the_interpreter_on_random_policies() {
-    run(Strategy::Linear);
+    run(Strategy::Linear, Shape::Random);
 }
 
 /// Runs of rules that need one header: the linear strategy skips each run with one
 /// presence test (compiler/src/jit/codegen.rs, `rules_linear`).
 #[test]
 fn jit_agrees_with_the_interpreter_on_runs_of_rules_that_need_one_header() {
-    run_with(Strategy::Linear, true);
+    run(Strategy::Linear, Shape::Guarded);
 }
 
 #[test]
 fn decision_tree_agrees_with_the_interpreter_on_random_header_rule_sets() {
-    run(Strategy::Tree);
+    let counts = run(Strategy::Tree, Shape::Tuples);
+    assert!(
+        counts.partitioned.load(Ordering::Relaxed) > 0,
+        "no forest of several trees"
+    );
+}
+
+/// Header rules with payload, `or`, `not`, `in_port`, masked and IPv6 rules among them: the
+/// forest answers, the residual rules below its answer run after it (single and burst entry
+/// points, payload scratch in the burst), and small budgets stop the cutting.
+#[test]
+fn decision_forest_with_residual_rules_agrees_with_the_interpreter() {
+    let counts = run(Strategy::Tree, Shape::Mixed);
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert!(load(&counts.mixed) > 0, "no forest with residual rules");
+    assert!(load(&counts.at_budget) > 0, "no forest built at its budget");
 }
 
 /// Switch threads share one `Jit` (payload scratch is per thread, no lock): two threads

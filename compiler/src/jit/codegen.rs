@@ -28,9 +28,15 @@ pub struct RuleEmitter<'a> {
 
 /// The parse level a whole classifier needs.
 pub fn level_of(ir: &Classifier) -> Level {
+    let all: Vec<usize> = (0..ir.rules.len()).collect();
+    level_of_rules(ir, &all)
+}
+
+/// The parse level the rules numbered in `rules` need.
+pub fn level_of_rules(ir: &Classifier, rules: &[usize]) -> Level {
     let mut used = vec![false; ir.atoms.len()];
-    for rule in &ir.rules {
-        rule.for_each_atom(&mut |a| used[a] = true);
+    for &r in rules {
+        ir.rules[r].for_each_atom(&mut |a| used[a] = true);
     }
     ir.atoms
         .iter()
@@ -324,37 +330,70 @@ impl RuleEmitter<'_> {
         fb: &mut FunctionBuilder,
         finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
     ) {
-        let guards: Vec<Option<Proto>> = self.ir.rules.iter().map(|r| self.guard(r)).collect();
+        let all: Vec<usize> = (0..self.ir.rules.len()).collect();
+        self.rules_in_order(fb, &all, None, finish);
+    }
+
+    /// The rules numbered in `rules` (ascending), first match wins, each outcome ended with
+    /// `finish` as in [`rules_linear_to`](Self::rules_linear_to). With a `bound` (an `i32`
+    /// rule index, e.g. the decision forest's answer), only rules numbered below it are
+    /// tried and the bound is the outcome when none matches; without, the default is.
+    pub fn rules_in_order(
+        &self,
+        fb: &mut FunctionBuilder,
+        rules: &[usize],
+        bound: Option<Value>,
+        finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
+    ) {
+        let guards: Vec<Option<Proto>> = rules
+            .iter()
+            .map(|&r| self.guard(&self.ir.rules[r]))
+            .collect();
         let mut run_end: Option<(usize, Block)> = None;
-        for (i, rule) in self.ir.rules.iter().enumerate() {
+        for (k, &i) in rules.iter().enumerate() {
+            if let Some(b) = bound {
+                // Rules are ascending: from here on none can beat the bound.
+                let beaten = fb.create_block();
+                let go = fb.create_block();
+                let stop = fb
+                    .ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, b, i as i64);
+                fb.ins().brif(stop, beaten, &[], go, &[]);
+                fb.switch_to_block(beaten);
+                finish(fb, b);
+                fb.switch_to_block(go);
+            }
             if run_end.is_none() {
-                if let Some(g) = guards[i] {
-                    let len = guards[i..].iter().take_while(|&&h| h == Some(g)).count();
+                if let Some(g) = guards[k] {
+                    let len = guards[k..].iter().take_while(|&&h| h == Some(g)).count();
                     if len >= 2 {
                         let inside = fb.create_block();
                         let after = fb.create_block();
                         let present = self.parse.proto_present(fb, g);
                         fb.ins().brif(present, inside, &[], after, &[]);
                         fb.switch_to_block(inside);
-                        run_end = Some((i + len - 1, after));
+                        run_end = Some((k + len - 1, after));
                     }
                 }
             }
             let hit = fb.create_block();
             let next = match run_end {
-                Some((last, after)) if last == i => {
+                Some((last, after)) if last == k => {
                     run_end = None;
                     after
                 }
                 _ => fb.create_block(),
             };
-            self.expr(fb, rule, hit, next);
+            self.expr(fb, &self.ir.rules[i], hit, next);
             fb.switch_to_block(hit);
             let r = fb.ins().iconst(types::I32, i as i64);
             finish(fb, r);
             fb.switch_to_block(next);
         }
-        let d = fb.ins().iconst(types::I32, self.ir.rules.len() as i64);
+        let d = match bound {
+            Some(b) => b,
+            None => fb.ins().iconst(types::I32, self.ir.rules.len() as i64),
+        };
         finish(fb, d);
     }
 }

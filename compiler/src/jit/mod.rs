@@ -69,25 +69,41 @@ pub enum JitError {
 /// How the rules are searched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    /// The decision tree when the rule set qualifies ([`tree::qualifies`]) and has at least
-    /// [`Strategy::TREE_MIN_RULES`] rules; the linear code otherwise.
+    /// The decision forest when at least [`Strategy::TREE_MIN_RULES`] rules are header rules
+    /// ([`tree::header_rules`]; the others run after it, see [`tree`]) and its tables fit
+    /// the budget; the linear code otherwise.
     Auto,
     /// Always the rules in order.
     Linear,
-    /// The decision tree whenever the rule set qualifies, however small (for tests).
+    /// The decision forest whenever some rule is a header rule, however few (for tests).
     Tree,
 }
 
 impl Strategy {
-    /// Below this many rules the linear code is as fast as a tree walk.
+    /// Below this many header rules the linear code is as fast as a tree walk.
     pub const TREE_MIN_RULES: usize = 64;
 }
 
 type ClassifyFn = unsafe extern "C" fn(*const u8, usize, u32, *mut Scratch) -> u32;
-/// `(frames, lens, n, out, in_port)`: a whole burst in one call — the tree's interleaved
-/// walk ([`tree::Tree::emit_burst`], which has no `in_port` atoms and ignores it), or the
-/// linear rules in a loop ([`emit_linear_burst`]).
-type BurstFn = unsafe extern "C" fn(*const *const u8, *const usize, usize, *mut u32, u64);
+/// `(frames, lens, n, out, in_port, scratch)`: a whole burst in one call — the forest's
+/// interleaved walks and then the residual rules ([`tree::Tree::emit_burst`]; `scratch` is
+/// the thread's payload scratch, or null without payload helpers), or the linear rules in a
+/// loop ([`emit_linear_burst`], only without payload helpers; it ignores `scratch`).
+type BurstFn =
+    unsafe extern "C" fn(*const *const u8, *const usize, usize, *mut u32, u64, *mut Scratch);
+
+/// Resets the payload scratch before a frame's residual rules in the forest's burst code.
+///
+/// # Safety
+/// `scratch` is a live, exclusive [`Scratch`] (the one [`Jit::classify_burst`] passes).
+unsafe extern "C" fn netvm_jit_reset_scratch(scratch: *mut Scratch) {
+    // SAFETY: the burst code passes on the pointer `classify_burst` gave it, which is a live
+    // exclusive scratch whenever the code calls payload helpers (the only code that calls
+    // this function).
+    if let Some(s) = unsafe { scratch.as_mut() } {
+        s.reset();
+    }
+}
 
 /// The JIT's code memory. Freed on drop.
 struct Code(Option<JITModule>);
@@ -122,7 +138,8 @@ thread_local! {
 /// A classifier compiled to native code.
 pub struct Jit {
     func: ClassifyFn,
-    /// The whole-burst function (see [`BurstFn`]); `None` with payload helpers.
+    /// The whole-burst function (see [`BurstFn`]); `None` for linear code with payload
+    /// helpers.
     burst: Option<BurstFn>,
     rules: usize,
     strategy_used: Strategy,
@@ -140,7 +157,18 @@ impl Jit {
         Jit::compile_with(ir, Strategy::Auto)
     }
 
+    /// Compiles with `strategy` and the default forest budget ([`tree::DEFAULT_BUDGET`]).
     pub fn compile_with(ir: &Classifier, strategy: Strategy) -> Result<Jit, JitError> {
+        Jit::compile_with_budget(ir, strategy, tree::DEFAULT_BUDGET)
+    }
+
+    /// Compiles with `strategy`, the decision forest's tables within `tree_budget` bytes
+    /// (a forest that would not fit is not built: the code is linear).
+    pub fn compile_with_budget(
+        ir: &Classifier,
+        strategy: Strategy,
+        tree_budget: usize,
+    ) -> Result<Jit, JitError> {
         let needs_payload_helpers = !ir.literals.is_empty() || !ir.regexes.is_empty();
         let payload = if needs_payload_helpers {
             Some(Box::new(PayloadMatcher::new(&ir.literals, &ir.regexes)?))
@@ -149,8 +177,8 @@ impl Jit {
         };
         let tree = match strategy {
             Strategy::Linear => None,
-            Strategy::Auto if ir.rules.len() < Strategy::TREE_MIN_RULES => None,
-            Strategy::Auto | Strategy::Tree => tree::Tree::build(ir),
+            Strategy::Auto if tree::header_rules(ir) < Strategy::TREE_MIN_RULES => None,
+            Strategy::Auto | Strategy::Tree => tree::Tree::build_with(ir, tree_budget),
         };
         let strategy_used = if tree.is_some() {
             Strategy::Tree
@@ -196,7 +224,7 @@ impl Jit {
             fb.switch_to_block(entry);
             let params = fb.block_params(entry).to_vec();
             let level = match &tree {
-                Some(t) => t.level(),
+                Some(t) => t.level().max(codegen::level_of_rules(ir, t.residual())),
                 None => codegen::level_of(ir),
             };
             let parse = Parse::emit(&mut fb, params[0], params[1], level);
@@ -221,15 +249,15 @@ impl Jit {
             .map_err(|e| JitError::Codegen(format!("{e:?}")))?;
         module.clear_context(&mut ctx);
 
-        // The burst function: the tree's interleaved walk, or the linear rules in a loop
+        // The burst function: the forest's interleaved walks, or the linear rules in a loop
         // (not when payload helpers need per-frame scratch: those call `func` per frame).
         let burst_id = match (&tree, needs_payload_helpers) {
             (None, true) => None,
             (tree, _) => {
                 let sig = &mut ctx.func.signature;
                 sig.call_conv = call_conv;
-                for _ in 0..5 {
-                    // frames, lens, n, out, in_port
+                for _ in 0..6 {
+                    // frames, lens, n, out, in_port, scratch
                     sig.params.push(AbiParam::new(types::I64));
                 }
                 let id = module
@@ -244,7 +272,28 @@ impl Jit {
                     let p = fb.block_params(entry).to_vec();
                     match tree {
                         Some(t) => {
-                            t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], ir.rules.len() as i64)
+                            let helper_sig = needs_payload_helpers
+                                .then(|| fb.import_signature(codegen::helper_signature(call_conv)));
+                            let reset = needs_payload_helpers.then(|| {
+                                let mut sig = cranelift_codegen::ir::Signature::new(call_conv);
+                                sig.params.push(AbiParam::new(types::I64));
+                                (
+                                    fb.import_signature(sig),
+                                    netvm_jit_reset_scratch as *const () as usize as i64,
+                                )
+                            });
+                            let in_port = {
+                                use cranelift_codegen::ir::InstBuilder;
+                                fb.ins().ireduce(types::I32, p[4])
+                            };
+                            let env = tree::BurstEnv {
+                                ir,
+                                in_port,
+                                scratch: p[5],
+                                helper_sig,
+                                reset,
+                            };
+                            t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], &env)
                         }
                         None => emit_linear_burst(&mut fb, ir, [p[0], p[1], p[2], p[3], p[4]]),
                     }
@@ -264,7 +313,7 @@ impl Jit {
         let burst = burst_id.map(|id| {
             let code = module.get_finalized_function(id);
             // SAFETY: as for `func` below: the finalized function with exactly the signature
-            // (i64, i64, i64, i64, i64) -> () in the host's C calling convention.
+            // (i64, i64, i64, i64, i64, i64) -> () in the host's C calling convention.
             unsafe { std::mem::transmute::<*const u8, BurstFn>(code) }
         });
         let code = module.get_finalized_function(func_id);
@@ -287,6 +336,11 @@ impl Jit {
     /// The strategy the compiled code uses ([`Strategy::Linear`] or [`Strategy::Tree`]).
     pub fn strategy(&self) -> Strategy {
         self.strategy_used
+    }
+
+    /// What the decision forest's build did (trees, memory, build time), when there is one.
+    pub fn tree_stats(&self) -> Option<&tree::TreeStats> {
+        self._tree.as_ref().map(tree::Tree::stats)
     }
 
     /// This thread's scratch for this `Jit` (a fresh one the first time, or after the
@@ -337,6 +391,10 @@ impl Jit {
     pub fn classify_burst(&self, frames: &[&[u8]], in_port: u32, out: &mut [u32]) {
         if let Some(burst) = self.burst {
             let n = frames.len().min(out.len()).min(MAX_BURST);
+            let mut scratch = self.take_scratch();
+            let scratch_ptr = scratch
+                .as_mut()
+                .map_or(std::ptr::null_mut(), |s| s as *mut Scratch);
             let mut ptrs = [std::ptr::null::<u8>(); MAX_BURST];
             let mut lens = [0usize; MAX_BURST];
             for (i, f) in frames[..n].iter().enumerate() {
@@ -345,8 +403,9 @@ impl Jit {
             }
             // SAFETY: the first `n` (pointer, length) pairs are live frames, `n <= MAX_BURST`
             // and `out` has room for `n` results; the code reads only inside each frame (see
-            // `parse`) and writes only `out[..n]`. A burst function exists only for code
-            // without payload helpers, so it needs no scratch space.
+            // `parse`) and writes only `out[..n]`. The scratch pointer is a live exclusive
+            // `Scratch` of this Jit's matcher, or null only when the code has no payload
+            // helpers (linear burst code with payload helpers does not exist).
             unsafe {
                 burst(
                     ptrs.as_ptr(),
@@ -354,8 +413,10 @@ impl Jit {
                     n,
                     out.as_mut_ptr(),
                     u64::from(in_port),
+                    scratch_ptr,
                 )
             };
+            self.return_scratch(scratch);
             return;
         }
         let mut scratch = self.take_scratch();

@@ -1,14 +1,19 @@
-//! A HiCuts-style decision tree for large header-only rule sets (ClassBench and the like).
+//! A forest of HiCuts-style decision trees for the header rules of a policy (ClassBench and
+//! the like), under a memory budget, beside the rules no tree can hold.
 //!
-//! **Which rule sets.** Every rule must be a conjunction of `Proto` atoms and unmasked `Field`
+//! **Which rules.** A *header rule* is a conjunction of `Proto` atoms and unmasked `Field`
 //! atoms on fields of at most 48 bits (everything but the IPv6 addresses), with no payload,
-//! `in_port`, `or` or `not` ([`qualifies`]). Such a rule is a set of boxes in a small
-//! D-dimensional space, one dimension per field or protocol the rule set mentions: a field
-//! dimension's value is the field when present and a sentinel just above its largest value
-//! when absent (so "absent makes every comparison false" is simply "the sentinel lies in no
-//! range"); a protocol dimension is 0 or 1. A multi-range atom (`tcp.dport in {80, 443}`)
-//! makes several boxes of one rule. Classifying a frame is then finding the lowest-numbered
-//! rule with a box containing the frame's key — exactly the interpreter's first match.
+//! `in_port`, `or` or `not`. Such a rule is a set of boxes in a small D-dimensional space, one
+//! dimension per field or protocol the header rules mention: a field dimension's value is the
+//! field when present and a sentinel just above its largest value when absent (so "absent
+//! makes every comparison false" is simply "the sentinel lies in no range"); a protocol
+//! dimension is 0 or 1. A multi-range atom (`tcp.dport in {80, 443}`) makes several boxes of
+//! one rule. Finding the lowest-numbered header rule with a box containing the frame's key is
+//! the interpreter's first match among the header rules. Every other rule is *residual*: the
+//! code runs the residual rules numbered below the trees' answer, in order, with the linear
+//! strategy's code ([`super::codegen`]), so first-match order holds across both, and a
+//! residual rule after all the header rules (one DPI rule after 10,000 ACL lines) is not even
+//! looked at for a frame a header rule matches.
 //!
 //! **Why a decision tree.** We considered the three classical families:
 //! - tuple-space search hashes exact prefixes, but ClassBench's arbitrary port *ranges* either
@@ -24,42 +29,72 @@
 //! and one load per level. The dimension is the one whose best cut leaves the smallest largest
 //! child; the number of cuts is the largest power of two whose replication stays within
 //! `SPACE_FACTOR` × the node's boxes. Boxes shadowed inside a node's region (everything after
-//! a box that covers the whole region) are dropped, which keeps wildcard-heavy sets small.
-//! Leaves hold at most `LEAF_BOXES` boxes (more only when no cut separates them), in rule
-//! order; identical leaves are shared.
+//! a box that covers the whole region) are dropped. Leaves hold at most `LEAF_BOXES` boxes
+//! (more only when no cut separates them, or at the budget), in rule order; identical leaves
+//! are shared.
+//!
+//! **Why a forest, partitioned by address wildcards.** One tree over a firewall set (fw1_10k:
+//! 57% of the rules wildcard or shorter than /16 on the source, 24% on the destination)
+//! replicates every wildcard-address rule into every cut of that address: the single tree took
+//! 217 s and 15.8 GB. Of the three published remedies we chose EffiCuts/CutSplit-style
+//! partitioning by *which address fields are small* (prefix /16 or longer — range below 2^16 —
+//! on each 32-bit field dimension): rules small on the same address set share a tree, which
+//! cuts those addresses without replicating anything large on them. It keeps the per-packet
+//! cost of the trees we have (a few dependent loads and a short leaf scan per tree), and on
+//! ClassBench it gives 1 to 4 trees (acl1: 96% of the rules small on both addresses). A
+//! category with under `MERGE_PERCENT` % of the boxes joins the largest category (a separate
+//! tree for 65 rules costs a walk per packet; a few replicated rules cost less). rte_acl's
+//! per-rule node cap spilling into further tries bounds memory too but its tries are bytewise
+//! (up to 4 dependent loads per address); TupleMerge builds in milliseconds but probes every
+//! tuple's hash table per packet. Measured numbers are in BENCHMARKS.md ("Decision forest").
+//!
+//! **The memory budget.** All trees of one classifier share one budget for their tables
+//! (node words and leaf boxes; `DEFAULT_BUDGET`, 64 MiB, or [`Tree::build_with`]'s), split
+//! between the trees in proportion to their boxes, the unused part of each passed on. The
+//! builder keeps an exact account — bytes written plus, for every node not yet built, the
+//! bytes of its boxes as one leaf, which is what it costs at most — and makes a node a leaf
+//! whenever cutting it would take the account past the budget. So the tables never exceed the
+//! budget (when even one leaf per tree of all boxes would, there is no forest and the policy
+//! compiles linearly), and the build does bounded work.
 //!
 //! **What the JIT specialises.** The emitted code computes the key from the parsed headers
-//! (only the fields the rule set uses), walks the node table, and scans the leaf with a loop
-//! unrolled over the D dimensions: per box, D subtract-and-compare pairs and one branch. Each
-//! leaf's boxes are copied contiguously into one table (a scan reads adjacent cache lines,
-//! with no indirection), in 32-bit words when every dimension fits (see [`Tree::build`]).
+//! once (only the fields the rule set uses), walks each tree's node table, and scans the leaf
+//! with a loop unrolled over the D dimensions: per box, D subtract-and-compare pairs and one
+//! branch; the answer is the lowest rule of all trees. Each leaf's boxes are copied
+//! contiguously into one table (a scan reads adjacent cache lines, with no indirection), in
+//! 32-bit words when every dimension fits (see [`Tree::build_with`]).
 //!
-//! **The burst function** (what the switch calls) runs three passes over up to `MAX_BURST`
-//! frames: parse and key every frame; walk the frames `WALK_GROUP` at a time in lockstep,
-//! branch-free in registers, so that their chains of dependent node loads overlap, touching
-//! each leaf's first box when its walk ends; then scan the leaves.
+//! **The burst function** (what the switch calls) runs passes over up to `MAX_BURST` frames:
+//! parse and key every frame; then per tree, walk the frames `WALK_GROUP` at a time in
+//! lockstep, branch-free in registers, so that their chains of dependent node loads overlap,
+//! touching each leaf's first box when its walk ends, and scan the leaves; last, only for the
+//! frames whose answer is above the first residual rule, parse again and run the residual
+//! rules (payload helpers get the thread's scratch, reset per frame).
 //!
-//! **Measured** (acl1_10k, 9,831 rules): built in ~70 ms, depth 7.2 and 3.6 boxes scanned per
-//! trace packet on average, tables 3.8 MB (nodes 0.5 MB, leaves 3.3 MB). One frame at a
-//! time this ran at ~8.5 Mpps on the loaded 2-core VM; the burst function at ~11.7 Mpps.
-//! Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
+//! **Measured** (acl1_10k, 9,831 rules, before the forest): built in ~70 ms, depth 7.2 and 3.6
+//! boxes scanned per trace packet on average, tables 3.8 MB (nodes 0.5 MB, leaves 3.3 MB). One
+//! frame at a time this ran at ~8.5 Mpps on the loaded 2-core VM; the burst function at ~11.7
+//! Mpps. Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
 //! bookkeeping costs more than the overlap saves: most node loads hit L2), larger leaves,
 //! and larger space factors (fewer boxes scanned, more cache misses).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
-    types, Block, BlockArg, InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Value,
+    types, Block, BlockArg, InstBuilder, MemFlagsData, SigRef, StackSlotData, StackSlotKind, Value,
 };
 use cranelift_frontend::FunctionBuilder;
 use netvm_packet::{Field, Proto};
 
-use super::codegen::RuleEmitter;
+use super::codegen::{level_of_rules, RuleEmitter};
 use super::parse::{Level, Parse};
 use super::MAX_BURST;
 use crate::ir::{Atom, Classifier, Expr};
 
+/// The default budget for all the trees' tables of one classifier, in bytes.
+pub const DEFAULT_BUDGET: usize = 64 << 20;
 /// A leaf may hold this many boxes before we try to cut it.
 const LEAF_BOXES: usize = 8;
 /// A cut may replicate boxes up to this factor of the node's box count.
@@ -75,6 +110,12 @@ const MAX_CUT_BITS: u32 = 8;
 const MAX_DEPTH: u32 = 24;
 /// A rule whose multi-range atoms multiply to more boxes than this is not tree material.
 const MAX_BOXES_PER_RULE: usize = 64;
+/// A range narrower than this on a 32-bit field dimension is *small* (a /16 prefix or longer).
+const SMALL_WIDTH: u64 = 1 << 16;
+/// Partition by at most this many address dimensions (at most 2^3 trees).
+const MAX_PARTITION_DIMS: usize = 3;
+/// A category with fewer than this percentage of the boxes joins the largest one.
+const MERGE_PERCENT: usize = 5;
 
 /// One dimension of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,30 +147,68 @@ impl Dim {
     }
 }
 
-/// A compiled decision tree: its key dimensions and the tables the emitted code walks.
-pub struct Tree {
-    dims: Vec<Dim>,
+/// What the build did, for `netvm bench`/`netvm check` and the tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeStats {
+    /// Rules in the trees, and residual rules (run after them, see the module doc).
+    pub header_rules: usize,
+    pub residual_rules: usize,
+    /// Trees in the forest.
+    pub subtrees: usize,
+    /// Node words, boxes in leaves (with replication), distinct boxes.
+    pub node_words: usize,
+    pub leaf_boxes: usize,
+    pub distinct_boxes: usize,
+    /// Bytes of all tables, and the budget they were built under (never above it).
+    pub bytes: usize,
+    pub budget: usize,
+    /// Whether some node was left a leaf because cutting it would have passed the budget.
+    pub budget_reached: bool,
+    /// The time the build took (boxes, partition, trees; not the code generation).
+    pub build_time: Duration,
+}
+
+/// One tree of the forest: its root word and the tables the emitted code walks.
+struct Part {
     /// The root's node word.
     root: u64,
     /// Node words: internal `dim | shift << 8 | mask << 16 | children << 32` (children is the
     /// index of the first child word here), or a leaf `1 << 63 | count << 32 | first`.
     nodes: Vec<u64>,
     /// The leaves' boxes, each leaf's boxes contiguous and in rule order, as native-endian
-    /// words of `word_bytes` bytes: per box `1 + 2 × dims` words, the rule index, then
-    /// `(lo, hi - lo)` per dimension. Words are 4 bytes when every dimension fits in 32 bits
-    /// (ClassBench: halves the table), else 8. Stored in `u64`s for alignment.
+    /// words of `Tree::word_bytes` bytes: per box `1 + 2 × dims` words, the rule index, then
+    /// `(lo, hi - lo)` per dimension, and one padding box at the end. Stored in `u64`s for
+    /// alignment.
     leaves: Vec<u64>,
+}
+
+/// A compiled forest: the key dimensions, the trees, and the residual rules.
+pub struct Tree {
+    dims: Vec<Dim>,
+    parts: Vec<Part>,
+    /// Leaf words are 4 bytes when every dimension fits in 32 bits (ClassBench: halves the
+    /// table), else 8.
     word_bytes: usize,
     /// With 4-byte words: the 33-bit dimensions, whose width's bit 32 is in the rule word.
     wide_dims: Vec<usize>,
-    /// Boxes in `leaves`, and distinct boxes (for reports).
-    leaf_boxes: usize,
-    distinct_boxes: usize,
+    /// The rules no tree holds, in rule order.
+    residual: Vec<usize>,
+    stats: TreeStats,
 }
 
-/// Whether a classifier's rules can all be expressed as boxes (see the module doc).
+/// Whether every rule of a classifier is a header rule (see the module doc).
 pub fn qualifies(ir: &Classifier) -> bool {
-    rule_boxes_all(ir).is_some()
+    let (_, shapes) = analyse(ir);
+    !shapes.iter().any(|s| matches!(s, Shape::Residual))
+}
+
+/// How many rules are header rules (what the trees would hold).
+pub fn header_rules(ir: &Classifier) -> usize {
+    let (_, shapes) = analyse(ir);
+    shapes
+        .iter()
+        .filter(|s| matches!(s, Shape::Boxes(_)))
+        .count()
 }
 
 /// The conjuncts of a rule, when it is a plain conjunction of atoms.
@@ -145,78 +224,103 @@ fn conjuncts(e: &Expr) -> Option<Vec<usize>> {
     }
 }
 
-fn atom_dim(atom: &Atom) -> Option<Dim> {
+fn atom_dim(atom: &Atom) -> Option<(Dim, Vec<(u64, u64)>)> {
     match atom {
-        Atom::Proto(p) => Some(Dim::Proto(*p)),
+        Atom::Proto(p) => Some((Dim::Proto(*p), vec![(1, 1)])),
         Atom::Field {
-            field, mask: None, ..
-        } if field.ty().bits() <= 48 => Some(Dim::Field(*field)),
+            field,
+            mask: None,
+            ranges,
+        } if field.ty().bits() <= 48 => Some((
+            Dim::Field(*field),
+            ranges
+                .iter()
+                .map(|&(lo, hi)| (lo as u64, hi as u64))
+                .collect(),
+        )),
         _ => None,
     }
 }
 
-/// The dimensions and, per rule, its boxes (`None` for a rule that can never match).
-type Boxes = (Vec<Dim>, Vec<Option<Vec<Vec<(u64, u64)>>>>);
+/// What one rule is to the forest.
+enum Shape {
+    /// It can never match (no boxes, not residual either).
+    Never,
+    /// Its boxes, one range per dimension of [`analyse`]'s dims.
+    Boxes(Vec<Vec<(u64, u64)>>),
+    /// Not a header rule.
+    Residual,
+}
 
-fn rule_boxes_all(ir: &Classifier) -> Option<Boxes> {
+/// Per dimension a rule mentions, the ranges it allows.
+type Allowed = Vec<(Dim, Vec<(u64, u64)>)>;
+
+/// The dimensions of the header rules and every rule's shape.
+fn analyse(ir: &Classifier) -> (Vec<Dim>, Vec<Shape>) {
+    // Per rule, the allowed ranges per mentioned dimension (the intersection of its atoms).
     let mut dims: Vec<Dim> = Vec::new();
-    let mut rules = Vec::new();
+    // `None`: residual; `Some(None)`: never matches.
+    let mut per_rule: Vec<Option<Option<Allowed>>> = Vec::new();
     for rule in &ir.rules {
         if *rule == Expr::Const(false) {
+            per_rule.push(Some(None));
             continue;
         }
-        for a in conjuncts(rule)? {
-            let d = atom_dim(&ir.atoms[a])?;
-            if !dims.contains(&d) {
-                dims.push(d);
+        let allowed = conjuncts(rule).and_then(|atoms| {
+            let mut allowed: Allowed = Vec::new();
+            for a in atoms {
+                let (d, ranges) = atom_dim(&ir.atoms[a])?;
+                match allowed.iter_mut().find(|(x, _)| *x == d) {
+                    Some((_, have)) => *have = intersect(have, &ranges),
+                    None => allowed.push((d, ranges)),
+                }
+            }
+            let count = allowed
+                .iter()
+                .try_fold(1usize, |n, (_, r)| n.checked_mul(r.len().max(1)))?;
+            (count <= MAX_BOXES_PER_RULE).then_some(allowed)
+        });
+        match allowed {
+            None => per_rule.push(None),
+            Some(allowed) if allowed.iter().any(|(_, r)| r.is_empty()) => per_rule.push(Some(None)),
+            Some(allowed) => {
+                for (d, _) in &allowed {
+                    if !dims.contains(d) {
+                        dims.push(*d);
+                    }
+                }
+                per_rule.push(Some(Some(allowed)));
             }
         }
     }
-    for rule in &ir.rules {
-        if *rule == Expr::Const(false) {
-            rules.push(None);
-            continue;
-        }
-        // Per dimension, the allowed ranges (intersection of the rule's atoms on it).
-        let mut allowed: Vec<Vec<(u64, u64)>> = dims.iter().map(|d| vec![d.full()]).collect();
-        for a in conjuncts(rule)? {
-            let atom = &ir.atoms[a];
-            let d = atom_dim(atom)?;
-            let i = dims.iter().position(|x| *x == d)?;
-            let ranges: Vec<(u64, u64)> = match atom {
-                Atom::Proto(_) => vec![(1, 1)],
-                Atom::Field { ranges, .. } => ranges
-                    .iter()
-                    .map(|&(lo, hi)| (lo as u64, hi as u64))
-                    .collect(),
-                _ => return None,
-            };
-            allowed[i] = intersect(&allowed[i], &ranges);
-        }
-        if allowed.iter().any(Vec::is_empty) {
-            rules.push(None);
-            continue;
-        }
-        let count: usize = allowed.iter().map(Vec::len).product();
-        if count > MAX_BOXES_PER_RULE {
-            return None;
-        }
-        let mut boxes: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
-        for ranges in &allowed {
-            boxes = boxes
-                .iter()
-                .flat_map(|b| {
-                    ranges.iter().map(move |&r| {
-                        let mut b = b.clone();
-                        b.push(r);
-                        b
-                    })
-                })
-                .collect();
-        }
-        rules.push(Some(boxes));
-    }
-    Some((dims, rules))
+    let shapes = per_rule
+        .into_iter()
+        .map(|r| match r {
+            None => Shape::Residual,
+            Some(None) => Shape::Never,
+            Some(Some(allowed)) => {
+                let mut boxes: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
+                for d in &dims {
+                    let ranges = allowed
+                        .iter()
+                        .find(|(x, _)| x == d)
+                        .map_or_else(|| vec![d.full()], |(_, r)| r.clone());
+                    boxes = boxes
+                        .iter()
+                        .flat_map(|b| {
+                            ranges.iter().map(move |&r| {
+                                let mut b = b.clone();
+                                b.push(r);
+                                b
+                            })
+                        })
+                        .collect();
+                }
+                Shape::Boxes(boxes)
+            }
+        })
+        .collect();
+    (dims, shapes)
 }
 
 fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
@@ -233,21 +337,69 @@ fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
+/// Splits the boxes (indices into `boxes`, in rule order) into the forest's trees: by which
+/// of the (first `MAX_PARTITION_DIMS`) 32-bit field dimensions each box is small on, small
+/// categories joining the largest (see the module doc).
+fn partition(dims: &[Dim], boxes: &[(u32, Vec<(u64, u64)>)]) -> Vec<Vec<u32>> {
+    let addr: Vec<usize> = (0..dims.len())
+        .filter(|&d| dims[d].bits() == 33)
+        .take(MAX_PARTITION_DIMS)
+        .collect();
+    let mut groups: Vec<Vec<u32>> = vec![Vec::new(); 1 << addr.len()];
+    for (i, (_, b)) in boxes.iter().enumerate() {
+        let mut cat = 0;
+        for (k, &d) in addr.iter().enumerate() {
+            let (lo, hi) = b[d];
+            if hi - lo < SMALL_WIDTH {
+                cat |= 1 << k;
+            }
+        }
+        groups[cat].push(i as u32);
+    }
+    let total = boxes.len();
+    let Some(largest) = (0..groups.len()).max_by_key(|&g| groups[g].len()) else {
+        return Vec::new();
+    };
+    let mut merged: Vec<u32> = Vec::new();
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for (g, group) in groups.into_iter().enumerate() {
+        if g == largest || group.len() * 100 < total * MERGE_PERCENT {
+            merged.extend(group);
+        } else if !group.is_empty() {
+            out.push(group);
+        }
+    }
+    // Box indices are in rule order within each category; keep them so after merging.
+    merged.sort_unstable();
+    if !merged.is_empty() {
+        out.insert(0, merged);
+    }
+    out
+}
+
 struct Builder<'a> {
     /// Every box: its rule and its per-dimension ranges.
     boxes: &'a [(u32, Vec<(u64, u64)>)],
     nodes: Vec<u64>,
-    /// Leaf words (logical, one value each); packed into `Tree::leaves` at the end.
+    /// Leaf words (logical, one value each); packed into `Part::leaves` at the end.
     words: Vec<u64>,
     leaf_boxes: usize,
     leaves: HashMap<Vec<u32>, u64>,
+    /// Bytes of one box in the packed leaf table.
+    box_bytes: usize,
+    /// Bytes written plus, for each node not yet built, its boxes as one leaf.
+    charged: usize,
+    budget: usize,
+    budget_reached: bool,
 }
 
 const LEAF: u64 = 1 << 63;
 
 impl Builder<'_> {
+    /// The leaf word for `list`, whose boxes are charged (as pending) on entry.
     fn leaf(&mut self, list: &[u32]) -> u64 {
         if let Some(&w) = self.leaves.get(list) {
+            self.charged -= list.len() * self.box_bytes;
             return w;
         }
         let first = self.words.len() as u64;
@@ -265,7 +417,8 @@ impl Builder<'_> {
         w
     }
 
-    /// The node word for `list` (box indices, in rule order) inside `region`.
+    /// The node word for `list` (box indices, in rule order) inside `region`; the boxes are
+    /// charged (as pending) on entry.
     fn node(&mut self, list: Vec<u32>, region: &[(u64, u64)], depth: u32) -> u64 {
         // Drop boxes that cannot win here: everything after one covering the whole region.
         let mut list = list;
@@ -276,13 +429,15 @@ impl Builder<'_> {
                 .zip(region)
                 .all(|(&(lo, hi), &(rlo, rhi))| lo <= rlo && hi >= rhi)
         }) {
+            self.charged -= (list.len() - cover - 1) * self.box_bytes;
             list.truncate(cover + 1);
         }
         if list.len() <= LEAF_BOXES || depth >= MAX_DEPTH {
             return self.leaf(&list);
         }
         // Pick the dimension and cut count whose largest child is smallest.
-        let mut best: Option<(usize, usize, u32)> = None; // (largest child, dim, cut bits)
+        // (largest child, dim, cut bits, boxes in all children)
+        let mut best: Option<(usize, usize, u32, usize)> = None;
         for (d, &(rlo, rhi)) in region.iter().enumerate() {
             let width_bits = 64 - (rhi - rlo).leading_zeros();
             let mut chosen = None;
@@ -308,25 +463,33 @@ impl Builder<'_> {
                     run += v;
                     largest = largest.max(run);
                 }
-                chosen = Some((largest as usize, c));
+                chosen = Some((largest as usize, c, total));
             }
-            if let Some((largest, c)) = chosen {
-                if best.is_none_or(|(l, _, _)| largest < l) {
-                    best = Some((largest, d, c));
+            if let Some((largest, c, total)) = chosen {
+                if best.is_none_or(|(l, ..)| largest < l) {
+                    best = Some((largest, d, c, total));
                 }
             }
         }
-        let Some((largest, d, c)) = best else {
+        let Some((largest, d, c, total)) = best else {
             return self.leaf(&list);
         };
         if largest >= list.len() {
             // No cut separates these boxes.
             return self.leaf(&list);
         }
+        let n = 1usize << c;
+        // Cutting writes `n` node words and leaves the children pending instead of this
+        // node: within the budget, or this node stays a leaf.
+        let after = self.charged - list.len() * self.box_bytes + total * self.box_bytes + n * 8;
+        if after > self.budget {
+            self.budget_reached = true;
+            return self.leaf(&list);
+        }
+        self.charged = after;
         let (rlo, rhi) = region[d];
         let width_bits = 64 - (rhi - rlo).leading_zeros();
         let shift = width_bits - c;
-        let n = 1usize << c;
         let mut children: Vec<Vec<u32>> = vec![Vec::new(); n];
         for &b in &list {
             let (lo, hi) = self.boxes[b as usize].1[d];
@@ -336,6 +499,7 @@ impl Builder<'_> {
                 child.push(b);
             }
         }
+        drop(list);
         let base = self.nodes.len();
         self.nodes.extend(std::iter::repeat_n(0, n));
         for (i, child) in children.into_iter().enumerate() {
@@ -349,35 +513,44 @@ impl Builder<'_> {
     }
 }
 
+/// What the burst function's residual pass needs besides the forest.
+pub(super) struct BurstEnv<'a> {
+    pub ir: &'a Classifier,
+    /// The burst's `in_port` (i32) and scratch pointer (null without payload helpers).
+    pub in_port: Value,
+    pub scratch: Value,
+    pub helper_sig: Option<SigRef>,
+    /// The scratch reset helper's signature and address, with payload helpers.
+    pub reset: Option<(SigRef, i64)>,
+}
+
 impl Tree {
-    /// Builds the tree, or `None` when the rule set does not qualify.
+    /// Builds the forest under [`DEFAULT_BUDGET`] (see [`Tree::build_with`]).
     pub fn build(ir: &Classifier) -> Option<Tree> {
-        let (dims, rules) = rule_boxes_all(ir)?;
+        Tree::build_with(ir, DEFAULT_BUDGET)
+    }
+
+    /// Builds the forest of the header rules with its tables within `budget` bytes; `None`
+    /// when there is no header rule or even one leaf per tree would not fit.
+    pub fn build_with(ir: &Classifier, budget: usize) -> Option<Tree> {
+        let started = Instant::now();
+        let (dims, shapes) = analyse(ir);
         let mut boxes = Vec::new();
-        for (r, rb) in rules.into_iter().enumerate() {
-            for b in rb.into_iter().flatten() {
-                boxes.push((r as u32, b));
+        let mut residual = Vec::new();
+        let mut header_rules = 0;
+        for (r, shape) in shapes.into_iter().enumerate() {
+            match shape {
+                Shape::Never => {}
+                Shape::Residual => residual.push(r),
+                Shape::Boxes(rb) => {
+                    header_rules += 1;
+                    boxes.extend(rb.into_iter().map(|b| (r as u32, b)));
+                }
             }
         }
-        let region: Vec<(u64, u64)> = dims.iter().map(|d| d.full()).collect();
-        let mut builder = Builder {
-            boxes: &boxes,
-            nodes: Vec::new(),
-            words: Vec::new(),
-            leaf_boxes: 0,
-            leaves: HashMap::new(),
-        };
-        let root = builder.node((0..boxes.len() as u32).collect(), &region, 0);
-        // The padding box (see `emit_leaf_start`).
-        builder
-            .words
-            .extend(std::iter::repeat_n(0, 1 + 2 * dims.len()));
-        let Builder {
-            nodes,
-            words,
-            leaf_boxes,
-            ..
-        } = builder;
+        if header_rules == 0 {
+            return None;
+        }
         // 4-byte words when everything fits: every dimension at most 33 bits wide (a 32-bit
         // field and its absent sentinel), at most `MAX_WIDE_DIMS` of them 33 bits wide, and
         // rule indices below 2^24. A 33-bit dimension's `lo` is always below 2^32 (ranges
@@ -391,47 +564,98 @@ impl Tree {
                 .iter()
                 .all(|(_, r)| r.iter().all(|&(lo, _)| lo < 1 << 32));
         let word_bytes = if narrow { 4 } else { 8 };
-        let mut bytes = Vec::with_capacity(words.len() * word_bytes + 8);
-        if narrow {
-            for b in words.chunks(1 + 2 * dims.len()) {
-                let mut rule = b[0];
-                for (f, &d) in wide_dims.iter().enumerate() {
-                    rule |= (b[2 + 2 * d] >> 32) << (24 + f);
-                }
-                bytes.extend_from_slice(&(rule as u32).to_ne_bytes());
-                for &w in &b[1..] {
-                    bytes.extend_from_slice(&(w as u32).to_ne_bytes());
-                }
+        let box_bytes = (1 + 2 * dims.len()) * word_bytes;
+        let region: Vec<(u64, u64)> = dims.iter().map(|d| d.full()).collect();
+
+        let groups = partition(&dims, &boxes);
+        let mut left_budget = budget;
+        let mut left_boxes = boxes.len();
+        let mut parts = Vec::new();
+        let mut stats = TreeStats {
+            header_rules,
+            residual_rules: residual.len(),
+            subtrees: groups.len(),
+            node_words: 0,
+            leaf_boxes: 0,
+            distinct_boxes: boxes.len(),
+            bytes: 0,
+            budget,
+            budget_reached: false,
+            build_time: Duration::ZERO,
+        };
+        for group in groups {
+            // This tree's share of what is left, in proportion to its boxes.
+            let share =
+                (left_budget as u128 * group.len() as u128 / left_boxes.max(1) as u128) as usize;
+            left_boxes -= group.len();
+            // The tree as one leaf (plus the padding box) must fit at least.
+            let charged = (group.len() + 1) * box_bytes + 8;
+            if charged > share {
+                return None;
             }
-        } else {
-            for &w in &words {
-                bytes.extend_from_slice(&w.to_ne_bytes());
-            }
+            let mut builder = Builder {
+                boxes: &boxes,
+                nodes: Vec::new(),
+                words: Vec::new(),
+                leaf_boxes: 0,
+                leaves: HashMap::new(),
+                box_bytes,
+                charged,
+                budget: share,
+                budget_reached: false,
+            };
+            let root = builder.node(group, &region, 0);
+            // The padding box (see `emit_leaf_start`).
+            builder
+                .words
+                .extend(std::iter::repeat_n(0, 1 + 2 * dims.len()));
+            let Builder {
+                nodes,
+                words,
+                leaf_boxes,
+                charged,
+                budget_reached,
+                ..
+            } = builder;
+            let leaves = pack(&words, dims.len(), narrow, &wide_dims);
+            let bytes = nodes.len() * 8 + leaves.len() * 8;
+            debug_assert!(bytes <= charged, "{bytes} > {charged}");
+            stats.node_words += nodes.len();
+            stats.leaf_boxes += leaf_boxes;
+            stats.bytes += bytes;
+            stats.budget_reached |= budget_reached;
+            left_budget = left_budget.saturating_sub(bytes);
+            parts.push(Part {
+                root,
+                nodes,
+                leaves,
+            });
         }
-        let leaves = bytes
-            .chunks(8)
-            .map(|c| {
-                let mut b = [0u8; 8];
-                b[..c.len()].copy_from_slice(c);
-                u64::from_ne_bytes(b)
-            })
-            .collect();
+        stats.build_time = started.elapsed();
         Some(Tree {
             dims,
-            root,
-            nodes,
-            leaves,
+            parts,
             word_bytes,
             wide_dims: if narrow { wide_dims } else { Vec::new() },
-            leaf_boxes,
-            distinct_boxes: boxes.len(),
+            residual,
+            stats,
         })
     }
 
-    /// Logical word `i` of the leaf table.
-    fn leaf_word(&self, i: usize) -> u64 {
+    /// What the build did.
+    pub fn stats(&self) -> &TreeStats {
+        &self.stats
+    }
+
+    /// The rules the forest leaves to the linear code, in order.
+    pub(super) fn residual(&self) -> &[usize] {
+        &self.residual
+    }
+
+    /// Logical word `i` of a leaf table.
+    fn leaf_word(&self, part: &Part, i: usize) -> u64 {
         let at = i * self.word_bytes;
-        let byte = |k: usize| (self.leaves[k / 8].to_ne_bytes())[k % 8];
+        let byte = |k: usize| (part.leaves[k / 8].to_ne_bytes())[k % 8];
         let mut b = [0u8; 8];
         for (k, slot) in b.iter_mut().enumerate().take(self.word_bytes) {
             *slot = byte(at + k);
@@ -454,16 +678,13 @@ impl Tree {
 
     /// Table sizes, for reports: (node words, boxes in leaves, distinct boxes, bytes).
     pub fn size(&self) -> (usize, usize, usize, usize) {
-        (
-            self.nodes.len(),
-            self.leaf_boxes,
-            self.distinct_boxes,
-            self.nodes.len() * 8 + self.leaves.len() * 8,
-        )
+        let s = &self.stats;
+        (s.node_words, s.leaf_boxes, s.distinct_boxes, s.bytes)
     }
 
-    /// The tree walk done in Rust on a decoded frame: the rule (or `None`), the depth reached
-    /// and the boxes scanned. For tests and for tuning the build parameters.
+    /// The forest's walk done in Rust on a decoded frame: the first matching *header* rule
+    /// (or `None`; residual rules are not looked at), the depth reached and the boxes
+    /// scanned, summed over the trees. For tests and for tuning the build parameters.
     pub fn lookup(&self, frame: &[u8]) -> (Option<usize>, usize, usize) {
         let d = netvm_packet::Decoded::new(frame);
         let key: Vec<u64> = self
@@ -474,43 +695,47 @@ impl Tree {
                 Dim::Field(f) => d.field(f).map_or(1u64 << f.ty().bits(), |v| v as u64),
             })
             .collect();
-        let mut node = self.root;
-        let mut depth = 0;
-        while node & LEAF == 0 {
-            let dim = (node & 0xff) as usize;
-            let shift = (node >> 8) & 0xff;
-            let mask = (node >> 16) & 0xffff;
-            let idx = (node >> 32) + ((key[dim] >> shift) & mask);
-            node = self.nodes[idx as usize];
-            depth += 1;
-        }
-        let stride = 1 + 2 * self.dims.len();
-        let first = (node & 0xffff_ffff) as usize;
-        let count = ((node >> 32) & 0x7fff_ffff) as usize;
-        for i in 0..count {
-            let at = first + i * stride;
-            let rule = self.leaf_word(at);
-            let width = |k: usize| {
-                let w = self.leaf_word(at + 2 + 2 * k);
-                match self.wide_dims.iter().position(|&d| d == k) {
-                    Some(f) => w | ((rule >> (24 + f)) & 1) << 32,
-                    None => w,
-                }
-            };
-            if key
-                .iter()
-                .enumerate()
-                .all(|(k, &v)| v.wrapping_sub(self.leaf_word(at + 1 + 2 * k)) <= width(k))
-            {
-                let rule = if self.word_bytes == 4 {
-                    rule & RULE_BITS
-                } else {
-                    rule
+        let (mut best, mut depth, mut scanned) = (None::<usize>, 0, 0);
+        for part in &self.parts {
+            let mut node = part.root;
+            while node & LEAF == 0 {
+                let dim = (node & 0xff) as usize;
+                let shift = (node >> 8) & 0xff;
+                let mask = (node >> 16) & 0xffff;
+                let idx = (node >> 32) + ((key[dim] >> shift) & mask);
+                node = part.nodes[idx as usize];
+                depth += 1;
+            }
+            let stride = 1 + 2 * self.dims.len();
+            let first = (node & 0xffff_ffff) as usize;
+            let count = ((node >> 32) & 0x7fff_ffff) as usize;
+            for i in 0..count {
+                scanned += 1;
+                let at = first + i * stride;
+                let rule = self.leaf_word(part, at);
+                let width = |k: usize| {
+                    let w = self.leaf_word(part, at + 2 + 2 * k);
+                    match self.wide_dims.iter().position(|&d| d == k) {
+                        Some(f) => w | ((rule >> (24 + f)) & 1) << 32,
+                        None => w,
+                    }
                 };
-                return (Some(rule as usize), depth, i + 1);
+                if key
+                    .iter()
+                    .enumerate()
+                    .all(|(k, &v)| v.wrapping_sub(self.leaf_word(part, at + 1 + 2 * k)) <= width(k))
+                {
+                    let rule = if self.word_bytes == 4 {
+                        rule & RULE_BITS
+                    } else {
+                        rule
+                    } as usize;
+                    best = Some(best.map_or(rule, |b| b.min(rule)));
+                    break;
+                }
             }
         }
-        (None, depth, count)
+        (best, depth, scanned)
     }
 
     /// Emits the key computation from the parsed headers: one i64 per dimension.
@@ -545,7 +770,13 @@ impl Tree {
 
     /// One step of the walk from the internal node word `node`: the child's word.
     /// `key_base` points at this frame's key (one i64 per dimension).
-    fn emit_step(&self, fb: &mut FunctionBuilder, node: Value, key_base: Value) -> Value {
+    fn emit_step(
+        &self,
+        fb: &mut FunctionBuilder,
+        part: &Part,
+        node: Value,
+        key_base: Value,
+    ) -> Value {
         let i64t = types::I64;
         // SAFETY (of the loads below, which Cranelift cannot check): `dim` < dims.len() by
         // construction of every internal word, so the key load stays in the frame's key;
@@ -553,7 +784,7 @@ impl Tree {
         // `mask + 1` child words at `children`; the tables live in this `Tree`, which the
         // `Jit` keeps alive as long as the code and never mutates.
         let table = MemFlagsData::trusted().with_readonly();
-        let nodes = fb.ins().iconst(i64t, self.nodes.as_ptr() as i64);
+        let nodes = fb.ins().iconst(i64t, part.nodes.as_ptr() as i64);
         let dim = fb.ins().band_imm_u(node, 0xff);
         let key_off = fb.ins().ishl_imm_u(dim, 3);
         let key_addr = fb.ins().iadd(key_base, key_off);
@@ -573,8 +804,8 @@ impl Tree {
 
     /// The address of the first box of the leaf word `node`. There is always a whole box
     /// there, even for an empty leaf (the table ends with a padding box).
-    fn emit_leaf_start(&self, fb: &mut FunctionBuilder, node: Value) -> Value {
-        let leaves = fb.ins().iconst(types::I64, self.leaves.as_ptr() as i64);
+    fn emit_leaf_start(&self, fb: &mut FunctionBuilder, part: &Part, node: Value) -> Value {
+        let leaves = fb.ins().iconst(types::I64, part.leaves.as_ptr() as i64);
         let first = fb.ins().band_imm_u(node, 0xffff_ffff);
         let start = fb.ins().imul_imm_u(first, self.word_bytes as i64);
         fb.ins().iadd(leaves, start)
@@ -585,13 +816,14 @@ impl Tree {
     fn emit_scan(
         &self,
         fb: &mut FunctionBuilder,
+        part: &Part,
         node: Value,
         keys: &[Value],
         default: i64,
         done: Block,
     ) {
         if self.wide_dims.is_empty() {
-            self.emit_scan_with(fb, node, keys, default, done, false);
+            self.emit_scan_with(fb, part, node, keys, default, done, false);
             return;
         }
         // With every 33-bit key present (below 2^32), bit 32 of a width cannot change an
@@ -610,15 +842,17 @@ impl Tree {
             fb.ins().brif(a, slow, &[], fast, &[]);
         }
         fb.switch_to_block(fast);
-        self.emit_scan_with(fb, node, keys, default, done, false);
+        self.emit_scan_with(fb, part, node, keys, default, done, false);
         fb.switch_to_block(slow);
-        self.emit_scan_with(fb, node, keys, default, done, true);
+        self.emit_scan_with(fb, part, node, keys, default, done, true);
     }
 
     /// [`Tree::emit_scan`], reading the widths' bit 32 from the rule word or not.
+    #[allow(clippy::too_many_arguments)]
     fn emit_scan_with(
         &self,
         fb: &mut FunctionBuilder,
+        part: &Part,
         node: Value,
         keys: &[Value],
         default: i64,
@@ -640,7 +874,7 @@ impl Tree {
                 fb.ins().load(i64t, table, at, off)
             }
         };
-        let start = self.emit_leaf_start(fb, node);
+        let start = self.emit_leaf_start(fb, part, node);
         let count = fb.ins().ushr_imm_u(node, 32);
         let count = fb.ins().band_imm_u(count, 0x7fff_ffff);
         let len = fb.ins().imul_imm_u(count, stride);
@@ -702,8 +936,9 @@ impl Tree {
         fb.ins().jump(done, &[BlockArg::Value(d)]);
     }
 
-    /// The single-frame body: key computation, the walk and the leaf scan; returns the rule
-    /// index.
+    /// The single-frame body: key computation, each tree's walk and leaf scan, the lowest
+    /// answer, then the residual rules below it (`e.parse` must reach their level); returns
+    /// the rule index.
     pub(super) fn emit(&self, fb: &mut FunctionBuilder, e: &RuleEmitter) {
         let i64t = types::I64;
         // The key, in registers for the leaf scan and in a stack slot for the walk.
@@ -717,22 +952,33 @@ impl Tree {
             fb.ins().stack_store(i64t, k, slot, (i * 8) as i32);
         }
         let key_base = fb.ins().stack_addr(i64t, slot, 0);
-        let node = self.emit_walk(fb, key_base);
-        let done = fb.create_block();
-        let rule = fb.append_block_param(done, types::I32);
-        self.emit_scan(fb, node, &keys, e.ir.rules.len() as i64, done);
-        fb.switch_to_block(done);
-        fb.ins().return_(&[rule]);
+        let default = e.ir.rules.len() as i64;
+        let mut best = None;
+        for part in &self.parts {
+            let node = self.emit_walk(fb, part, key_base);
+            let done = fb.create_block();
+            let rule = fb.append_block_param(done, types::I32);
+            self.emit_scan(fb, part, node, &keys, default, done);
+            fb.switch_to_block(done);
+            best = Some(match best {
+                None => rule,
+                Some(b) => fb.ins().umin(b, rule),
+            });
+        }
+        let best = best.unwrap_or_else(|| fb.ins().iconst(types::I32, default));
+        e.rules_in_order(fb, &self.residual, Some(best), &mut |fb, r| {
+            fb.ins().return_(&[r]);
+        });
     }
 
-    /// The walk from the root to a leaf for the key at `key_base`: the leaf word.
-    fn emit_walk(&self, fb: &mut FunctionBuilder, key_base: Value) -> Value {
+    /// The walk from a tree's root to a leaf for the key at `key_base`: the leaf word.
+    fn emit_walk(&self, fb: &mut FunctionBuilder, part: &Part, key_base: Value) -> Value {
         let i64t = types::I64;
         let walk = fb.create_block();
         let node = fb.append_block_param(walk, i64t);
         let inner = fb.create_block();
         let leaf = fb.create_block();
-        let root = fb.ins().iconst(i64t, self.root as i64);
+        let root = fb.ins().iconst(i64t, part.root as i64);
         fb.ins().jump(walk, &[BlockArg::Value(root)]);
 
         fb.switch_to_block(walk);
@@ -740,7 +986,7 @@ impl Tree {
         fb.ins().brif(is_leaf, leaf, &[], inner, &[]);
 
         fb.switch_to_block(inner);
-        let next = self.emit_step(fb, node, key_base);
+        let next = self.emit_step(fb, part, node, key_base);
         fb.ins().jump(walk, &[BlockArg::Value(next)]);
 
         fb.switch_to_block(leaf);
@@ -748,20 +994,20 @@ impl Tree {
     }
 
     /// The burst body, `(frames: *const *const u8, lens: *const usize, n: usize,
-    /// out: *mut u32)` with `n <= MAX_BURST`. Two passes over the frames: the first parses
-    /// each frame, stores its key and walks it to its leaf; the second scans the leaves.
-    /// Keeping the leaf scans (whose exits are data-dependent branches) out of the parse and
-    /// walk loop measured ~10% faster than one pass; walking the frames level by level
-    /// together (to overlap cache misses) measured slower — most node loads hit the cache
-    /// and the bookkeeping costs more than the overlap saves.
+    /// out: *mut u32)` with `n <= MAX_BURST` (see the module doc for the passes). Keeping
+    /// the leaf scans (whose exits are data-dependent branches) out of the parse and walk
+    /// loop measured ~10% faster than one pass; walking the frames level by level together
+    /// (to overlap cache misses) measured slower — most node loads hit the cache and the
+    /// bookkeeping costs more than the overlap saves.
     pub(super) fn emit_burst(
         &self,
         fb: &mut FunctionBuilder,
         [ptrs, lens, n, out]: [Value; 4],
-        default: i64,
+        env: &BurstEnv,
     ) {
         let i64t = types::I64;
         let i32t = types::I32;
+        let default = env.ir.rules.len() as i64;
         let dims = self.dims.len().max(1);
         let key_bytes = (dims * 8) as i64;
         let slot = |fb: &mut FunctionBuilder, bytes: usize| {
@@ -788,10 +1034,8 @@ impl Tree {
         };
 
         // Pass 1: parse every frame, store its key.
-        let walks = fb.create_block();
-        let leaves = fb.create_block();
-        let zero = fb.ins().iconst(i64t, 0);
-        super::emit_frame_loop(fb, n, walks, |fb, i| {
+        let after_keys = fb.create_block();
+        super::emit_frame_loop(fb, n, after_keys, |fb, i| {
             // SAFETY: the parse reads only inside each frame (see `parse`).
             let (ptr, len) = super::emit_frame(fb, ptrs, lens, i);
             let parse = Parse::emit(fb, ptr, len, self.level());
@@ -802,96 +1046,282 @@ impl Tree {
             }
         });
 
-        // Pass 2: the walks, WALK_GROUP frames at a time in lockstep, branch-free in
-        // registers, so that their dependent chains of node loads overlap. A frame that has
-        // reached its leaf keeps its word (its step is computed from the root's word, which is
-        // always safe to step, and thrown away).
-        let ghead = fb.create_block();
-        let g = fb.append_block_param(ghead, i64t);
-        let gbody = fb.create_block();
-        let walk = fb.create_block();
-        let step = fb.create_block();
-        let stored = fb.create_block();
-        let words: Vec<Value> = (0..WALK_GROUP)
-            .map(|_| fb.append_block_param(walk, i64t))
-            .collect();
-        fb.ins().jump(ghead, &[BlockArg::Value(zero)]);
-        fb.switch_to_block(ghead);
-        let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, g, n);
-        fb.ins().brif(finished, leaves, &[], gbody, &[]);
-
-        fb.switch_to_block(gbody);
-        // Frames past the end repeat the last one (same key, same leaf, same store).
-        let last = fb.ins().iadd_imm_u(n, -1);
-        let frames: Vec<Value> = (0..WALK_GROUP as i64)
-            .map(|k| {
-                let f = fb.ins().iadd_imm_u(g, k);
-                fb.ins().umin(f, last)
-            })
-            .collect();
-        let key_bases: Vec<Value> = frames.iter().map(|&f| key_at(fb, f)).collect();
-        let root = fb.ins().iconst(i64t, self.root as i64);
-        let args: Vec<BlockArg> = (0..WALK_GROUP).map(|_| BlockArg::Value(root)).collect();
-        fb.ins().jump(walk, &args);
-
-        fb.switch_to_block(walk);
-        let mut all = words[0];
-        for &w in &words[1..] {
-            all = fb.ins().band(all, w);
-        }
-        let all_leaves = fb.ins().icmp_imm_u(IntCC::SignedLessThan, all, 0);
-        fb.ins().brif(all_leaves, stored, &[], step, &[]);
-
-        fb.switch_to_block(step);
-        let root = fb.ins().iconst(i64t, self.root as i64);
-        let mut next_args = Vec::new();
-        for (&w, &kb) in words.iter().zip(&key_bases) {
-            let leaf = fb.ins().icmp_imm_u(IntCC::SignedLessThan, w, 0);
-            let safe = fb.ins().select(leaf, root, w);
-            let next = self.emit_step(fb, safe, kb);
-            let next = fb.ins().select(leaf, w, next);
-            next_args.push(BlockArg::Value(next));
-        }
-        fb.ins().jump(walk, &next_args);
-
-        fb.switch_to_block(stored);
-        for (&w, &f) in words.iter().zip(&frames) {
-            let a = at(fb, leaf_base, f, 3);
-            fb.ins().store(mem, w, a, 0);
-            // Touch the leaf's first box now, so that its cache miss overlaps the other
-            // walks instead of stalling the scan (Cranelift has no prefetch; a load whose
-            // value is stored is one that cannot be removed).
-            let first = self.emit_leaf_start(fb, w);
-            let touched = fb.ins().load(
-                types::I32,
-                MemFlagsData::trusted().with_readonly(),
-                first,
-                0,
-            );
-            let a = at(fb, touch_base, f, 2);
-            fb.ins().store(mem, touched, a, 0);
-        }
-        let g1 = fb.ins().iadd_imm_u(g, WALK_GROUP as i64);
-        fb.ins().jump(ghead, &[BlockArg::Value(g1)]);
-
-        // Pass 3: each frame's leaf.
-        fb.switch_to_block(leaves);
-        let exit = fb.create_block();
-        super::emit_frame_loop(fb, n, exit, |fb, i| {
-            let a = at(fb, leaf_base, i, 3);
-            let node = fb.ins().load(i64t, mem, a, 0);
-            let kb = key_at(fb, i);
-            let keys: Vec<Value> = (0..self.dims.len())
-                .map(|d| fb.ins().load(i64t, mem, kb, (d * 8) as i32))
+        for (p, part) in self.parts.iter().enumerate() {
+            // Pass 2: the walks, WALK_GROUP frames at a time in lockstep, branch-free in
+            // registers, so that their dependent chains of node loads overlap. A frame that
+            // has reached its leaf keeps its word (its step is computed from the root's word,
+            // which is always safe to step, and thrown away).
+            let zero = fb.ins().iconst(i64t, 0);
+            let ghead = fb.create_block();
+            let g = fb.append_block_param(ghead, i64t);
+            let gbody = fb.create_block();
+            let walk = fb.create_block();
+            let step = fb.create_block();
+            let stored = fb.create_block();
+            let leaves = fb.create_block();
+            let words: Vec<Value> = (0..WALK_GROUP)
+                .map(|_| fb.append_block_param(walk, i64t))
                 .collect();
-            let done = fb.create_block();
-            let rule = fb.append_block_param(done, i32t);
-            self.emit_scan(fb, node, &keys, default, done);
-            fb.switch_to_block(done);
-            // SAFETY: the caller passes `out` with room for `n` u32s.
-            let a = at(fb, out, i, 2);
-            fb.ins().store(mem, rule, a, 0);
-        });
+            fb.ins().jump(ghead, &[BlockArg::Value(zero)]);
+            fb.switch_to_block(ghead);
+            let finished = fb.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, g, n);
+            fb.ins().brif(finished, leaves, &[], gbody, &[]);
+
+            fb.switch_to_block(gbody);
+            // Frames past the end repeat the last one (same key, same leaf, same store).
+            let last = fb.ins().iadd_imm_u(n, -1);
+            let frames: Vec<Value> = (0..WALK_GROUP as i64)
+                .map(|k| {
+                    let f = fb.ins().iadd_imm_u(g, k);
+                    fb.ins().umin(f, last)
+                })
+                .collect();
+            let key_bases: Vec<Value> = frames.iter().map(|&f| key_at(fb, f)).collect();
+            let root = fb.ins().iconst(i64t, part.root as i64);
+            let args: Vec<BlockArg> = (0..WALK_GROUP).map(|_| BlockArg::Value(root)).collect();
+            fb.ins().jump(walk, &args);
+
+            fb.switch_to_block(walk);
+            let mut all = words[0];
+            for &w in &words[1..] {
+                all = fb.ins().band(all, w);
+            }
+            let all_leaves = fb.ins().icmp_imm_u(IntCC::SignedLessThan, all, 0);
+            fb.ins().brif(all_leaves, stored, &[], step, &[]);
+
+            fb.switch_to_block(step);
+            let root = fb.ins().iconst(i64t, part.root as i64);
+            let mut next_args = Vec::new();
+            for (&w, &kb) in words.iter().zip(&key_bases) {
+                let leaf = fb.ins().icmp_imm_u(IntCC::SignedLessThan, w, 0);
+                let safe = fb.ins().select(leaf, root, w);
+                let next = self.emit_step(fb, part, safe, kb);
+                let next = fb.ins().select(leaf, w, next);
+                next_args.push(BlockArg::Value(next));
+            }
+            fb.ins().jump(walk, &next_args);
+
+            fb.switch_to_block(stored);
+            for (&w, &f) in words.iter().zip(&frames) {
+                let a = at(fb, leaf_base, f, 3);
+                fb.ins().store(mem, w, a, 0);
+                // Touch the leaf's first box now, so that its cache miss overlaps the other
+                // walks instead of stalling the scan (Cranelift has no prefetch; a load whose
+                // value is stored is one that cannot be removed).
+                let first = self.emit_leaf_start(fb, part, w);
+                let touched = fb.ins().load(
+                    types::I32,
+                    MemFlagsData::trusted().with_readonly(),
+                    first,
+                    0,
+                );
+                let a = at(fb, touch_base, f, 2);
+                fb.ins().store(mem, touched, a, 0);
+            }
+            let g1 = fb.ins().iadd_imm_u(g, WALK_GROUP as i64);
+            fb.ins().jump(ghead, &[BlockArg::Value(g1)]);
+
+            // Pass 3: each frame's leaf; after the first tree, the lower of the answers.
+            fb.switch_to_block(leaves);
+            let after_scans = fb.create_block();
+            super::emit_frame_loop(fb, n, after_scans, |fb, i| {
+                let a = at(fb, leaf_base, i, 3);
+                let node = fb.ins().load(i64t, mem, a, 0);
+                let kb = key_at(fb, i);
+                let keys: Vec<Value> = (0..self.dims.len())
+                    .map(|d| fb.ins().load(i64t, mem, kb, (d * 8) as i32))
+                    .collect();
+                let done = fb.create_block();
+                let rule = fb.append_block_param(done, i32t);
+                self.emit_scan(fb, part, node, &keys, default, done);
+                fb.switch_to_block(done);
+                // SAFETY: the caller passes `out` with room for `n` u32s.
+                let a = at(fb, out, i, 2);
+                let rule = if p == 0 {
+                    rule
+                } else {
+                    let before = fb.ins().load(i32t, mem, a, 0);
+                    fb.ins().umin(before, rule)
+                };
+                fb.ins().store(mem, rule, a, 0);
+            });
+        }
+
+        // Pass 4: the residual rules, for the frames whose answer is above the first one.
+        if let Some(&first) = self.residual.first() {
+            let exit = fb.create_block();
+            let level = level_of_rules(env.ir, &self.residual);
+            super::emit_frame_loop(fb, n, exit, |fb, i| {
+                let a = at(fb, out, i, 2);
+                let found = fb.ins().load(i32t, mem, a, 0);
+                let work = fb.create_block();
+                let next = fb.create_block();
+                let skip = fb
+                    .ins()
+                    .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, found, first as i64);
+                fb.ins().brif(skip, next, &[], work, &[]);
+                fb.switch_to_block(work);
+                if let Some((sig, reset)) = env.reset {
+                    let callee = fb.ins().iconst(i64t, reset);
+                    fb.ins().call_indirect(sig, callee, &[env.scratch]);
+                }
+                // SAFETY: the parse reads only inside each frame (see `parse`).
+                let (ptr, len) = super::emit_frame(fb, ptrs, lens, i);
+                let emitter = RuleEmitter {
+                    ir: env.ir,
+                    parse: Parse::emit(fb, ptr, len, level),
+                    in_port: env.in_port,
+                    scratch: env.scratch,
+                    helper_sig: env.helper_sig,
+                };
+                emitter.rules_in_order(fb, &self.residual, Some(found), &mut |fb, r| {
+                    fb.ins().store(mem, r, a, 0);
+                    fb.ins().jump(next, &[]);
+                });
+                fb.switch_to_block(next);
+            });
+        }
         fb.ins().return_(&[]);
+    }
+}
+
+/// Packs logical leaf words (per box: rule, then `(lo, width)` per dimension) into the table
+/// the code reads: 4-byte words with the wide dimensions' width bit 32 in the rule word when
+/// `narrow`, else 8-byte words.
+fn pack(words: &[u64], dims: usize, narrow: bool, wide_dims: &[usize]) -> Vec<u64> {
+    let word_bytes = if narrow { 4 } else { 8 };
+    let mut bytes = Vec::with_capacity(words.len() * word_bytes + 8);
+    if narrow {
+        for b in words.chunks(1 + 2 * dims) {
+            let mut rule = b[0];
+            for (f, &d) in wide_dims.iter().enumerate() {
+                rule |= (b[2 + 2 * d] >> 32) << (24 + f);
+            }
+            bytes.extend_from_slice(&(rule as u32).to_ne_bytes());
+            for &w in &b[1..] {
+                bytes.extend_from_slice(&(w as u32).to_ne_bytes());
+            }
+        }
+    } else {
+        for &w in words {
+            bytes.extend_from_slice(&w.to_ne_bytes());
+        }
+    }
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_ne_bytes(b)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A firewall-like set generated here: every rule wildcards one address (alternating
+    /// sides) and names a /24 or longer on the other, with port ranges — what replicates
+    /// without partitioning (every cut of the named address copies every wildcard rule).
+    fn wildcard_heavy(rules: usize) -> Classifier {
+        let mut ir = Classifier {
+            atoms: Vec::new(),
+            rules: Vec::new(),
+            literals: Vec::new(),
+            regexes: Vec::new(),
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let atom = |ir: &mut Classifier, a: Atom| {
+            ir.atoms.push(a);
+            Expr::Atom(ir.atoms.len() - 1)
+        };
+        for i in 0..rules {
+            let len = 24 + (next() % 9) as u32;
+            let host = (1u128 << (32 - len)) - 1;
+            let addr = u128::from(next() as u32) & !host;
+            let field = if i % 2 == 0 {
+                Field::IpSrc
+            } else {
+                Field::IpDst
+            };
+            let lo = u128::from(next() as u16 % 2000);
+            let a = atom(
+                &mut ir,
+                Atom::Field {
+                    field,
+                    mask: None,
+                    ranges: vec![(addr, addr | host)],
+                },
+            );
+            let p = atom(
+                &mut ir,
+                Atom::Field {
+                    field: Field::TcpDport,
+                    mask: None,
+                    ranges: vec![(lo, lo + u128::from(next() as u16 % 3000))],
+                },
+            );
+            ir.rules.push(Expr::And(vec![a, p]));
+        }
+        ir
+    }
+
+    fn frame(src: u32, dst: u32, dport: u16) -> Vec<u8> {
+        let mut spec = netvm_packet::PacketSpec::new(netvm_packet::BaseProto::Tcp);
+        spec.set(Field::IpSrc, u128::from(src));
+        spec.set(Field::IpDst, u128::from(dst));
+        spec.set(Field::TcpDport, u128::from(dport));
+        spec.build().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_memory_budget_holds_on_a_wildcard_heavy_set() {
+        let ir = wildcard_heavy(4000);
+        for budget in [1 << 20, 4 << 20, DEFAULT_BUDGET] {
+            let t = Tree::build_with(&ir, budget).expect("one leaf per tree fits");
+            let s = t.stats();
+            eprintln!("{s:?}");
+            assert!(s.bytes <= budget, "{s:?}");
+            // Partitioned: the source-wildcard and destination-wildcard halves apart.
+            assert_eq!(s.subtrees, 2, "{s:?}");
+            // Replication stays small: the two halves do not copy each other's rules.
+            assert!(s.leaf_boxes < 8 * s.distinct_boxes, "{s:?}");
+        }
+        // Too small for even one leaf per tree: no forest at all.
+        assert!(Tree::build_with(&ir, 1000).is_none());
+        // Small budgets stop the cutting but keep the answers.
+        let t = Tree::build_with(&ir, 150_000).expect("fits as big leaves");
+        assert!(
+            t.stats().budget_reached && t.stats().bytes <= 150_000,
+            "{:?}",
+            t.stats()
+        );
+        let interp = crate::Interpreter::new(ir.clone()).expect("no regexes");
+        let mut state = 7u32;
+        for k in 0..2000u32 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            // Half the frames on a rule's own address, half random.
+            let (src, dst) = match &ir.atoms[(2 * (k as usize % 4000)) % ir.atoms.len()] {
+                Atom::Field { field, ranges, .. } if k % 2 == 0 => {
+                    let a = ranges[0].0 as u32;
+                    if *field == Field::IpSrc {
+                        (a, state)
+                    } else {
+                        (state, a)
+                    }
+                }
+                _ => (state, state.rotate_left(7)),
+            };
+            let f = frame(src, dst, (state % 5000) as u16);
+            let want = interp.classify(&f, crate::NO_PORT);
+            assert_eq!(t.lookup(&f).0, want, "frame {k}");
+        }
     }
 }
