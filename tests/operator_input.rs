@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use support::netvm;
 
-const FW1_1K: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/classbench/fw1_1k");
+const FW1_1K: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/classbench/fw1_1k"
+);
 
 const POLICY: &str = "\
 port src
@@ -110,7 +113,10 @@ fn a_closed_stdout_ends_check_test_fmt_import_and_bench_quietly() {
     // Enough output to fill any pipe buffer.
     let mut big = String::from("port src\nport sink\n");
     for i in 0..3000 {
-        big.push_str(&format!("rule r{i} : tcp.dport == {} => out sink\n", i % 60000 + 1));
+        big.push_str(&format!(
+            "rule r{i} : tcp.dport == {} => out sink\n",
+            i % 60000 + 1
+        ));
     }
     // Unused consts: warnings for `check` to print.
     for i in 0..2000 {
@@ -129,7 +135,16 @@ fn a_closed_stdout_ends_check_test_fmt_import_and_bench_quietly() {
         &["test", &path],
         &["fmt", &path],
         &["import", "classbench", FW1_1K],
-        &["bench", &path, "--tests", "--runs", "1", "--run-ms", "1", "--jit-only"],
+        &[
+            "bench",
+            &path,
+            "--tests",
+            "--runs",
+            "1",
+            "--run-ms",
+            "1",
+            "--jit-only",
+        ],
     ];
     for args in cases {
         let (status, stderr) = with_closed_stdout(args);
@@ -146,4 +161,87 @@ fn a_closed_stdout_ends_check_test_fmt_import_and_bench_quietly() {
             "{args:?}: exit {status:?}: {stderr}"
         );
     }
+}
+
+/// `netvm run` with the policy and `extra`; it must refuse before running anything.
+fn run_refused(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_policy(dir.path());
+    let out = netvm()
+        .arg("run")
+        .arg(&policy)
+        .args(["--hugepages", "off", "--duration", "5"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{extra:?} ran: {stderr}");
+    stderr
+}
+
+#[test]
+fn mistyped_port_and_vm_options_are_refused_naming_the_valid_ones() {
+    let stderr = run_refused(&["--bind", "src=null:foo=1", "--bind", "sink=null"]);
+    assert!(
+        stderr.contains("null: takes no options, not `foo=1`"),
+        "{stderr}"
+    );
+    let stderr = run_refused(&["--bind", "src=gen:flow=4", "--bind", "sink=null"]);
+    assert!(stderr.contains("unknown key `flow`"), "{stderr}");
+    let vm_policy = "port src\nport sink\nvm fw\nrule all : tcp => chain fw -> out sink\n";
+    for (spec, says) in [
+        (
+            "fw=forward:junk",
+            "built-in `forward`: unexpected `junk`: it takes no arguments",
+        ),
+        (
+            "fw=counter:x=1",
+            "built-in `counter`: unknown option `x`: it takes no arguments",
+        ),
+        ("fw=delay:ms=3", "unknown option `ms`: it takes `us=...`"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("vm.nvr");
+        std::fs::write(&policy, vm_policy).unwrap();
+        let out = netvm()
+            .arg("run")
+            .arg(&policy)
+            .args(["--bind", "src=null", "--bind", "sink=null", "--vm", spec])
+            .args(["--hugepages", "off", "--duration", "5"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{spec} ran: {stderr}");
+        assert!(stderr.contains(says), "{spec}: {stderr}");
+    }
+}
+
+#[test]
+fn burst_0_names_the_flag() {
+    let stderr = run_refused(&["--bind", "src=null", "--bind", "sink=null", "--burst", "0"]);
+    assert!(
+        stderr.contains("--burst 0: packets per receive burst must be 1..=64"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn control_in_a_missing_directory_is_refused_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    let socket = missing.join("x.sock");
+    let stderr = run_refused(&[
+        "--bind",
+        "src=null",
+        "--bind",
+        "sink=null",
+        "--control",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        !dir.path().join("no").exists(),
+        "created {}",
+        missing.display()
+    );
 }

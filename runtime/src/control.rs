@@ -183,8 +183,15 @@ impl ControlServer {
         state: Arc<ControlState>,
         admin: Option<Arc<dyn AdminHandler>>,
     ) -> Result<ControlServer, ControlError> {
+        // Only the default directory is netvm's to create (`default_socket_dir` does, 0700);
+        // a path the operator gives must be in a directory that exists.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            if !dir.is_dir() {
+                return Err(ControlError::NotFound(format!(
+                    "the directory {} does not exist (netvm creates only its own runtime directory, for the default socket; create it, or pick another --control PATH)",
+                    dir.display()
+                )));
+            }
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {

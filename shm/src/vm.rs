@@ -326,17 +326,51 @@ fn bad(builtin: &str, why: impl Into<String>) -> BuiltinError {
     }
 }
 
-/// `key=value` or a bare value for the built-in's main key.
-fn arg<'a>(args: &'a str, key: &str) -> Option<&'a str> {
-    args.split(',').find_map(|kv| match kv.split_once('=') {
-        Some((k, v)) if k.trim() == key => Some(v.trim()),
-        None if !kv.trim().is_empty() => Some(kv.trim()),
-        _ => None,
-    })
+/// A built-in's arguments: `key=value` pairs whose keys are in `keys`, or one bare value
+/// for the first key. Anything else is refused, naming the keys the built-in takes.
+fn parse_args<'a>(
+    builtin: &str,
+    args: &'a str,
+    keys: &[&'a str],
+) -> Result<Vec<(&'a str, &'a str)>, BuiltinError> {
+    let takes = || match keys {
+        [] => "it takes no arguments".to_string(),
+        [one] => format!("it takes `{one}=...` (or the value alone)"),
+        many => format!(
+            "it takes {}",
+            many.iter()
+                .map(|k| format!("`{k}=...`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut out = Vec::new();
+    for item in args.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => match keys.first() {
+                Some(first) if out.is_empty() => (*first, item),
+                _ => return Err(bad(builtin, format!("unexpected `{item}`: {}", takes()))),
+            },
+        };
+        if !keys.contains(&key) {
+            return Err(bad(builtin, format!("unknown option `{key}`: {}", takes())));
+        }
+        if out.iter().any(|(k, _)| *k == key) {
+            return Err(bad(builtin, format!("`{key}` is given twice")));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
-fn number(builtin: &str, args: &str, key: &str) -> Result<u64, BuiltinError> {
-    let text = arg(args, key).ok_or_else(|| bad(builtin, format!("needs `{key}=N`")))?;
+fn arg<'a>(args: &[(&'a str, &'a str)], key: &str) -> Option<&'a str> {
+    args.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn number<'a>(builtin: &str, args: &'a str, key: &'a str) -> Result<u64, BuiltinError> {
+    let parsed = parse_args(builtin, args, &[key])?;
+    let text = arg(&parsed, key).ok_or_else(|| bad(builtin, format!("needs `{key}=N`")))?;
     text.parse()
         .map_err(|_| bad(builtin, format!("`{text}` is not a number")))
 }
@@ -345,8 +379,14 @@ fn number(builtin: &str, args: &str, key: &str) -> Result<u64, BuiltinError> {
 pub fn builtin(spec: &str) -> Result<Box<dyn NetworkFunction>, BuiltinError> {
     let (name, args) = spec.split_once(':').unwrap_or((spec, ""));
     Ok(match name {
-        "forward" => Box::new(Forward),
-        "counter" => Box::new(Counter::default()),
+        "forward" | "counter" | "process" => {
+            parse_args(name, args, &[])?;
+            match name {
+                "forward" => Box::new(Forward),
+                "counter" => Box::new(Counter::default()),
+                _ => Box::new(External),
+            }
+        }
         "drop-every" => {
             let every = number(name, args, "n")?;
             if every == 0 {
@@ -355,7 +395,8 @@ pub fn builtin(spec: &str) -> Result<Box<dyn NetworkFunction>, BuiltinError> {
             Box::new(DropEvery { every, seen: 0 })
         }
         "pcap-tap" => {
-            let path = arg(args, "file").ok_or_else(|| bad(name, "needs a FILE"))?;
+            let parsed = parse_args(name, args, &["file"])?;
+            let path = arg(&parsed, "file").ok_or_else(|| bad(name, "needs a FILE"))?;
             Box::new(PcapTap::create(path).map_err(|e| bad(name, e))?)
         }
         "rewrite" => {
@@ -368,13 +409,6 @@ pub fn builtin(spec: &str) -> Result<Box<dyn NetworkFunction>, BuiltinError> {
         "delay" => Box::new(Delay {
             hold: Duration::from_micros(number(name, args, "us")?),
         }),
-        "process" if args.is_empty() => Box::new(External),
-        "process" => {
-            return Err(bad(
-                name,
-                "takes no arguments (the process says what it runs)",
-            ))
-        }
         other => return Err(BuiltinError::Unknown(other.to_string())),
     })
 }
@@ -527,16 +561,18 @@ pub struct Rewrite {
     dscp: u8,
 }
 
-/// Offset of the IP header behind Ethernet and any 802.1Q/802.1ad tags, and its version.
+/// Offset of the IP header and its ethertype, as the classifier decodes the frame
+/// (`packet::decode`: at most two tags, a whole IPv4 header of version 4 and IHL ≥ 5, a
+/// whole IPv6 header): a frame the classifier calls non-IP is not rewritten.
 fn ip_header(frame: &[u8]) -> Option<(usize, u16)> {
-    let mut offset = 12;
-    loop {
-        let ethertype = u16::from_be_bytes([*frame.get(offset)?, *frame.get(offset + 1)?]);
-        match ethertype {
-            0x8100 | 0x88a8 | 0x9100 => offset += 4,
-            0x0800 | 0x86dd => return Some((offset + 2, ethertype)),
-            _ => return None,
-        }
+    let decoded = netvm_packet::Decoded::new(frame);
+    let l3 = usize::from(decoded.offsets().l3?);
+    if decoded.has(netvm_packet::Proto::Ip) {
+        Some((l3, 0x0800))
+    } else if decoded.has(netvm_packet::Proto::Ip6) {
+        Some((l3, 0x86dd))
+    } else {
+        None
     }
 }
 
@@ -643,6 +679,66 @@ mod tests {
             header.header_checksum(),
             header.to_header().calc_header_checksum()
         );
+    }
+
+    #[test]
+    fn rewrite_leaves_frames_the_classifier_calls_non_ip_alone() {
+        let mut nf = builtin("rewrite:dscp=46").unwrap();
+        let ip = netvm_packet::PacketSpec::new(netvm_packet::BaseProto::Tcp)
+            .build()
+            .unwrap();
+        let tagged = |tpid: u16, tags: usize| {
+            let mut f = ip[..12].to_vec();
+            for _ in 0..tags {
+                f.extend_from_slice(&tpid.to_be_bytes());
+                f.extend_from_slice(&[0, 7]);
+            }
+            f.extend_from_slice(&ip[12..]);
+            f
+        };
+        let mut bad_version = ip.clone();
+        bad_version[14] = 0x65; // ethertype IPv4, version 6
+        let mut bad_ihl = ip.clone();
+        bad_ihl[14] = 0x43; // IHL 3
+        for (what, frame) in [
+            ("three tags", tagged(0x8100, 3)),
+            ("a 0x9100 tag", tagged(0x9100, 1)),
+            ("version 6 behind 0x0800", bad_version),
+            ("IHL 3", bad_ihl),
+        ] {
+            assert!(
+                !netvm_packet::Decoded::new(&frame).has(netvm_packet::Proto::Ip),
+                "{what}"
+            );
+            let mut copy = frame.clone();
+            nf.process(&mut Frame::exclusive(&mut copy));
+            assert_eq!(copy, frame, "{what} is not rewritten");
+        }
+        // Two tags are decoded, so rewritten.
+        let mut two = tagged(0x8100, 2);
+        nf.process(&mut Frame::exclusive(&mut two));
+        let d = netvm_packet::Decoded::new(&two);
+        assert_eq!(d.field(netvm_packet::Field::IpDscp), Some(46));
+    }
+
+    #[test]
+    fn unknown_builtin_options_are_refused_naming_the_valid_ones() {
+        for (spec, says) in [
+            ("forward:junk", "takes no arguments"),
+            ("counter:x=1", "unknown option `x`: it takes no arguments"),
+            ("process:x", "takes no arguments"),
+            ("delay:ms=5", "unknown option `ms`: it takes `us=...`"),
+            ("rewrite:dscp=4,ecn=1", "unknown option `ecn`"),
+            ("drop-every:3,4", "unexpected `4`"),
+            ("delay:us=1,us=2", "given twice"),
+        ] {
+            let e = builtin(spec)
+                .err()
+                .unwrap_or_else(|| panic!("{spec} accepted"));
+            assert!(e.to_string().contains(says), "{spec}: {e}");
+        }
+        assert!(builtin("forward").is_ok());
+        assert!(builtin("drop-every:n=3").is_ok());
     }
 
     #[test]

@@ -278,6 +278,13 @@ pub fn launch(
         .policy
         .as_ref()
         .ok_or_else(|| format!("{origin}: the policy has errors"))?;
+    if !(1..=netvm_runtime::switch::MAX_BURST).contains(&args.burst) {
+        return Err(format!(
+            "--burst {}: packets per receive burst must be 1..={}",
+            args.burst,
+            netvm_runtime::switch::MAX_BURST
+        ));
+    }
     let table = policy_table::policy_table(policy);
     let (classifier, engine) = policy_table::compile(policy)?;
 

@@ -414,7 +414,15 @@ pub fn open(spec: &str, port_index: usize) -> Result<Box<dyn Port>, PortError> {
             &gen::GenConfig::parse(args)?,
             port_index,
         )?),
-        "null" => Box::new(null::NullPort),
+        "null" => {
+            if !args.trim().is_empty() {
+                return Err(bad_args(
+                    "null",
+                    format!("takes no options, not `{args}` (write `null`)"),
+                ));
+            }
+            Box::new(null::NullPort)
+        }
         "pcap" => Box::new(pcap::PcapPort::open(args)?),
         "afpacket" => Box::new(afpacket::AfPacketPort::open(args)?),
         "dpdk" => dpdk::open(args)?,
