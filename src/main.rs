@@ -36,6 +36,8 @@ enum Command {
     Fmt(commands::fmt::Args),
     /// Convert a rule set of another tool into a policy (printed on stdout).
     Import(commands::import::Args),
+    /// Convert a header-only policy into another switch's rules (printed on stdout).
+    Export(commands::export::Args),
     /// Classify a ClassBench trace: one line per packet, the rule's name or `default`.
     Classify(commands::classify::Args),
     /// Measure classification throughput (JIT and interpreter) on a trace or a capture.
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(args),
         Command::Fmt(args) => commands::fmt::run(args),
         Command::Import(args) => commands::import::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),

@@ -746,3 +746,40 @@ fn import_classbench_fw1_1k_gives_a_policy_that_checks() {
     assert_eq!(check.code, 0, "{}", check.stderr);
     assert!(check.stderr.contains(" 0 errors"), "{}", check.stderr);
 }
+
+#[test]
+fn export_openflow_prints_flows_and_refuses_what_openflow_cannot_express_by_rule() {
+    let run = netvm(&["export", "openflow", "benches/bench20.nvr", "--port", "b=7"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let flows: Vec<&str> = run.stdout.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(flows.len(), 21, "{run:?}");
+    assert!(run.stdout.contains("ports a=1 b=7"), "{run:?}");
+    assert!(
+        flows[0].starts_with("priority=20,cookie=0x1,dl_type=0x0800,nw_src=10.10.0.0/255.255.0.0"),
+        "{run:?}"
+    );
+    assert!(
+        flows.contains(&"priority=2,cookie=0x13,in_port=1,actions=output:7"),
+        "{run:?}"
+    );
+    assert_eq!(
+        flows[20], "priority=0,cookie=0xffff,actions=drop",
+        "{run:?}"
+    );
+
+    let dir = Scratch::new("export");
+    let file = dir.file(
+        "dpi.nvr",
+        "port a\nrule ok : tcp => drop\nrule dpi : payload contains \"GET\" => out a\n",
+    );
+    let run = netvm(&["export", "openflow", &file]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("rule `dpi`: payload tests have no OpenFlow match"),
+        "{run:?}"
+    );
+    let run = netvm(&["export", "openflow", "benches/bench20.nvr", "--port", "c=1"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("the policy has no port `c`"), "{run:?}");
+}

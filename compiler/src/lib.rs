@@ -16,6 +16,7 @@ pub mod interp;
 pub mod ir;
 pub mod jit;
 pub mod lower;
+pub mod openflow;
 pub mod testing;
 
 pub use interp::Interpreter;

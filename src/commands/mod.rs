@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod classify;
 pub mod explain;
+pub mod export;
 pub mod fmt;
 pub mod import;
 pub mod nf;

@@ -31,7 +31,8 @@
 //!   cache) and freed back to DPDK. Invariant: every mbuf of that pool holds exactly one
 //!   pool buffer nobody else references. Cost per packet: a spare buffer and two pointer
 //!   stores instead of a memcpy; the pool lends `(rxq + txq) × 512 + 512` buffers to the
-//!   device for as long as the port runs.
+//!   device for as long as the port runs (plus one per frame of the file for a `net_pcap`
+//!   with `infinite_rx=1`, whose driver keeps every frame of it in the receive pool).
 //! - **TX**, frame only the switch holds (the common case): the switch sends by buffer
 //!   ([`Port::tx_buffers`]) and hands over its reference. An mbuf of the same receive pool
 //!   (one kept from RX, else a fresh one whose buffer becomes a spare) is re-pointed at the
@@ -191,6 +192,25 @@ impl DeviceSpec {
             && !arg("rx_iface_in")
             && !arg("iface")
             && !self.device_args.contains("infinite_rx=1")
+    }
+
+    /// For a `net_pcap` with `infinite_rx=1`: how many frames its `rx_pcap` files hold. The
+    /// driver loads every one into an mbuf of the receive pool when the queue is set up and
+    /// keeps them all for the run (replaying copies of them), so the receive pool must hold
+    /// that many buffers beyond what the rings need. 0 for every other device.
+    pub fn replayed_frames(&self) -> Result<usize, PortError> {
+        if !self.name.starts_with("net_pcap")
+            || !self.device_args.split(',').any(|kv| kv == "infinite_rx=1")
+        {
+            return Ok(0);
+        }
+        let mut total = 0;
+        for kv in self.device_args.split(',') {
+            if let Some(("rx_pcap", path)) = kv.split_once('=') {
+                total += crate::port::pcap::read_frames(path)?.len();
+            }
+        }
+        Ok(total)
     }
 
     /// The device as written (`name,args`, queues when not 1), for reports.
@@ -1009,17 +1029,32 @@ mod driver {
             let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
 
             // Receive rings, frames in flight on the transmit rings (sent from the same
-            // pool when only the switch holds their buffer), bursts and the lcore cache.
+            // pool when only the switch holds their buffer), bursts and the lcore cache;
+            // plus, for a `net_pcap` replaying its file forever, one buffer per frame of
+            // the file, which the driver holds for the whole run.
+            let replayed = match self.spec.replayed_frames() {
+                Ok(n) => n,
+                Err(e) => {
+                    unregister_region(eal, registered);
+                    return Err(format!("counting the frames to replay: {e}"));
+                }
+            };
             let lent = (self.spec.rx_queues + self.spec.tx_queues) as usize * RING_SLOTS as usize
-                + RX_SPARE_BUFFERS;
+                + RX_SPARE_BUFFERS
+                + replayed;
             let mut buffers = vec![0u32; lent];
             let got = pool.alloc_burst(&mut buffers);
             if got < lent {
                 let _ = pool.free_burst(&buffers[..got]);
                 unregister_region(eal, registered);
+                let replay = if replayed > 0 {
+                    format!(" and the {replayed} frames it replays")
+                } else {
+                    String::new()
+                };
                 return Err(format!(
-                    "the device needs {lent} pool buffers for its receive rings, the pool has \
-                     {got} free of {} (raise --buffers)",
+                    "the device needs {lent} pool buffers for its receive rings{replay}, the \
+                     pool has {got} free of {} (raise --buffers)",
                     pool.capacity()
                 ));
             }
@@ -2213,6 +2248,60 @@ mod tests {
             "{}",
             port.describe()
         );
+        finish_with_every_buffer_back(port, cache, &pool);
+    }
+
+    /// A capture of 100,000 frames replayed forever: the driver keeps one receive-pool mbuf
+    /// per frame, so the port sizes its receive pool from the file (before, it lent 1,536
+    /// buffers and DPDK refused any capture larger than that).
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn net_pcap_replays_a_capture_of_100000_frames_forever() {
+        use crate::port::RxBurst;
+        if let Some(why) = eal_skip_reason() {
+            eprintln!("SKIPPED net_pcap infinite_rx with a large capture: {why}");
+            return;
+        }
+        const FRAMES: usize = 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pcap");
+        {
+            use pcap_file::pcap::{PcapPacket, PcapWriter};
+            let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            let mut writer = PcapWriter::new(file).unwrap();
+            for i in 0..FRAMES as u32 {
+                let mut frame = vec![0u8; 60];
+                frame[..4].copy_from_slice(&i.to_be_bytes());
+                let packet = PcapPacket::new(std::time::Duration::ZERO, 60, &frame);
+                writer.write_packet(&packet).unwrap();
+            }
+        }
+        let spec = format!("net_pcap_big0,rx_pcap={},infinite_rx=1", path.display());
+        let spec = DeviceSpec::parse(&spec).unwrap();
+        assert_eq!(spec.replayed_frames().unwrap(), FRAMES);
+        let pool = test_pool(FRAMES + 4096);
+        let mut port = DpdkPort::open(spec).unwrap();
+        port.attach_pool(&pool).unwrap();
+        assert!(pool.capacity() - pool.available() >= FRAMES + 1536);
+        let mut cache = pool.cache(64).unwrap();
+        // More than the file: the replay wraps around, every frame in order.
+        let mut next = 0u32;
+        for _ in 0..(FRAMES + 5000) / 32 {
+            let mut out = [0u32; 32];
+            let n = {
+                let mut burst = RxBurst::new(&mut cache, &mut out, 0);
+                port.rx_burst(&mut burst);
+                burst.len()
+            };
+            for &index in &out[..n] {
+                // SAFETY: the burst handed us the buffer.
+                let data = unsafe { pool.buf_data(index) }.unwrap();
+                assert_eq!(data.len(), 60);
+                assert_eq!(data[..4], next.to_be_bytes(), "frames replay in file order");
+                next = (next + 1) % FRAMES as u32;
+            }
+            cache.free_burst(&out[..n]).unwrap();
+        }
         finish_with_every_buffer_back(port, cache, &pool);
     }
 
