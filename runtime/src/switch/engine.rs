@@ -37,6 +37,8 @@ pub(super) struct Engine {
     /// for initialising them.
     pub(super) lent: Box<LentBurst>,
     pub(super) vms: Vec<VmSlot>,
+    /// VMs with indices staged for their ring ([`Engine::publish_all`]).
+    pub(super) staged_vms: Vec<usize>,
     /// Which switch thread this is: the counter shard it writes.
     pub(super) shard: usize,
     pub(super) stats: Arc<StatsShard>,

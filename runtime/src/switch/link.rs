@@ -41,6 +41,11 @@ pub(super) struct VmSlot {
     pub(super) hold: Duration,
     /// Allocation cache over the VM's private pool (untrusted VMs).
     pub(super) copy_cache: Option<PoolCache>,
+    /// Indices queued for the VM's ring but not yet published: the last `staged.len()`
+    /// entries of the FIFO. A burst goes onto the ring with one store of its head
+    /// ([`Engine::publish`]), not one per packet, so the VM's core sees the ring's
+    /// head line change once per burst instead of bouncing it with every packet.
+    pub(super) staged: Vec<u32>,
     pub(super) link: Link,
 }
 
@@ -316,17 +321,18 @@ impl Engine {
         (index, verdict)
     }
 
-    /// Queue a pending packet on a VM thread's ring; `false` when there is no room.
+    /// Queue a pending packet for a VM thread's or process's ring (staged, published with
+    /// its burst); `false` when there is no room.
     pub(super) fn send(&mut self, vm: usize, mut pending: Pending) -> bool {
         let ring_slots = self.ring_slots;
         let slot = &mut self.vms[vm];
-        let (tx, fifo) = match &mut slot.link {
-            Link::Thread { tx, fifo, .. } => (tx, fifo),
+        let fifo = match &mut slot.link {
+            Link::Thread { fifo, .. } => fifo,
             Link::Process(ProcessLink {
-                ends: Some((tx, _)),
+                ends: Some(_),
                 fifo,
                 ..
-            }) => (tx, fifo),
+            }) => fifo,
             _ => return false,
         };
         if fifo.len() >= ring_slots {
@@ -341,14 +347,65 @@ impl Engine {
             self.stats.vms[vm].copied_bytes.add(bytes as u64);
             pending.given = copy;
         }
-        if !tx.enqueue(pending.given) {
+        if slot.staged.is_empty() {
+            self.staged_vms.push(vm);
+        }
+        slot.staged.push(pending.given);
+        fifo.push_back(pending);
+        if slot.staged.len() >= MAX_BURST {
+            self.publish(vm);
+        }
+        true
+    }
+
+    /// Put VM `vm`'s staged indices on its ring with one head store. Whatever does not fit (only a process that corrupts its ring's indices
+    /// can make that happen: the FIFO never holds more than the ring has slots) goes
+    /// back to the front of the backlog, its private copy freed, as a failed send
+    /// always did.
+    pub(super) fn publish(&mut self, vm: usize) {
+        let slot = &mut self.vms[vm];
+        if slot.staged.is_empty() {
+            return;
+        }
+        let sent = match &mut slot.link {
+            Link::Thread { tx, .. }
+            | Link::Process(ProcessLink {
+                ends: Some((tx, _)),
+                ..
+            }) => tx.enqueue_burst(&slot.staged),
+            // A process taken down with packets staged (not reached: take_down runs
+            // between rounds, when nothing is staged): back to the backlog.
+            _ => 0,
+        };
+        let unsent = slot.staged.len() - sent;
+        slot.staged.clear();
+        for _ in 0..unsent {
+            let Some(fifo) = slot.link.fifo_mut() else {
+                break;
+            };
+            let Some(mut pending) = fifo.pop_back() else {
+                break;
+            };
             if let Some(cache) = &mut slot.copy_cache {
                 let _ = cache.free(pending.given);
+                pending.given = pending.shared;
             }
-            return false;
+            if let Link::Process(p) = &mut slot.link {
+                if p.backlog.is_empty() {
+                    p.last_progress = Instant::now();
+                }
+            }
+            if let Some(backlog) = slot.link.backlog_mut() {
+                backlog.push_front(pending);
+            }
         }
-        fifo.push_back(pending);
-        true
+    }
+
+    /// Publish every VM's staged burst (after an RX burst, after a VM's answers).
+    pub(super) fn publish_all(&mut self) {
+        while let Some(vm) = self.staged_vms.pop() {
+            self.publish(vm);
+        }
     }
 
     /// Take a VM thread's answers; returns how many.
@@ -367,13 +424,25 @@ impl Engine {
                 p.last_progress = Instant::now();
             }
         }
+        // Answers can only be for packets on the ring: nothing is staged between bursts,
+        // and what the answers below stage (a `to` back to this VM, the backlog) is not
+        // the VM's to answer yet.
+        let mut on_ring = self.vms[vm]
+            .link
+            .fifo_mut()
+            .map_or(0, |f| f.len())
+            .saturating_sub(self.vms[vm].staged.len());
         for &answer in &answers[..n] {
             let (given, verdict) = vm::wire::decode(answer);
             let Some(fifo) = self.vms[vm].link.fifo_mut() else {
                 break;
             };
-            let Some(pending) = fifo.pop_front() else {
+            if on_ring == 0 {
                 // An answer for nothing we sent: ignore it rather than free a stranger.
+                continue;
+            }
+            on_ring -= 1;
+            let Some(pending) = fifo.pop_front() else {
                 continue;
             };
             // The FIFO, not the VM, says which buffer this is; a VM that answers with
@@ -412,6 +481,7 @@ impl Engine {
                 backlog.pop_front();
             }
         }
+        self.publish_all();
         n
     }
 

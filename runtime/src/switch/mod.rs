@@ -520,6 +520,7 @@ impl Switch {
                     writes,
                     hold,
                     copy_cache: copy_cache()?,
+                    staged: Vec::with_capacity(MAX_BURST),
                     link,
                 })
             };
@@ -608,6 +609,7 @@ impl Switch {
             };
             let engine = Engine {
                 gens: Generations::new(program.clone()),
+                staged_vms: Vec::with_capacity(vm_count),
                 process_stall: self.config.process_stall,
                 rx_gate: self
                     .config

@@ -111,6 +111,7 @@ impl Engine {
         let counters = &self.stats.ports[port];
         counters.rx_packets.add(n as u64);
         counters.rx_bytes.add(bytes);
+        self.publish_all();
         n + oversize as usize
     }
 
@@ -218,6 +219,7 @@ impl Engine {
         let counters = &self.stats.ports[port];
         counters.rx_packets.add(n as u64);
         counters.rx_bytes.add(total);
+        self.publish_all();
         n + oversize as usize
     }
 }
