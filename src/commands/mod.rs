@@ -5,6 +5,7 @@ pub mod check;
 pub mod classify;
 pub mod explain;
 pub mod fmt;
+pub mod guest;
 pub mod import;
 pub mod nf;
 pub mod reload;
