@@ -47,8 +47,10 @@ enum Command {
     /// Run a built-in network function as its own process, attached to a VM of a running
     /// switch (bound there with `--vm NAME=process`).
     Nf(commands::nf::Args),
-    /// Show a running switch's VMs (processes, state, ring fill), ports and drops.
+    /// Show a running switch's VMs (processes, guests, state, ring fill), ports and drops.
     Status(commands::status::Args),
+    /// Guest VMs: `netvm guest image -o FILE` builds the initramfs a guest boots.
+    Guest(commands::guest::Args),
     /// Edit a switch's policy at a prompt: a switch in this process, or `--connect` to a
     /// running `netvm run`.
     Repl(commands::repl::Args),
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Nf(args) => commands::nf::run(args),
         Command::Status(args) => commands::status::run(args),
+        Command::Guest(args) => commands::guest::run(args),
         Command::Repl(args) => commands::repl::run(args),
         Command::Reload(args) => commands::reload::run(args),
     };

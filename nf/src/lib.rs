@@ -58,6 +58,7 @@ use serde_json::json;
 pub use netvm_shm::vm::{IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
 
 pub mod audit;
+pub mod guest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NfError {
@@ -71,6 +72,9 @@ pub enum NfError {
     NoDescriptor,
     #[error("the VM's rings: {0}")]
     Ring(#[from] netvm_shm::RingError),
+    /// Running in a guest: the ivshmem device or its attach record.
+    #[error("{0}")]
+    Guest(String),
     /// A port or VM name the switch's policy does not have (or one a verdict cannot
     /// carry).
     #[error("{0}")]
@@ -127,9 +131,25 @@ impl Default for AttachOptions {
     }
 }
 
+/// How the NF is tied to the switch: its control connection (a process), or the attach
+/// record in its BAR (a guest). Either says when the switch has gone.
+enum Link {
+    Socket(ControlClient),
+    Guest(guest::GuestLink),
+}
+
+impl Link {
+    fn switch_gone(&self) -> bool {
+        match self {
+            Link::Socket(client) => client.connection().peer_gone(),
+            Link::Guest(link) => link.switch_gone(),
+        }
+    }
+}
+
 /// A network function attached to one VM of a running switch.
 pub struct Nf {
-    client: ControlClient,
+    link: Link,
     reply: AttachReply,
     pool: PacketPool,
     rx: RingConsumer,
@@ -154,11 +174,21 @@ impl Nf {
             return Err(NfError::NoDescriptor);
         }
         let region = SharedRegion::from_fd(fds.remove(0))?;
+        Nf::on_region(Link::Socket(client), reply, region, options)
+    }
+
+    /// Claim the VM's ring ends in `region` as the switch granted them in `reply`.
+    fn on_region(
+        link: Link,
+        reply: AttachReply,
+        region: std::sync::Arc<SharedRegion>,
+        options: AttachOptions,
+    ) -> Result<Nf, NfError> {
         let pool = PacketPool::new(region.clone())?;
         let rx = region.ring(reply.ring_in)?.consumer()?;
         let tx = region.ring(reply.ring_out)?.producer()?;
         Ok(Nf {
-            client,
+            link,
             reply,
             pool,
             rx,
@@ -213,7 +243,7 @@ impl Nf {
 
     /// Whether the switch has gone away (its end of the control socket closed).
     pub fn switch_gone(&self) -> bool {
-        self.client.connection().peer_gone()
+        self.link.switch_gone()
     }
 
     /// Take one burst (up to 64 packets), let `f` look at them and set verdicts, and
@@ -294,14 +324,14 @@ impl Nf {
     /// Run a [`NetworkFunction`] (a built-in, or your own) until the switch goes away,
     /// with the same loop a VM thread inside the switch runs.
     pub fn run_function(&mut self, function: &mut dyn NetworkFunction) -> Result<(), NfError> {
-        let client = &self.client;
+        let link = &self.link;
         vm::serve(
             function,
             &self.pool,
             &mut self.rx,
             &mut self.tx,
             self.idle,
-            || client.connection().peer_gone(),
+            || link.switch_gone(),
         );
         Ok(())
     }

@@ -107,9 +107,10 @@ impl ControlState {
             .map(|(i, name)| {
                 let c = self.stats.vm(i);
                 let external = self.external.vms.iter().find(|e| e.vm == i);
+                let guest = external.and_then(|e| e.guest());
                 let (kind, state, pid, fill, attaches) = match external {
                     Some(e) => (
-                        "process",
+                        if guest.is_some() { "guest" } else { "process" },
                         if e.is_up() { "up" } else { "down" },
                         (e.pid() != 0).then_some(e.pid()),
                         if e.is_up() { e.ring_fill() } else { 0 },
@@ -132,6 +133,7 @@ impl ControlState {
                     "passed": c.passed,
                     "dropped": c.dropped,
                     "copied_bytes": c.copied_bytes,
+                    "guest": guest,
                 })
             })
             .collect();
@@ -496,6 +498,14 @@ fn attach(
     }
     let request: AttachRequest = serde_json::from_value(args.clone())
         .map_err(|e| format!("bad attach request (expected vm, writes): {e}"))?;
+    if let Some(vm) = state.external.by_name(&request.vm) {
+        if vm.guest().is_some() {
+            return Err(format!(
+                "VM `{}` runs in a QEMU guest (`--vm {}=guest`): netvm attaches it itself",
+                request.vm, request.vm
+            ));
+        }
+    }
     let program = state.program.load();
     let vm_names = program.table.vm_names.clone();
     let port_names = program.table.port_names.clone();

@@ -21,12 +21,19 @@
 //! name and gets fresh rings. The engine alone resets rings, and only while it holds no
 //! end of them.
 //!
+//! A VM bound to a QEMU guest (`--vm NAME=guest`, [`crate::guest`]) is the same kind of
+//! VM: the guest supervisor attaches and detaches it through [`ExternalVms`] exactly as a
+//! control connection does, and records what `netvm status` shows about the guest
+//! ([`ExternalVm::set_guest`]); such a VM refuses attaches from the control socket.
+//!
 //! [`vm::External`]: crate::vm::External
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::region::SharedRegion;
 
@@ -80,6 +87,8 @@ pub struct ExternalVm {
     pid: AtomicU32,
     writes: AtomicBool,
     attaches: AtomicU64,
+    /// Set when a guest supervisor runs this VM: what `netvm status` shows of the guest.
+    guest: Mutex<Option<Value>>,
 }
 
 impl ExternalVm {
@@ -104,6 +113,7 @@ impl ExternalVm {
             pid: AtomicU32::new(0),
             writes: AtomicBool::new(false),
             attaches: AtomicU64::new(0),
+            guest: Mutex::new(None),
         }
     }
 
@@ -136,6 +146,19 @@ impl ExternalVm {
     /// How many times a process has attached.
     pub fn attaches(&self) -> u64 {
         self.attaches.load(Ordering::Relaxed)
+    }
+
+    /// Mark the VM as a guest's and record what `netvm status` shows of it (QEMU pid,
+    /// accel, boot time, console log, ...).
+    pub fn set_guest(&self, details: Value) {
+        if let Ok(mut guest) = self.guest.lock() {
+            *guest = Some(details);
+        }
+    }
+
+    /// What the guest supervisor recorded; `None` for a VM run by a process.
+    pub fn guest(&self) -> Option<Value> {
+        self.guest.lock().ok().and_then(|g| g.clone())
     }
 
     /// Packets queued to the process right now.

@@ -16,6 +16,7 @@
 //! - [`numa`]: topology, `mbind`, core pinning and the thread placement planner.
 //! - [`switch`], [`port`], [`policy`], [`stats`]: the switch engine, its port drivers,
 //!   the installed program and its counters.
+//! - [`guest`]: VMs in QEMU guests on the same memory (ivshmem), supervised here.
 //! - [`external`]: VMs run by other processes; [`control`]: the control socket they
 //!   (and operators' tools) connect to (its wire protocol and client come from
 //!   `netvm-shm`).
@@ -46,6 +47,8 @@ pub mod classify;
 pub mod control;
 #[cfg(not(loom))]
 pub mod external;
+#[cfg(not(loom))]
+pub mod guest;
 #[cfg(not(loom))]
 pub use netvm_shm::layout;
 pub use netvm_shm::mpmc;

@@ -237,7 +237,8 @@ impl Connection {
 
 const MAX_FDS: usize = 4;
 
-fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+/// Send `bytes` with `fds` attached (`SCM_RIGHTS`) in one `sendmsg`; returns the bytes sent.
+pub fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
     assert!(fds.len() <= MAX_FDS);
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,

@@ -12,6 +12,8 @@
 //!   ([`vm::wire`]), the [`NetworkFunction`] trait, the built-ins and the serve loop the
 //!   switch's VM threads, NF processes and guests all run.
 //! - [`control`]: the control socket's wire protocol and its client.
+//! - [`guest`]: the attach record a QEMU guest finds at the end of its ivshmem BAR, and
+//!   the handshake that brings its rings up without a socket.
 //!
 //! `netvm-runtime` builds the switch on these modules and re-exports them under its own
 //! paths; `netvm-nf` and the guest agent link this crate alone.
@@ -22,6 +24,8 @@
 
 #[cfg(not(loom))]
 pub mod control;
+#[cfg(not(loom))]
+pub mod guest;
 #[cfg(not(loom))]
 pub mod layout;
 pub mod mpmc;

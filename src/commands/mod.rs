@@ -6,6 +6,7 @@ pub mod classify;
 pub mod explain;
 pub mod export;
 pub mod fmt;
+pub mod guest;
 pub mod import;
 pub mod nf;
 pub mod reload;

@@ -63,8 +63,15 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         live,
         engine,
         binding_lines,
+        guests,
         ..
     } = run::launch(&origin, &checked, &args.switch, false)?;
+    if let Some(g) = guests.first() {
+        return Err(format!(
+            "--vm {}=guest: guests run under `netvm run` (then `netvm repl --connect`)",
+            g.vm
+        ));
+    }
     // A control socket only when asked for (`--control PATH`): then `netvm reload`, `netvm
     // status` and another `netvm repl --connect` reach this switch too.
     let control = match args.switch.control {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netvm_runtime::control::{self, AdminHandler, ControlServer};
+use netvm_runtime::guest::{self, GuestPlan, GuestReport, Guests};
 use netvm_runtime::numa::parse_cpulist;
 use netvm_runtime::port::{self, Port};
 use netvm_runtime::region::HugepagePolicy;
@@ -60,7 +61,10 @@ pub struct SwitchArgs {
     eal: Option<String>,
     /// Run a VM as a built-in: forward, counter, drop-every:N, pcap-tap:FILE,
     /// rewrite:dscp=N, delay:us=N; or `process`: a network function process attaches to
-    /// it through the control socket (`netvm nf BUILTIN --vm VM`, or a `netvm-nf` program).
+    /// it through the control socket (`netvm nf BUILTIN --vm VM`, or a `netvm-nf` program);
+    /// or `guest[:cpus=N,mem=SIZE,accel=auto|kvm|tcg,kernel=PATH,image=PATH,console=PATH,
+    /// restart=yes|no,attach_timeout=S,nf=BUILTIN]`: a QEMU guest on the same memory
+    /// (docs/guests.md; the kernel also from $NETVM_GUEST_KERNEL).
     #[arg(long = "vm", value_name = "VM=BUILTIN[:ARGS]")]
     vms: Vec<String>,
     /// The control socket (`netvm status`, `netvm reload`, `netvm nf`, `netvm repl
@@ -177,6 +181,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         binding_lines,
         vm_mode,
         duration,
+        guests: guest_plans,
     } = launch(&args.policy, &checked, &args.switch, true)?;
 
     // Before the banner: whoever waits for it may signal us at once.
@@ -207,6 +212,23 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
     // line, so a script that waits for that line can connect at once.
     let admin: Option<Arc<dyn AdminHandler>> = Some(live.clone());
     let control = start_control(&args.switch, &switch, admin)?;
+    // Guests boot now; each attaches when its agent is up (`--wait-for-vms` holds RX).
+    let guests = Guests::start(
+        &switch.external(),
+        &guest_plans,
+        &policy
+            .ports
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>(),
+        &policy
+            .vms
+            .iter()
+            .map(|v| v.name.clone())
+            .collect::<Vec<_>>(),
+        &control::default_socket_dir(),
+        Arc::new(|event: &str| eprintln!("  {event}")),
+    )?;
     if let Some(d) = duration {
         eprintln!(
             "  running for {:.1} s (Ctrl-C stops early)",
@@ -236,15 +258,19 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|_| "the switch thread panicked".to_string())?
         .map_err(|e| error_chain(&e))?;
 
-    // Closing the socket tells attached VM processes the switch is gone.
+    // Closing the socket tells attached VM processes the switch is gone; guests are told
+    // through their attach slots, and any QEMU still running after 3 s is killed.
     drop(control);
+    let guest_reports = guests.stop();
     print_report(&report);
+    print_guests(&guest_reports);
     if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&to_json(&report, &args.policy))
-            .map_err(|e| e.to_string())?;
+        let mut json = to_json(&report, &args.policy);
+        json["guests"] = guests_json(&guest_reports);
+        let json = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
         std::fs::write(path, json + "\n").map_err(|e| format!("writing {path}: {e}"))?;
     }
-    Ok(if report.clean() {
+    Ok(if report.clean() && !guest::any_failed(&guest_reports) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -262,6 +288,8 @@ pub struct Launched {
     pub binding_lines: Vec<String>,
     pub vm_mode: VmMode,
     pub duration: Option<Duration>,
+    /// The VMs bound to QEMU guests (`--vm NAME=guest...`), to start once the switch is.
+    pub guests: Vec<GuestPlan>,
 }
 
 /// Compile the policy `checked` (named `origin`), open its ports and VMs as `args` bind
@@ -330,14 +358,35 @@ pub fn launch(
         vm_specs[i] = Some(spec.to_string());
     }
     let mut vms: Vec<Box<dyn NetworkFunction>> = Vec::new();
+    let mut guests = Vec::new();
     for (i, v) in policy.vms.iter().enumerate() {
         let spec = vm_specs[i].clone().unwrap_or_else(|| "forward".to_string());
-        let nf = vm::builtin(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
-        bindings.vm_functions.push(nf.describe());
+        let guest = if guest::is_guest_spec(&spec) {
+            let spec = guest::parse_spec(&spec).map_err(|e| format!("vm `{}`: {e}", v.name))?;
+            guests.push(GuestPlan {
+                vm: v.name.clone(),
+                spec: spec.clone(),
+            });
+            Some(spec)
+        } else {
+            None
+        };
+        // A guest is a process VM to the switch: netvm's supervisor attaches it.
+        let nf = match &guest {
+            Some(_) => vm::builtin("process"),
+            None => vm::builtin(&spec),
+        }
+        .map_err(|e| format!("vm `{}`: {e}", v.name))?;
+        bindings.vm_functions.push(match &guest {
+            Some(g) => format!("guest {}", g.nf),
+            None => nf.describe(),
+        });
         binding_lines.push(format!(
             "  vm   {:<12} {} ({}{})",
             v.name,
-            if nf.external() {
+            if let Some(g) = &guest {
+                format!("guest: QEMU running `{}`", g.nf)
+            } else if nf.external() {
                 format!("process: attach with `netvm nf BUILTIN --vm {}`", v.name)
             } else {
                 nf.describe()
@@ -449,6 +498,7 @@ pub fn launch(
         binding_lines,
         vm_mode,
         duration,
+        guests,
     })
 }
 
@@ -625,6 +675,50 @@ fn print_report(report: &RunReport) {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
+}
+
+/// One paragraph per guest: boots, boot-to-attach, its console log, why it failed.
+fn print_guests(reports: &[GuestReport]) {
+    for g in reports {
+        let times: Vec<String> = g
+            .boot_to_attach
+            .iter()
+            .map(|t| format!("{:.2} s", t.as_secs_f64()))
+            .collect();
+        println!(
+            "guest {}: {} boot(s), {} attach(es), {}, boot-to-attach {}; console log {}",
+            g.vm,
+            g.boots,
+            g.attaches,
+            g.accel.name(),
+            if times.is_empty() {
+                "-".to_string()
+            } else {
+                times.join(", ")
+            },
+            g.console.display()
+        );
+        if let Some(why) = &g.failure {
+            eprintln!("error: guest {}: {why}", g.vm);
+        }
+    }
+}
+
+fn guests_json(reports: &[GuestReport]) -> serde_json::Value {
+    reports
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "vm": g.vm,
+                "accel": g.accel.name(),
+                "console": g.console.display().to_string(),
+                "boots": g.boots,
+                "attaches": g.attaches,
+                "boot_to_attach_s": g.boot_to_attach.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
+                "failure": g.failure,
+            })
+        })
+        .collect()
 }
 
 fn truncate(s: &str, n: usize) -> String {

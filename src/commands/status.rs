@@ -82,6 +82,27 @@ fn render(socket: &std::path::Path, s: &Value) -> String {
             num(vm, "dropped"),
             num(vm, "attaches"),
         ));
+        if let Some(g) = vm.get("guest").filter(|g| g.is_object()) {
+            let accel = text(g, "accel");
+            out.push_str(&format!(
+                "{:<12} guest {}: QEMU pid {}, accel {}{}, boot-to-attach {}, {} boot(s), console {}\n",
+                "",
+                text(g, "state"),
+                g.get("qemu_pid")
+                    .and_then(Value::as_u64)
+                    .map_or("-".to_string(), |p| p.to_string()),
+                accel,
+                if accel == "tcg" { " (EMULATED, slow)" } else { "" },
+                g.get("boot_ms")
+                    .and_then(Value::as_u64)
+                    .map_or("-".to_string(), |ms| format!("{ms} ms")),
+                num(g, "boots"),
+                text(g, "console"),
+            ));
+            if let Some(why) = g.get("failure").and_then(Value::as_str) {
+                out.push_str(&format!("{:<12} failed: {why}\n", ""));
+            }
+        }
     }
     out.push_str(&format!(
         "\n{:<12} {:<28} {:>12} {:>12}\n",
