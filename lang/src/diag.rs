@@ -13,6 +13,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Information that needs no change (N001); never fails a check.
+    Note,
     Warning,
     Error,
 }
@@ -59,6 +61,8 @@ pub enum Code {
     /// E019: a predicate nested deeper than [`crate::MAX_NESTING`] (parentheses, `not`s, or
     /// `and`/`or` once `let`s are inlined).
     TooDeep,
+    /// N001: a file's own declaration shadows a name one of its imports declares.
+    ShadowsImport,
     /// W001: a rule that an earlier rule fully covers.
     Shadowed,
     /// W002: a const or let that nothing uses.
@@ -91,6 +95,7 @@ impl Code {
             Code::Recursive => "E017",
             Code::BadFailurePolicy => "E018",
             Code::TooDeep => "E019",
+            Code::ShadowsImport => "N001",
             Code::Shadowed => "W001",
             Code::Unused => "W002",
             Code::UnreachedVm => "W003",
@@ -99,7 +104,9 @@ impl Code {
     }
 
     pub fn severity(self) -> Severity {
-        if self.as_str().starts_with('W') {
+        if self.as_str().starts_with('N') {
+            Severity::Note
+        } else if self.as_str().starts_with('W') {
             Severity::Warning
         } else {
             Severity::Error
@@ -161,6 +168,7 @@ impl Diagnostic {
         let level = match self.severity() {
             Severity::Error => Level::Error,
             Severity::Warning => Level::Warning,
+            Severity::Note => Level::Note,
         };
         let range = clamp(self.span.range(), file.text.len());
         let mut snippet = Snippet::source(&file.text)

@@ -188,9 +188,12 @@ impl ControlServer {
         // Only the default directory is netvm's to create (`default_socket_dir` does, 0700);
         // a path the operator gives must be in a directory that exists.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() && is_runtime_dir(dir) {
+                make_private_dir(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            }
             if !dir.is_dir() {
                 return Err(ControlError::NotFound(format!(
-                    "the directory {} does not exist (netvm creates only its own runtime directory, for the default socket; create it, or pick another --control PATH)",
+                    "the directory {} does not exist (netvm creates only its own runtime directories, /run/netvm, $XDG_RUNTIME_DIR/netvm and /tmp/netvm-UID; create it, or pick another --control PATH)",
                     dir.display()
                 )));
             }

@@ -369,7 +369,23 @@ pub fn default_socket_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/netvm-{uid}"))
 }
 
-fn make_private_dir(dir: &Path) -> io::Result<()> {
+/// Whether `dir` is one of the directories netvm keeps its sockets in (the candidates of
+/// [`default_socket_dir`]): the only ones it creates.
+pub fn is_runtime_dir(dir: &Path) -> bool {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let mut own = vec![
+        PathBuf::from("/run/netvm"),
+        PathBuf::from(format!("/tmp/netvm-{uid}")),
+    ];
+    if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR") {
+        own.push(PathBuf::from(xdg).join("netvm"));
+    }
+    own.iter().any(|d| d == dir)
+}
+
+/// Creates `dir` (and its parents) and makes it 0700 when others could read it.
+pub fn make_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 {

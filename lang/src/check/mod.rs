@@ -97,6 +97,8 @@ pub struct Checker<'p> {
     let_depth: usize,
     /// E019 was reported inside a let.
     deep_let_reported: bool,
+    /// Per file: names two of its imports declare (E003 where used).
+    ambiguous: Vec<HashMap<String, Vec<DeclId>>>,
 }
 
 /// Checks a loaded program. The policy is `None` when there are errors.
@@ -119,12 +121,24 @@ pub fn check(program: &Program) -> (Option<Policy>, Vec<Diagnostic>) {
         deep_lets: Vec::new(),
         let_depth: 0,
         deep_let_reported: false,
+        ambiguous: Vec::new(),
     };
     checker.declare();
     checker.build_scopes();
     let policy = checker.check_all();
     let has_errors = checker.diags.iter().any(Diagnostic::is_error);
     (if has_errors { None } else { Some(policy) }, checker.diags)
+}
+
+/// How an import is written: `std.ports` for `<std>/ports.nvr`, the path otherwise.
+fn module_name(source_name: &str) -> String {
+    match source_name
+        .strip_prefix("<std>/")
+        .and_then(|m| m.strip_suffix(".nvr"))
+    {
+        Some(module) => format!("std.{module}"),
+        None => format!("`{source_name}`"),
+    }
 }
 
 /// The failure policy of one vm declaration: its one `on_failure` clause, or the default
@@ -324,8 +338,12 @@ impl<'p> Checker<'p> {
                 self.duplicate_vms.push(self.named[id].table_index);
             }
         }
-        // Imported names join after every file's own names are known.
+        // Imported names join after every file's own names are known. A file's own
+        // declaration shadows an imported one of the same name (a note, N001), so that a
+        // name a module adds later cannot break its importers; two imports that declare
+        // one name are an error only where the name is used (E003 at the use).
         let mut merged = scopes.clone();
+        let mut ambiguous: Vec<HashMap<String, Vec<DeclId>>> = vec![HashMap::new(); scopes.len()];
         for file in &self.program.files {
             for &imported in &file.imports {
                 let own = &scopes[imported.0 as usize];
@@ -338,26 +356,33 @@ impl<'p> Checker<'p> {
                             scope.insert(name.clone(), id);
                         }
                         Some(&existing) if existing == id => {}
-                        Some(&existing) => {
+                        Some(&existing) if self.named[existing].file == file.id => {
                             let import_span = self.import_span(file.id, imported);
-                            let existing_span = self.named[existing].span;
-                            let other_span = self.named[id].span;
+                            let module = module_name(&self.program.sources.get(imported).name);
                             self.diags.push(
                                 Diagnostic::new(
-                                    Code::Duplicate,
-                                    import_span,
-                                    format!(
-                                        "`{name}` is declared both here and in an imported file"
-                                    ),
+                                    Code::ShadowsImport,
+                                    self.named[existing].span,
+                                    format!("`{name}` shadows the `{name}` that {module} declares"),
                                 )
-                                .note(existing_span, "one declaration")
-                                .note(other_span, "another declaration"),
+                                .label("this declaration is the one this file uses")
+                                .note(import_span, "imported here")
+                                .note(self.named[id].span, "the imported declaration"),
                             );
+                        }
+                        Some(&existing) => {
+                            let both = ambiguous[file.id.0 as usize]
+                                .entry(name.clone())
+                                .or_insert_with(|| vec![existing]);
+                            if !both.contains(&id) {
+                                both.push(id);
+                            }
                         }
                     }
                 }
             }
         }
+        self.ambiguous = ambiguous;
         self.scopes = merged;
     }
 
@@ -380,6 +405,24 @@ impl<'p> Checker<'p> {
 
     /// Looks a name up in a file's scope, reporting unknown names with a suggestion.
     fn lookup(&mut self, file: FileId, name: &str, span: Span, expected: &str) -> Option<DeclId> {
+        if let Some(ids) = self.ambiguous[file.0 as usize].get(name).cloned() {
+            for &id in &ids {
+                self.named[id].used = true;
+            }
+            let mut diag = Diagnostic::new(
+                Code::Duplicate,
+                span,
+                format!("`{name}` is declared in {} imported files", ids.len()),
+            )
+            .label("which one is meant is ambiguous");
+            for &id in &ids {
+                diag = diag.note(self.named[id].span, "declared here");
+            }
+            self.push(diag.help(format!(
+                "declare `{name}` in this file to say which (it shadows both), or rename one"
+            )));
+            return None;
+        }
         if let Some(&id) = self.scopes[file.0 as usize].get(name) {
             self.named[id].used = true;
             return Some(id);
