@@ -28,6 +28,12 @@
 //!   drops ([`ControlState::status`]).
 //! - anything else goes to the binary's [`AdminHandler`] (policy reload and friends).
 //!
+//! Limits ([`Limits`]): the whole hello within [`HELLO_TIMEOUT`], at most [`MAX_PENDING`]
+//! connections waiting for theirs, sessions that are not attached VMs closed after
+//! [`IDLE_TIMEOUT`] without a request, and when all [`MAX_CONNECTIONS`] are taken the
+//! quietest session (else the oldest hello) makes way for the new client; refusals log who
+//! holds the slots.
+//!
 //! Replies are `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
 //!
 //! The wire side (framing, handshake, the attach request and reply, the client) lives in
@@ -61,8 +67,95 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// (`netvm_lang::MAX_NESTING`) so that the deepest one it accepts needs under 4 MiB in
 /// a debug build: four times that leaves room for what a handler adds.
 pub const CONNECTION_STACK: usize = 16 << 20;
-/// How long a peer may take to say hello.
+/// How long a peer may take to say hello: the whole handshake, however slowly it sends.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session that is not an attached VM may stay silent before it is closed
+/// (`netvm repl --connect` reconnects on its next request).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most connections still saying hello at once: the rest of [`MAX_CONNECTIONS`] stays
+/// for greeted clients (VM processes, `netvm status`, `netvm reload`).
+pub const MAX_PENDING: usize = 16;
+
+/// The control socket's connection limits ([`ControlServer::start_with`]); the default
+/// is the constants above.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub hello_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            max_pending: MAX_PENDING,
+            hello_timeout: HELLO_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One connection's slot, as the acceptor sees it: who holds it and how.
+struct Slot {
+    /// A clone of the connection's socket, to close it (server stop, eviction).
+    stream: UnixStream,
+    pid: u32,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Clone)]
+enum SlotState {
+    /// Connected at this instant, not greeted yet.
+    Hello(Instant),
+    /// Closed by the acceptor to make room; its worker is on its way out.
+    Closing,
+    /// Greeted, not an attached VM; the instant of its last request.
+    Session(Instant),
+    /// An attached VM's lifeline: never closed for being quiet.
+    Attached(String),
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = state;
+        }
+    }
+
+    fn get(&self) -> SlotState {
+        self.state.lock().map_or(SlotState::Closing, |s| s.clone())
+    }
+}
+
+/// "3 attached VMs (fw by process 12, ...), 2 sessions (processes 40, 41), 1 saying hello
+/// (process 50)": who holds the slots, for the log.
+fn holders(slots: &[Arc<Slot>]) -> String {
+    let (mut vms, mut sessions, mut hello) = (Vec::new(), Vec::new(), Vec::new());
+    for slot in slots {
+        match slot.get() {
+            SlotState::Attached(vm) => vms.push(format!("{vm} by process {}", slot.pid)),
+            SlotState::Session(_) => sessions.push(slot.pid.to_string()),
+            SlotState::Hello(_) => hello.push(slot.pid.to_string()),
+            SlotState::Closing => {}
+        }
+    }
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
+        let more = if v.len() > 8 { ", ..." } else { "" };
+        format!("{}{more}", shown.join(", "))
+    };
+    format!(
+        "{} attached VMs ({}), {} sessions (processes {}), {} saying hello (processes {})",
+        vms.len(),
+        list(&vms),
+        sessions.len(),
+        list(&sessions),
+        hello.len(),
+        list(&hello)
+    )
+}
 
 /// What the binary answers on the socket (policy reload, rules, ...). The runtime answers
 /// `hello`, `attach` and `status` itself and passes every other op here.
@@ -173,7 +266,7 @@ impl ControlState {
 pub struct ControlServer {
     path: PathBuf,
     stop: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<UnixStream>>>,
+    connections: Arc<Mutex<Vec<Arc<Slot>>>>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -184,6 +277,16 @@ impl ControlServer {
         path: &Path,
         state: Arc<ControlState>,
         admin: Option<Arc<dyn AdminHandler>>,
+    ) -> Result<ControlServer, ControlError> {
+        ControlServer::start_with(path, state, admin, Limits::default())
+    }
+
+    /// As [`start`](Self::start), with other connection limits.
+    pub fn start_with(
+        path: &Path,
+        state: Arc<ControlState>,
+        admin: Option<Arc<dyn AdminHandler>>,
+        limits: Limits,
     ) -> Result<ControlServer, ControlError> {
         // Only the default directory is netvm's to create (`default_socket_dir` does, 0700);
         // a path the operator gives must be in a directory that exists.
@@ -229,7 +332,7 @@ impl ControlServer {
             let connections = connections.clone();
             thread::Builder::new()
                 .name("netvm-control".into())
-                .spawn(move || accept_loop(listener, state, admin, stop, connections))
+                .spawn(move || accept_loop(listener, state, admin, stop, connections, limits))
                 .map_err(io_err("starting the control thread"))?
         };
         Ok(ControlServer {
@@ -250,7 +353,7 @@ impl Drop for ControlServer {
         self.stop.store(true, Ordering::Release);
         if let Ok(connections) = self.connections.lock() {
             for c in connections.iter() {
-                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
             }
         }
         if let Some(acceptor) = self.acceptor.take() {
@@ -265,13 +368,17 @@ fn accept_loop(
     state: Arc<ControlState>,
     admin: Option<Arc<dyn AdminHandler>>,
     stop: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<UnixStream>>>,
+    connections: Arc<Mutex<Vec<Arc<Slot>>>>,
+    limits: Limits,
 ) {
     // SAFETY: geteuid cannot fail.
     let own_uid = unsafe { libc::geteuid() };
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let mut workers: Vec<(JoinHandle<()>, Arc<Slot>)> = Vec::new();
     while !stop.load(Ordering::Acquire) {
-        workers.retain(|w| !w.is_finished());
+        workers.retain(|(w, _)| !w.is_finished());
+        if let Ok(mut list) = connections.lock() {
+            list.retain(|slot| workers.iter().any(|(_, s)| Arc::ptr_eq(s, slot)));
+        }
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -285,12 +392,75 @@ fn accept_loop(
         };
         let _ = stream.set_nonblocking(false);
         let mut connection = Connection::new(stream);
-        if workers.len() >= MAX_CONNECTIONS {
-            let _ = connection.send(
-                &json!({"ok": false, "error": format!("too many connections (at most {MAX_CONNECTIONS})")}),
-                &[],
-            );
-            continue;
+        let pid = peer_credentials(connection.stream()).map_or(0, |(pid, _)| pid);
+        let slots: Vec<Arc<Slot>> = workers.iter().map(|(_, s)| s.clone()).collect();
+        let refuse = |connection: &mut Connection, error: String| {
+            state.log(|| {
+                format!(
+                    "refused a client (process {pid}): {error}; the slots: {}",
+                    holders(&slots)
+                )
+            });
+            let _ = connection.send(&json!({"ok": false, "error": error}), &[]);
+        };
+        // Room for the switch's own clients, which greet at once: when the hello slots
+        // are full the oldest waiting connection makes way, and when every slot is taken
+        // the session quiet the longest does (it reconnects when it next has something
+        // to say), else the oldest waiting one. Attached VMs never make way.
+        let live: Vec<(SlotState, &Arc<Slot>)> = slots
+            .iter()
+            .map(|s| (s.get(), s))
+            .filter(|(st, _)| !matches!(st, SlotState::Closing))
+            .collect();
+        let oldest_hello = live
+            .iter()
+            .filter_map(|(st, s)| match st {
+                SlotState::Hello(since) => Some((*since, *s)),
+                _ => None,
+            })
+            .min_by_key(|(since, _)| *since);
+        let quietest = live
+            .iter()
+            .filter_map(|(st, s)| match st {
+                SlotState::Session(last) => Some((*last, *s)),
+                _ => None,
+            })
+            .min_by_key(|(last, _)| *last);
+        let pending = live
+            .iter()
+            .filter(|(st, _)| matches!(st, SlotState::Hello(_)))
+            .count();
+        let make_way = |(since, slot): (Instant, &Arc<Slot>), what: &str| {
+            state.log(|| {
+                format!(
+                    "closed the connection of process {} ({what} for {:.1} s) to make room for process {pid}; the slots: {}",
+                    slot.pid,
+                    since.elapsed().as_secs_f64(),
+                    holders(&slots)
+                )
+            });
+            slot.set(SlotState::Closing);
+            let _ = slot.stream.shutdown(std::net::Shutdown::Both);
+        };
+        if pending >= limits.max_pending {
+            if let Some(oldest) = oldest_hello {
+                make_way(oldest, "waiting for its hello");
+            }
+        } else if live.len() >= limits.max_connections {
+            match (quietest, oldest_hello) {
+                (Some(quiet), _) => make_way(quiet, "quiet"),
+                (None, Some(oldest)) => make_way(oldest, "waiting for its hello"),
+                (None, None) => {
+                    refuse(
+                        &mut connection,
+                        format!(
+                            "too many connections (at most {}, every one an attached VM)",
+                            limits.max_connections
+                        ),
+                    );
+                    continue;
+                }
+            }
         }
         match peer_credentials(connection.stream()) {
             Ok((_, uid)) if uid == own_uid || uid == 0 => {}
@@ -310,35 +480,41 @@ fn accept_loop(
                 continue;
             }
         }
-        if let (Ok(clone), Ok(mut list)) = (connection.stream().try_clone(), connections.lock()) {
-            list.retain(peer_alive);
-            list.push(clone);
+        let Ok(clone) = connection.stream().try_clone() else {
+            continue;
+        };
+        let slot = Arc::new(Slot {
+            stream: clone,
+            pid,
+            state: Mutex::new(SlotState::Hello(Instant::now())),
+        });
+        if let Ok(mut list) = connections.lock() {
+            list.push(slot.clone());
         }
         let state = state.clone();
         let admin = admin.clone();
         let stop = stop.clone();
+        let for_worker = slot.clone();
         if let Ok(worker) = thread::Builder::new()
             .name("netvm-control-conn".into())
             .stack_size(CONNECTION_STACK)
-            .spawn(move || serve(connection, &state, admin.as_deref(), &stop))
+            .spawn(move || {
+                serve(
+                    connection,
+                    &state,
+                    admin.as_deref(),
+                    &stop,
+                    &for_worker,
+                    limits,
+                )
+            })
         {
-            workers.push(worker);
+            workers.push((worker, slot));
         }
     }
-    for w in workers {
+    for (w, _) in workers {
         let _ = w.join();
     }
-}
-
-fn peer_alive(stream: &UnixStream) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: poll on one valid pollfd with a zero timeout.
-    unsafe { libc::poll(&mut pfd, 1, 0) };
-    pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) == 0
 }
 
 fn wait_readable(fd: RawFd, timeout_ms: i32) {
@@ -373,6 +549,8 @@ fn serve(
     state: &ControlState,
     admin: Option<&dyn AdminHandler>,
     stop: &AtomicBool,
+    slot: &Slot,
+    limits: Limits,
 ) {
     // The acceptor keeps a clone of the socket (to close it when the server stops), so
     // dropping ours would not hang up: shut the connection down on every way out.
@@ -384,8 +562,7 @@ fn serve(
     }
     let mut guard = HangUp(connection);
     let connection = &mut guard.0;
-    let _ = connection.stream().set_read_timeout(Some(HELLO_TIMEOUT));
-    let hello = match connection.recv() {
+    let hello = match connection.recv_by(Some(Instant::now() + limits.hello_timeout)) {
         Ok(Some((line, _))) => parse_request(&line).and_then(|r| {
             if r.op == "hello" {
                 check_hello(&r.args)
@@ -395,6 +572,10 @@ fn serve(
         }),
         Ok(None) => return,
         Err(e) if e.kind() == ErrorKind::InvalidData => Err(e.to_string()),
+        Err(e) if e.kind() == ErrorKind::TimedOut => Err(format!(
+            "no hello within {:.1} s",
+            limits.hello_timeout.as_secs_f64()
+        )),
         Err(e) => Err(format!("reading hello: {e}")),
     };
     let hello = match hello {
@@ -406,7 +587,7 @@ fn serve(
             return;
         }
     };
-    let _ = connection.stream().set_read_timeout(None);
+    slot.set(SlotState::Session(Instant::now()));
     let reply = json!({
         "ok": true,
         "protocol": hello.protocol,
@@ -420,9 +601,23 @@ fn serve(
     let peer_pid = peer_credentials(connection.stream()).map_or(hello.pid, |(pid, _)| pid);
     let mut attached: Option<(Arc<crate::external::ExternalVm>, u64)> = None;
     while !stop.load(Ordering::Acquire) {
-        let line = match connection.recv() {
+        // An attached VM's connection is its lifeline and may stay quiet; any other
+        // session is closed after `idle_timeout` without a request.
+        let deadline = attached
+            .is_none()
+            .then(|| Instant::now() + limits.idle_timeout);
+        let _ = connection.stream().set_read_timeout(None);
+        let line = match connection.recv_by(deadline) {
             Ok(Some((line, _))) => line,
             Ok(None) => break,
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                let idle = limits.idle_timeout.as_secs_f64();
+                state.log(|| {
+                    format!("closed the session of process {peer_pid}: no request for {idle:.1} s")
+                });
+                let _ = connection.send(&error_reply(format!("{IDLE_CLOSED} {idle:.1} s")), &[]);
+                break;
+            }
             Err(e) => {
                 if e.kind() == ErrorKind::InvalidData {
                     let _ = connection.send(&error_reply(e.to_string()), &[]);
@@ -444,6 +639,7 @@ fn serve(
                 let outcome = attach(state, &request.args, peer_pid, &mut attached);
                 match (&outcome, &attached) {
                     (Ok(_), Some((vm, _))) => {
+                        slot.set(SlotState::Attached(vm.name.clone()));
                         state.log(|| format!("VM `{}` attached by process {peer_pid}", vm.name))
                     }
                     (Err(e), _) => {
@@ -465,6 +661,9 @@ fn serve(
                 None => Err(format!("unknown request `{op}`")),
             },
         };
+        if attached.is_none() {
+            slot.set(SlotState::Session(Instant::now()));
+        }
         let sent = match outcome {
             Ok((value, fd)) => {
                 let fds: Vec<RawFd> = fd.iter().map(|f: &OwnedFd| f.as_raw_fd()).collect();

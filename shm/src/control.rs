@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -186,6 +187,15 @@ impl Connection {
     /// Receive one line (without the newline) and every descriptor that came with it.
     /// `Ok(None)` on a clean end of stream.
     pub fn recv(&mut self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        self.recv_by(None)
+    }
+
+    /// As [`recv`](Self::recv), giving up (`TimedOut`) at `deadline` however the bytes
+    /// trickle in: the socket's read timeout is set to what is left before each read.
+    pub fn recv_by(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buffer.drain(..=end).take(end).collect();
@@ -197,8 +207,20 @@ impl Connection {
                     format!("message longer than {MAX_LINE} bytes"),
                 ));
             }
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(ErrorKind::TimedOut, "timed out"));
+                }
+                self.stream.set_read_timeout(Some(left))?;
+            }
             let mut chunk = [0u8; 4096];
-            let n = recv_with_fds(&self.stream, &mut chunk, &mut self.fds)?;
+            let n = match recv_with_fds(&self.stream, &mut chunk, &mut self.fds) {
+                Err(e) if deadline.is_some() && e.kind() == ErrorKind::WouldBlock => {
+                    return Err(io::Error::new(ErrorKind::TimedOut, "timed out"))
+                }
+                other => other?,
+            };
             if n == 0 {
                 return if self.buffer.is_empty() {
                     Ok(None)
@@ -439,7 +461,12 @@ pub fn resolve_socket(explicit: Option<&Path>) -> Result<PathBuf, ControlError> 
 pub struct ControlClient {
     connection: Connection,
     path: PathBuf,
+    /// The last request found the connection closed by the switch.
+    closed: bool,
 }
+
+/// How the switch's reply to a session it closes for being quiet begins.
+pub const IDLE_CLOSED: &str = "closed: no request for";
 
 impl ControlClient {
     /// Connect to the switch at `path` and say hello.
@@ -449,6 +476,7 @@ impl ControlClient {
         let mut client = ControlClient {
             connection: Connection::new(stream),
             path: path.to_path_buf(),
+            closed: false,
         };
         client.request(
             "hello",
@@ -475,11 +503,32 @@ impl ControlClient {
     }
 
     /// As [`request`](Self::request), also returning descriptors sent with the reply.
+    /// A session the switch closed for being quiet is reconnected and the request sent
+    /// again, once (the switch closes it before reading anything, so nothing was done);
+    /// an `attach` is never retried, it belongs to its connection.
     pub fn request_with_fds(
         &mut self,
         op: &str,
         args: Value,
     ) -> Result<(Value, Vec<OwnedFd>), ControlError> {
+        match self.request_once(op, args.clone()) {
+            Err(e) if self.closed && !matches!(op, "hello" | "attach" | "detach") => {
+                match ControlClient::connect(&self.path) {
+                    Ok(fresh) => *self = fresh,
+                    Err(_) => return Err(e),
+                }
+                self.request_once(op, args)
+            }
+            other => other,
+        }
+    }
+
+    fn request_once(
+        &mut self,
+        op: &str,
+        args: Value,
+    ) -> Result<(Value, Vec<OwnedFd>), ControlError> {
+        self.closed = false;
         let mut message = match args {
             Value::Object(map) => map,
             Value::Null => serde_json::Map::new(),
@@ -500,9 +549,11 @@ impl ControlClient {
                     .and_then(|r| r.get("error"))
                     .and_then(Value::as_str)
                 {
+                    self.closed = error.starts_with(IDLE_CLOSED);
                     return Err(ControlError::Remote(error.to_string()));
                 }
             }
+            self.closed = true;
             return Err(io_err(format!("sending `{op}` to {}", self.path.display()))(e));
         }
         let (line, fds) = self
@@ -510,19 +561,21 @@ impl ControlClient {
             .recv()
             .map_err(io_err(format!("reading the reply to `{op}`")))?
             .ok_or_else(|| {
+                self.closed = true;
                 ControlError::Protocol(format!("the switch closed the connection during `{op}`"))
             })?;
         let reply: Value = serde_json::from_slice(&line)
             .map_err(|e| ControlError::Protocol(format!("reply to `{op}` is not JSON: {e}")))?;
         match reply.get("ok") {
             Some(Value::Bool(true)) => Ok((reply, fds)),
-            _ => Err(ControlError::Remote(
-                reply
+            _ => {
+                let error = reply
                     .get("error")
                     .and_then(Value::as_str)
-                    .unwrap_or("the switch refused the request without saying why")
-                    .to_string(),
-            )),
+                    .unwrap_or("the switch refused the request without saying why");
+                self.closed = error.starts_with(IDLE_CLOSED);
+                Err(ControlError::Remote(error.to_string()))
+            }
         }
     }
 }
