@@ -152,8 +152,13 @@ pub fn rule_texts(policy: &Policy, program: &netvm_lang::Program) -> Vec<RuleTex
     for file in &program.files {
         let text = &program.sources.get(file.id).text;
         for decl in &file.ast.decls {
-            if let netvm_lang::ast::DeclKind::Rule { name, pred, .. } = &decl.kind {
-                let body = text.get(pred.span().start as usize..decl.span().end as usize);
+            if let netvm_lang::ast::DeclKind::Rule { name, .. } = &decl.kind {
+                // From the `:` after the name (and any `before NAME`): the predicate's own
+                // span starts inside its parentheses when it is wrapped in them.
+                let body = text
+                    .get(name.span().end as usize..decl.span().end as usize)
+                    .and_then(|rest| rest.split_once(':'))
+                    .map(|(_, body)| body);
                 written.insert(name.span(), body.unwrap_or(""));
             }
         }
@@ -392,6 +397,15 @@ mod tests {
         assert_eq!(diff.changed[0].0.name, "ssh");
         assert!(diff.added.is_empty() && diff.removed.is_empty() && diff.moved == 0);
         assert!(diff.to_string().contains("a const or let it uses changed"));
+    }
+
+    #[test]
+    fn a_rule_whose_predicate_starts_with_a_parenthesis_is_shown_whole() {
+        let texts = rules(
+            "port a\nport b\nrule p1 : ((tcp)) => drop\nrule p2 before p1: (udp or tcp) and ip => out b\n",
+        );
+        assert_eq!(texts[0].text, "(udp or tcp) and ip => out b");
+        assert_eq!(texts[1].text, "((tcp)) => drop");
     }
 
     #[test]

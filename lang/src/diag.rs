@@ -242,31 +242,43 @@ fn clamp(range: std::ops::Range<usize>, len: usize) -> std::ops::Range<usize> {
 }
 
 /// Levenshtein distance, for did-you-mean suggestions.
+/// Edit distance counting a swap of two neighbouring characters as one edit (optimal
+/// string alignment), so that `ip.scr` is one edit from `ip.src`, as a typo is.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // d[i][j]: distance between a[..i] and b[..j]; three rows are enough.
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (prev[j - 1] + cost).min(prev[j] + 1).min(cur[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(before[j - 2] + 1);
+            }
+            cur[j] = d;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be a likely typo.
+/// Ties go to the candidate of the typed name's length (a swap or a slip, rather than a
+/// character more or less), then to the first in alphabetical order.
 pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let limit = (name.chars().count() / 3).max(1);
+    let len = name.chars().count();
     candidates
         .into_iter()
         .map(|c| (edit_distance(&name.to_lowercase(), &c.to_lowercase()), c))
         .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, c)| (*d, *c))
+        .min_by_key(|(d, c)| (*d, c.chars().count().abs_diff(len), *c))
         .map(|(_, c)| c)
 }
 
@@ -282,5 +294,18 @@ mod tests {
         );
         assert_eq!(did_you_mean("ADMN", ["ADMIN", "WEB"]), Some("ADMIN"));
         assert_eq!(did_you_mean("zzz", ["ADMIN", "WEB"]), None);
+    }
+
+    #[test]
+    fn a_swap_of_two_letters_is_one_edit() {
+        assert_eq!(edit_distance("ip.scr", "ip.src"), 1);
+        assert_eq!(edit_distance("ip.scr", "ip.dscp"), 2);
+        let fields = ["ip.dscp", "ip.src", "ip.dst", "ip6.src"];
+        assert_eq!(did_you_mean("ip.scr", fields), Some("ip.src"));
+        assert_eq!(
+            did_you_mean("tcp.dprot", ["tcp.dport", "udp.dport"]),
+            Some("tcp.dport")
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 }

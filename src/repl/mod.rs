@@ -103,6 +103,28 @@ impl Reply {
     }
 }
 
+/// `rules` or `qit` typed where a declaration was expected (no declaration starts with
+/// such a word): "did you mean :rules?".
+fn command_without_colon(input: &str) -> Option<String> {
+    const DECLARATIONS: [&str; 9] = [
+        "import", "const", "let", "port", "vm", "group", "rule", "default", "test",
+    ];
+    let word = input
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .next()?;
+    if word.is_empty() || DECLARATIONS.contains(&word) {
+        return None;
+    }
+    let names = COMMANDS
+        .iter()
+        .map(|c| &c.0[1..])
+        .chain(["quit", "exit", "help"]);
+    let command = netvm_lang::diag::did_you_mean(word, names)?;
+    Some(format!(
+        "`{word}` does not start a declaration; did you mean :{command}? (commands start with `:`; :help lists them)"
+    ))
+}
+
 /// The REPL's commands: name, argument, one line of help.
 pub const COMMANDS: &[(&str, &str, &str)] = &[
     (":help", "", "list the commands"),
@@ -210,7 +232,10 @@ impl ReplSession {
         self.inputs += 1;
         let result = match trimmed.strip_prefix(':') {
             Some(command) => self.command(command),
-            None => self.declaration(input),
+            None => match command_without_colon(trimmed) {
+                Some(hint) => Err(hint),
+                None => self.declaration(input),
+            },
         };
         result.unwrap_or_else(Reply::error)
     }
@@ -889,6 +914,20 @@ test \"ssh is dropped\" {
             assert!(help.contains(name), "{name} missing from :help");
         }
         assert!(s.handle(":statz").text.contains("did you mean :stats?"));
+        for (typed, meant) in [
+            ("rules", ":rules"),
+            ("quit", ":quit"),
+            ("stast", ":stats"),
+            ("hepl", ":help"),
+        ] {
+            let reply = s.handle(typed);
+            assert!(reply.failed, "{typed}");
+            assert!(
+                reply.text.contains(&format!("did you mean {meant}?")),
+                "{typed}: {}",
+                reply.text
+            );
+        }
         assert!(s.handle(":quit").quit);
     }
 
