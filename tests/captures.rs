@@ -293,3 +293,38 @@ fn other_link_types_empty_files_and_missing_files_are_refused_saying_why() {
         assert!(e.stderr.contains(why), "{capture}: {}", e.stderr);
     }
 }
+
+#[test]
+fn a_frame_too_large_for_a_buffer_is_dropped_as_oversize_and_its_bytes_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cap = Pcap::new(65535, 1);
+    cap.frame(&web_frame(3000));
+    cap.frame(&web_frame(100));
+    let capture = cap.write(&dir.path().join("big.pcap"));
+    let stats = dir.path().join("stats.json");
+    let out = run(&[
+        "run",
+        &policy(dir.path()),
+        "--bind",
+        &format!("src=pcap:rx={capture}"),
+        "--bind",
+        "sink=null",
+        "--hugepages",
+        "off",
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let src = &s["ports"][0];
+    assert_eq!(src["rx_packets"], 2, "{s}");
+    assert_eq!(src["rx_bytes"], 3100, "every received frame's bytes: {s}");
+    assert_eq!(s["drops"]["oversize"], 1, "{s}");
+    assert!(
+        out.stdout
+            .contains("(frames over 2048 bytes, a buffer's data room)"),
+        "the report names the limit: {}",
+        out.stdout
+    );
+}

@@ -263,7 +263,7 @@ impl Port for AfPacketPort {
                 true
             } else if mac > SLOT_BYTES || snap > SLOT_BYTES - mac || hdr.tp_snaplen < hdr.tp_len {
                 // Truncated by the kernel (or a nonsense header): never forward a cut frame.
-                burst.count_oversize();
+                burst.count_oversize(hdr.tp_len as usize);
                 true
             } else if status & TP_STATUS_CSUMNOTREADY != 0 {
                 // SAFETY: `mac + snap <= SLOT_BYTES` (checked), and the slot is ours.

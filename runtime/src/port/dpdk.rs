@@ -822,7 +822,7 @@ mod driver {
             // Several segments (a frame larger than a buffer), or a window that does
             // not fit a pool buffer's room: not forwardable whole.
             if m.segments() != 1 || offset + len > BUF_ROOM {
-                burst.count_oversize();
+                burst.count_oversize(len);
                 self.done_mbufs.push(m);
                 return TakenIn::Dropped;
             }
@@ -880,7 +880,7 @@ mod driver {
                     // SAFETY: `copy` is a pool buffer we hold alone.
                     if unsafe { pool.write_data(copy, m.data()) }.is_err() {
                         let _ = pool.free(copy);
-                        burst.count_oversize();
+                        burst.count_oversize(len);
                         self.done_mbufs.push(m);
                         return TakenIn::Dropped;
                     }

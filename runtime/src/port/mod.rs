@@ -263,6 +263,8 @@ pub struct RxBurst<'a> {
     len: usize,
     port: u16,
     pub(crate) oversize: u64,
+    /// Their bytes: a port's rx bytes count every frame it received, dropped or not.
+    pub(crate) oversize_bytes: u64,
     pub(crate) pool_dry: bool,
 }
 
@@ -274,6 +276,7 @@ impl<'a> RxBurst<'a> {
             len: 0,
             port,
             oversize: 0,
+            oversize_bytes: 0,
             pool_dry: false,
         }
     }
@@ -320,8 +323,9 @@ impl<'a> RxBurst<'a> {
 
     /// Consume a frame that cannot be forwarded whole (truncated by the driver, or
     /// larger than a buffer): it is counted as received and dropped as `oversize`.
-    pub fn count_oversize(&mut self) {
+    pub fn count_oversize(&mut self, len: usize) {
         self.oversize += 1;
+        self.oversize_bytes += len as u64;
     }
 
     /// Copy `frame` into a fresh buffer. `false`: not taken (burst full or pool dry),
@@ -332,7 +336,7 @@ impl<'a> RxBurst<'a> {
             return false;
         }
         if frame.len() > BUF_DATA_ROOM {
-            self.oversize += 1;
+            self.count_oversize(frame.len());
             return true;
         }
         let Some(index) = self.cache.alloc() else {
@@ -346,7 +350,7 @@ impl<'a> RxBurst<'a> {
             // Cannot happen for a fresh in-range buffer and a frame within the data room;
             // give the buffer back rather than forward garbage.
             let _ = self.cache.free(index);
-            self.oversize += 1;
+            self.count_oversize(frame.len());
             return true;
         }
         self.out[self.len] = index;

@@ -76,13 +76,14 @@ impl Engine {
             return self.rx_device(prog, port, domain);
         }
         let mut indices = [0u32; MAX_BURST];
-        let (n, oversize) = {
+        let (n, oversize, oversize_bytes) = {
             let mut burst =
                 RxBurst::new(&mut self.cache, &mut indices[..self.burst_len], port as u16);
             self.ports[port].rx_burst(&mut burst);
-            (burst.len(), burst.oversize)
+            (burst.len(), burst.oversize, burst.oversize_bytes)
         };
         self.count_oversize(port, oversize);
+        self.stats.ports[port].rx_bytes.add(oversize_bytes);
         if n == 0 {
             return oversize as usize;
         }
