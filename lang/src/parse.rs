@@ -120,7 +120,10 @@ pub fn parse_case_packet(
 /// Parses a single declaration (the REPL's unit of input).
 pub fn parse_decl(file: FileId, text: &str) -> Result<(Decl, Vec<Diagnostic>), Diagnostic> {
     let (parsed, mut diags) = parse_file(file, text);
-    if let Some(pos) = diags.iter().position(|d| d.code == Code::Syntax) {
+    if let Some(pos) = diags
+        .iter()
+        .position(|d| matches!(d.code, Code::Syntax | Code::TooDeep))
+    {
         return Err(diags.swap_remove(pos));
     }
     let mut decls = parsed.decls.into_iter();

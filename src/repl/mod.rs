@@ -882,6 +882,23 @@ test \"ssh is dropped\" {
     }
 
     #[test]
+    fn a_rule_nested_too_deep_is_refused_with_e019_and_the_policy_stays() {
+        let (mut s, live) = session();
+        let deep = format!(
+            "rule deep : {}tcp{} => drop",
+            "(".repeat(1500),
+            ")".repeat(1500)
+        );
+        let reply = s.handle(&deep);
+        assert!(reply.failed);
+        assert!(reply.text.contains("E019"), "{}", reply.text);
+        assert_eq!(live.source().1, POLICY);
+        let pred = format!("{}tcp{}", "not (".repeat(1500), ")".repeat(1500));
+        let reply = s.handle(&format!(":explain {pred}"));
+        assert!(reply.failed, "{}", reply.text);
+    }
+
+    #[test]
     fn a_new_port_is_refused_whole() {
         let (mut s, live) = session();
         let reply = s.handle("port extra");
