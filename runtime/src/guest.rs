@@ -314,7 +314,7 @@ pub fn find_kernel(spec: &GuestSpec) -> Result<PathBuf, String> {
 }
 
 /// Where the guest agent is: `$NETVM_GUEST_AGENT`, else beside this executable, else in the
-/// cargo target directory's `x86_64-unknown-linux-gnu/{debug,release}`.
+/// cargo target directory's `x86_64-unknown-linux-gnu/{release,debug}`.
 pub fn find_agent() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(AGENT_ENV) {
         return Ok(PathBuf::from(path));
@@ -326,7 +326,7 @@ pub fn find_agent() -> Result<PathBuf, String> {
     for _ in 0..3 {
         let Some(d) = dir else { break };
         candidates.push(d.join(AGENT_NAME));
-        for profile in ["debug", "release"] {
+        for profile in ["release", "debug"] {
             candidates.push(
                 d.join("x86_64-unknown-linux-gnu")
                     .join(profile)
@@ -596,6 +596,8 @@ struct Prepared {
 pub struct Guests {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<GuestReport>>,
+    /// The image built at start, removed at stop.
+    built_image: Option<PathBuf>,
 }
 
 /// Grow `fd` to `bytes` if it is shorter.
@@ -623,6 +625,7 @@ impl Guests {
             return Ok(Guests {
                 stop: Arc::new(AtomicBool::new(false)),
                 threads: Vec::new(),
+                built_image: None,
             });
         }
         let qemu = find_qemu()?;
@@ -736,17 +739,26 @@ impl Guests {
                 .map_err(|e| format!("starting a guest supervisor: {e}"))?;
             threads.push(thread);
         }
-        Ok(Guests { stop, threads })
+        Ok(Guests {
+            stop,
+            threads,
+            built_image,
+        })
     }
 
     /// Close every slot, give the guests a moment to power off, kill what remains, and
     /// say what each guest did.
     pub fn stop(self) -> Vec<GuestReport> {
         self.stop.store(true, Ordering::Release);
-        self.threads
+        let reports = self
+            .threads
             .into_iter()
             .filter_map(|t| t.join().ok())
-            .collect()
+            .collect();
+        if let Some(image) = &self.built_image {
+            let _ = std::fs::remove_file(image);
+        }
+        reports
     }
 }
 
