@@ -45,11 +45,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use netvm_shm::control::{send_with_fds, AttachReply};
-use netvm_shm::guest::{bar_bytes, AttachArea, Offer, SLOTS};
+use netvm_shm::guest::{AttachArea, Offer, SLOTS};
 use serde_json::json;
 
 use crate::external::{ExternalVm, ExternalVms};
+
 use crate::layout::LAYOUT_VERSION;
+pub use netvm_shm::guest::bar_bytes;
 
 /// Environment variable naming the guest kernel when `kernel=` is not given.
 pub const KERNEL_ENV: &str = "NETVM_GUEST_KERNEL";
@@ -312,7 +314,7 @@ pub fn find_kernel(spec: &GuestSpec) -> Result<PathBuf, String> {
 }
 
 /// Where the guest agent is: `$NETVM_GUEST_AGENT`, else beside this executable, else in the
-/// cargo target directory's `x86_64-unknown-linux-gnu/{debug,release}`.
+/// cargo target directory's `x86_64-unknown-linux-gnu/{release,debug}`.
 pub fn find_agent() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os(AGENT_ENV) {
         return Ok(PathBuf::from(path));
@@ -324,7 +326,7 @@ pub fn find_agent() -> Result<PathBuf, String> {
     for _ in 0..3 {
         let Some(d) = dir else { break };
         candidates.push(d.join(AGENT_NAME));
-        for profile in ["debug", "release"] {
+        for profile in ["release", "debug"] {
             candidates.push(
                 d.join("x86_64-unknown-linux-gnu")
                     .join(profile)
@@ -446,6 +448,9 @@ pub struct IvshmemServer {
     pub doorbell: Arc<OwnedFd>,
 }
 
+/// How long a stopping switch waits for a guest to power off before killing its QEMU.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// The id the server gives its one peer.
 const PEER_ID: i64 = 1;
 
@@ -556,6 +561,13 @@ pub struct GuestReport {
     pub vm: String,
     pub accel: Accel,
     pub console: PathBuf,
+    /// The guest's BAR2: the region's memfd, grown to a power of two.
+    pub bar_bytes: usize,
+    /// `shared` (trusted: the pool) or `private` (untrusted: its private region).
+    pub region: String,
+    /// Bytes of that region as its layout describes it (the BAR less the attach area and
+    /// the rounding).
+    pub region_bytes: usize,
     pub boots: u64,
     pub attaches: u64,
     /// Boot-to-attach time of each boot that attached.
@@ -584,6 +596,8 @@ struct Prepared {
 pub struct Guests {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<GuestReport>>,
+    /// The image built at start, removed at stop.
+    built_image: Option<PathBuf>,
 }
 
 /// Grow `fd` to `bytes` if it is shorter.
@@ -611,6 +625,7 @@ impl Guests {
             return Ok(Guests {
                 stop: Arc::new(AtomicBool::new(false)),
                 threads: Vec::new(),
+                built_image: None,
             });
         }
         let qemu = find_qemu()?;
@@ -724,17 +739,26 @@ impl Guests {
                 .map_err(|e| format!("starting a guest supervisor: {e}"))?;
             threads.push(thread);
         }
-        Ok(Guests { stop, threads })
+        Ok(Guests {
+            stop,
+            threads,
+            built_image,
+        })
     }
 
     /// Close every slot, give the guests a moment to power off, kill what remains, and
     /// say what each guest did.
     pub fn stop(self) -> Vec<GuestReport> {
         self.stop.store(true, Ordering::Release);
-        self.threads
+        let reports = self
+            .threads
             .into_iter()
             .filter_map(|t| t.join().ok())
-            .collect()
+            .collect();
+        if let Some(image) = &self.built_image {
+            let _ = std::fs::remove_file(image);
+        }
+        reports
     }
 }
 
@@ -854,6 +878,9 @@ fn supervise(
         vm: name.clone(),
         accel: p.accel,
         console: p.console.clone(),
+        bar_bytes: p.bar,
+        region: p.reply.region.clone(),
+        region_bytes: p.vm.region.len_bytes(),
         boots: 0,
         attaches: 0,
         boot_to_attach: Vec::new(),
@@ -902,7 +929,7 @@ fn supervise(
             if stop.load(Ordering::Acquire) {
                 // Let the agent see the slot close and power off; then kill what is left.
                 let _ = p.area.set_offer(p.slot, generation, Offer::Closed);
-                let deadline = Instant::now() + Duration::from_secs(3);
+                let deadline = Instant::now() + STOP_GRACE;
                 while Instant::now() < deadline {
                     if let Ok(Some(_)) = child.try_wait() {
                         break;

@@ -259,7 +259,7 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         .map_err(|e| error_chain(&e))?;
 
     // Closing the socket tells attached VM processes the switch is gone; guests are told
-    // through their attach slots, and any QEMU still running after 3 s is killed.
+    // through their attach slots, and any QEMU still running after 10 s is killed.
     drop(control);
     let guest_reports = guests.stop();
     print_report(&report);
@@ -720,6 +720,9 @@ fn guests_json(reports: &[GuestReport]) -> serde_json::Value {
                 "vm": g.vm,
                 "accel": g.accel.name(),
                 "console": g.console.display().to_string(),
+                "bar_bytes": g.bar_bytes,
+                "region": g.region,
+                "region_bytes": g.region_bytes,
                 "boots": g.boots,
                 "attaches": g.attaches,
                 "boot_to_attach_s": g.boot_to_attach.iter().map(Duration::as_secs_f64).collect::<Vec<_>>(),
