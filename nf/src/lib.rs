@@ -55,7 +55,7 @@ use netvm_shm::vm::{self, wire, Frame};
 use netvm_shm::{PacketPool, SharedRegion};
 use serde_json::json;
 
-pub use netvm_shm::vm::{IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
+pub use netvm_shm::vm::{Backoff, IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
 
 pub mod audit;
 pub mod guest;
@@ -155,7 +155,7 @@ pub struct Nf {
     rx: RingConsumer,
     tx: RingProducer,
     idle: IdlePolicy,
-    idle_rounds: u32,
+    backoff: Backoff,
 }
 
 impl Nf {
@@ -194,7 +194,7 @@ impl Nf {
             rx,
             tx,
             idle: options.idle,
-            idle_rounds: 0,
+            backoff: Backoff::new(options.idle),
         })
     }
 
@@ -305,7 +305,9 @@ impl Nf {
                     packet.verdict = f(packet);
                 }
             });
-            if n == 0 && self.idle() {
+            if n > 0 {
+                self.backoff.reset();
+            } else if self.idle() {
                 return Ok(());
             }
         }
@@ -315,7 +317,9 @@ impl Nf {
     pub fn run_bursts(&mut self, mut f: impl FnMut(&mut [Packet<'_>])) -> Result<(), NfError> {
         loop {
             let n = self.poll(&mut f);
-            if n == 0 && self.idle() {
+            if n > 0 {
+                self.backoff.reset();
+            } else if self.idle() {
                 return Ok(());
             }
         }
@@ -336,19 +340,15 @@ impl Nf {
         Ok(())
     }
 
-    /// Back off after an empty poll; `true` when the switch has gone.
+    /// Back off after an empty poll (spin, yield, then sleep until the switch kicks our
+    /// ring, as VM threads do: [`Backoff`]); `true` when the switch has gone.
     fn idle(&mut self) -> bool {
-        self.idle_rounds = self.idle_rounds.wrapping_add(1);
-        if self.idle_rounds % 64 == 0 && self.switch_gone() {
+        let rounds = self.backoff.idle_rounds();
+        if (rounds % 64 == 0 || self.backoff.sleeping()) && self.switch_gone() {
             return true;
         }
-        match self.idle {
-            IdlePolicy::Busy if self.idle_rounds % 4096 != 0 => std::hint::spin_loop(),
-            IdlePolicy::Busy => std::thread::yield_now(),
-            IdlePolicy::Sleep => std::thread::sleep(std::time::Duration::from_micros(
-                (1u64 << (self.idle_rounds % 11)).min(1000),
-            )),
-        }
+        self.backoff
+            .idle(Some(&mut self.rx), std::time::Duration::from_millis(1));
         false
     }
 }

@@ -27,12 +27,84 @@ use crate::ring::{RingConsumer, RingProducer};
 pub const MAX_BURST: usize = 64;
 
 /// What polling threads do when there is no work.
+///
+/// A VM (thread or process) backs off in three steps either way ([`Backoff`]): it
+/// spins, then yields its core, then sleeps on its ring's doorbell until the switch
+/// kicks it ([`RingProducer::kick`], a system call only when the VM really sleeps).
+/// The policies differ in how long the first two steps last. The switch thread, which
+/// polls ports, spins (`Busy`) or sleeps in growing steps up to 1 ms (`Sleep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdlePolicy {
-    /// Spin (lowest latency, one core at 100%).
+    /// Spin (lowest latency): the switch at 100% of its core; a VM spins about
+    /// [`Backoff::BUSY_SPINS`] polls before it yields and then sleeps.
     Busy,
-    /// Back off with growing sleeps up to 1 ms (laptops, CI).
+    /// Back off soon (laptops, CI, cores shared with other work).
     Sleep,
+}
+
+/// A VM's idle steps: spin, yield, sleep on the doorbell. One per serve loop; reset
+/// whenever there is work.
+#[derive(Debug)]
+pub struct Backoff {
+    idle_rounds: u32,
+    spins: u32,
+    yields: u32,
+}
+
+impl Backoff {
+    /// Polls a busy VM spins through before it yields its core.
+    pub const BUSY_SPINS: u32 = 1024;
+    /// Then polls it yields between before it sleeps.
+    pub const BUSY_YIELDS: u32 = 256;
+    /// The longest one sleep lasts without a kick (so `stop` is asked now and then).
+    pub const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+    pub fn new(policy: IdlePolicy) -> Backoff {
+        let (spins, yields) = match policy {
+            IdlePolicy::Busy => (Self::BUSY_SPINS, Self::BUSY_YIELDS),
+            IdlePolicy::Sleep => (16, 16),
+        };
+        Backoff {
+            idle_rounds: 0,
+            spins,
+            yields,
+        }
+    }
+
+    /// There was work: start over.
+    #[inline]
+    pub fn reset(&mut self) {
+        self.idle_rounds = 0;
+    }
+
+    /// Idle rounds in a row so far.
+    pub fn idle_rounds(&self) -> u32 {
+        self.idle_rounds
+    }
+
+    /// One idle round. `rx` is the ring to sleep on (its producer kicks it); `None`
+    /// when the VM must not sleep until kicked (it holds packets due at a time, or
+    /// serves several rings): it then sleeps `short` at most.
+    pub fn idle(&mut self, rx: Option<&mut RingConsumer>, short: Duration) {
+        self.idle_rounds = self.idle_rounds.saturating_add(1);
+        if self.idle_rounds <= self.spins {
+            std::hint::spin_loop();
+        } else if self.idle_rounds <= self.spins + self.yields {
+            std::thread::yield_now();
+        } else {
+            match rx {
+                Some(rx) => {
+                    rx.sleep(Self::MAX_SLEEP);
+                }
+                None => std::thread::sleep(short),
+            }
+        }
+    }
+
+    /// Whether the last [`idle`](Self::idle) went past spinning and yielding.
+    pub fn sleeping(&self) -> bool {
+        self.idle_rounds > self.spins + self.yields
+    }
 }
 
 /// What a VM wants done with the packet it was handed.
@@ -204,7 +276,7 @@ pub fn serve_pairs(
     let mut indices = [0u32; MAX_BURST];
     let mut held: Vec<VecDeque<(u32, Instant)>> = pairs.iter().map(|_| VecDeque::new()).collect();
     let mut answers = [0u32; MAX_BURST];
-    let mut idle_rounds = 0u32;
+    let mut backoff = Backoff::new(idle);
     loop {
         let mut worked = false;
         for ((rx, tx), held) in pairs.iter_mut().zip(held.iter_mut()) {
@@ -242,21 +314,26 @@ pub fn serve_pairs(
             worked |= n > 0 || released > 0;
         }
         if !worked {
-            if held.iter().all(VecDeque::is_empty) && (idle_rounds % 64 == 0) && stop() {
+            let nothing_held = held.iter().all(VecDeque::is_empty);
+            // Asked every 64 idle rounds, and after every sleep.
+            if nothing_held && (backoff.idle_rounds() % 64 == 0 || backoff.sleeping()) && stop() {
                 return;
             }
-            idle_rounds = idle_rounds.wrapping_add(1);
-            match idle {
-                IdlePolicy::Busy if idle_rounds < 4096 => std::hint::spin_loop(),
-                // Even busy VMs yield after a while: on a small machine they share
-                // cores with the switch.
-                IdlePolicy::Busy => std::thread::yield_now(),
-                IdlePolicy::Sleep => std::thread::sleep(Duration::from_micros(
-                    (1u64 << idle_rounds.min(10)).min(1000),
-                )),
-            }
+            // Sleep until kicked only on the one ring a kick comes through, and only
+            // with nothing due at a time; otherwise nap in short steps (a held packet
+            // waits at most 50 us past its time, several switch threads at most 1 ms).
+            let short = if nothing_held {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_micros(50)
+            };
+            let doorbell = match pairs {
+                [(rx, _)] if nothing_held => Some(&mut **rx),
+                _ => None,
+            };
+            backoff.idle(doorbell, short);
         } else {
-            idle_rounds = 0;
+            backoff.reset();
         }
     }
 }
