@@ -257,6 +257,10 @@ impl Nf {
         let mut answers = [0u32; MAX_BURST];
         {
             let mut packets: Vec<Packet<'_>> = Vec::with_capacity(n);
+            // The headers' misses overlap, as in the VM threads' loop.
+            for &index in &indices[..n] {
+                self.pool.prefetch_header(index);
+            }
             for &index in &indices[..n] {
                 let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
                 // SAFETY: the switch handed us `index` through our ring and does not touch

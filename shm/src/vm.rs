@@ -287,6 +287,9 @@ pub fn serve_pairs(
             let now = Instant::now();
             let mut ready = 0;
             for &index in &indices[..n] {
+                pool.prefetch_header(index);
+            }
+            for &index in &indices[..n] {
                 let verdict = process_one(nf, pool, index);
                 let answer = wire::encode(index, verdict);
                 if hold.is_zero() {
