@@ -145,6 +145,15 @@ impl Link {
             Link::Guest(link) => link.switch_gone(),
         }
     }
+
+    /// How this link's VM waits when idle: on its ring's doorbell, except in a guest,
+    /// where the switch's kick (a futex wake on the host) does not reach.
+    fn backoff(&self, idle: IdlePolicy) -> Backoff {
+        match self {
+            Link::Socket(_) => Backoff::new(idle),
+            Link::Guest(_) => Backoff::without_doorbell(idle),
+        }
+    }
 }
 
 /// A network function attached to one VM of a running switch.
@@ -187,6 +196,7 @@ impl Nf {
         let pool = PacketPool::new(region.clone())?;
         let rx = region.ring(reply.ring_in)?.consumer()?;
         let tx = region.ring(reply.ring_out)?.producer()?;
+        let backoff = link.backoff(options.idle);
         Ok(Nf {
             link,
             reply,
@@ -194,7 +204,7 @@ impl Nf {
             rx,
             tx,
             idle: options.idle,
-            backoff: Backoff::new(options.idle),
+            backoff,
         })
     }
 
@@ -333,19 +343,20 @@ impl Nf {
     /// with the same loop a VM thread inside the switch runs.
     pub fn run_function(&mut self, function: &mut dyn NetworkFunction) -> Result<(), NfError> {
         let link = &self.link;
-        vm::serve(
+        let backoff = link.backoff(self.idle);
+        vm::serve_with(
             function,
             &self.pool,
-            &mut self.rx,
-            &mut self.tx,
-            self.idle,
+            &mut [(&mut self.rx, &mut self.tx)],
+            backoff,
             || link.switch_gone(),
         );
         Ok(())
     }
 
     /// Back off after an empty poll (spin, yield, then sleep until the switch kicks our
-    /// ring, as VM threads do: [`Backoff`]); `true` when the switch has gone.
+    /// ring, as VM threads do: [`Backoff`]; a guest never sleeps on the ring); `true`
+    /// when the switch has gone.
     fn idle(&mut self) -> bool {
         let rounds = self.backoff.idle_rounds();
         if (rounds % 64 == 0 || self.backoff.sleeping()) && self.switch_gone() {

@@ -49,6 +49,10 @@ pub struct Backoff {
     idle_rounds: u32,
     spins: u32,
     yields: u32,
+    policy: IdlePolicy,
+    /// Whether the producer's kick can reach us (not from inside a guest: the host's
+    /// futex wake does not cross into it).
+    doorbell: bool,
 }
 
 impl Backoff {
@@ -68,6 +72,18 @@ impl Backoff {
             idle_rounds: 0,
             spins,
             yields,
+            policy,
+            doorbell: true,
+        }
+    }
+
+    /// For a VM whose switch cannot kick it (a guest): it never sleeps on the doorbell.
+    /// A busy one spins, then yields for as long as it is idle; a `Sleep` one naps in
+    /// short steps (the `short` of [`idle`](Self::idle)).
+    pub fn without_doorbell(policy: IdlePolicy) -> Backoff {
+        Backoff {
+            doorbell: false,
+            ..Backoff::new(policy)
         }
     }
 
@@ -93,10 +109,13 @@ impl Backoff {
             std::thread::yield_now();
         } else {
             match rx {
-                Some(rx) => {
+                Some(rx) if self.doorbell => {
                     rx.sleep(Self::MAX_SLEEP);
                 }
-                None => std::thread::sleep(short),
+                _ if !self.doorbell && self.policy == IdlePolicy::Busy => {
+                    std::thread::yield_now();
+                }
+                _ => std::thread::sleep(short),
             }
         }
     }
@@ -270,13 +289,23 @@ pub fn serve_pairs(
     pool: &PacketPool,
     pairs: &mut [(&mut RingConsumer, &mut RingProducer)],
     idle: IdlePolicy,
+    stop: impl FnMut() -> bool,
+) {
+    serve_with(nf, pool, pairs, Backoff::new(idle), stop)
+}
+
+/// [`serve_pairs`] with the caller's [`Backoff`] (a guest's, which has no doorbell).
+pub fn serve_with(
+    nf: &mut dyn NetworkFunction,
+    pool: &PacketPool,
+    pairs: &mut [(&mut RingConsumer, &mut RingProducer)],
+    mut backoff: Backoff,
     mut stop: impl FnMut() -> bool,
 ) {
     let hold = nf.hold();
     let mut indices = [0u32; MAX_BURST];
     let mut held: Vec<VecDeque<(u32, Instant)>> = pairs.iter().map(|_| VecDeque::new()).collect();
     let mut answers = [0u32; MAX_BURST];
-    let mut backoff = Backoff::new(idle);
     loop {
         let mut worked = false;
         for ((rx, tx), held) in pairs.iter_mut().zip(held.iter_mut()) {
