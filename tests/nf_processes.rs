@@ -664,6 +664,11 @@ fn on_failure_bypass_skips_a_down_vm_and_balance_uses_the_live_members() {
             "w2=process".into(),
             "--wait-for-vms".into(),
             "3".into(),
+            // What is tested is where packets go, not how long a descheduled w1 may
+            // leave them waiting: on a loaded machine the 10 ms default declared it
+            // stalled and dropped packets (vm_full), on main too.
+            "--vm-stall-ms".into(),
+            "2000".into(),
             "--stats-json".into(),
             stats.display().to_string(),
         ],

@@ -55,7 +55,7 @@ use netvm_shm::vm::{self, wire, Frame};
 use netvm_shm::{PacketPool, SharedRegion};
 use serde_json::json;
 
-pub use netvm_shm::vm::{IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
+pub use netvm_shm::vm::{Backoff, IdlePolicy, NetworkFunction, Verdict, MAX_BURST};
 
 pub mod audit;
 pub mod guest;
@@ -145,6 +145,15 @@ impl Link {
             Link::Guest(link) => link.switch_gone(),
         }
     }
+
+    /// How this link's VM waits when idle: on its ring's doorbell, except in a guest,
+    /// where the switch's kick (a futex wake on the host) does not reach.
+    fn backoff(&self, idle: IdlePolicy) -> Backoff {
+        match self {
+            Link::Socket(_) => Backoff::new(idle),
+            Link::Guest(_) => Backoff::without_doorbell(idle),
+        }
+    }
 }
 
 /// A network function attached to one VM of a running switch.
@@ -155,7 +164,7 @@ pub struct Nf {
     rx: RingConsumer,
     tx: RingProducer,
     idle: IdlePolicy,
-    idle_rounds: u32,
+    backoff: Backoff,
 }
 
 impl Nf {
@@ -187,6 +196,7 @@ impl Nf {
         let pool = PacketPool::new(region.clone())?;
         let rx = region.ring(reply.ring_in)?.consumer()?;
         let tx = region.ring(reply.ring_out)?.producer()?;
+        let backoff = link.backoff(options.idle);
         Ok(Nf {
             link,
             reply,
@@ -194,7 +204,7 @@ impl Nf {
             rx,
             tx,
             idle: options.idle,
-            idle_rounds: 0,
+            backoff,
         })
     }
 
@@ -257,6 +267,10 @@ impl Nf {
         let mut answers = [0u32; MAX_BURST];
         {
             let mut packets: Vec<Packet<'_>> = Vec::with_capacity(n);
+            // The headers' misses overlap, as in the VM threads' loop.
+            for &index in &indices[..n] {
+                self.pool.prefetch_header(index);
+            }
             for &index in &indices[..n] {
                 let exclusive = self.pool.refcount(index).unwrap_or(0) == 1;
                 // SAFETY: the switch handed us `index` through our ring and does not touch
@@ -305,7 +319,9 @@ impl Nf {
                     packet.verdict = f(packet);
                 }
             });
-            if n == 0 && self.idle() {
+            if n > 0 {
+                self.backoff.reset();
+            } else if self.idle() {
                 return Ok(());
             }
         }
@@ -315,7 +331,9 @@ impl Nf {
     pub fn run_bursts(&mut self, mut f: impl FnMut(&mut [Packet<'_>])) -> Result<(), NfError> {
         loop {
             let n = self.poll(&mut f);
-            if n == 0 && self.idle() {
+            if n > 0 {
+                self.backoff.reset();
+            } else if self.idle() {
                 return Ok(());
             }
         }
@@ -325,30 +343,27 @@ impl Nf {
     /// with the same loop a VM thread inside the switch runs.
     pub fn run_function(&mut self, function: &mut dyn NetworkFunction) -> Result<(), NfError> {
         let link = &self.link;
-        vm::serve(
+        let backoff = link.backoff(self.idle);
+        vm::serve_with(
             function,
             &self.pool,
-            &mut self.rx,
-            &mut self.tx,
-            self.idle,
+            &mut [(&mut self.rx, &mut self.tx)],
+            backoff,
             || link.switch_gone(),
         );
         Ok(())
     }
 
-    /// Back off after an empty poll; `true` when the switch has gone.
+    /// Back off after an empty poll (spin, yield, then sleep until the switch kicks our
+    /// ring, as VM threads do: [`Backoff`]; a guest never sleeps on the ring); `true`
+    /// when the switch has gone.
     fn idle(&mut self) -> bool {
-        self.idle_rounds = self.idle_rounds.wrapping_add(1);
-        if self.idle_rounds % 64 == 0 && self.switch_gone() {
+        let rounds = self.backoff.idle_rounds();
+        if (rounds % 64 == 0 || self.backoff.sleeping()) && self.switch_gone() {
             return true;
         }
-        match self.idle {
-            IdlePolicy::Busy if self.idle_rounds % 4096 != 0 => std::hint::spin_loop(),
-            IdlePolicy::Busy => std::thread::yield_now(),
-            IdlePolicy::Sleep => std::thread::sleep(std::time::Duration::from_micros(
-                (1u64 << (self.idle_rounds % 11)).min(1000),
-            )),
-        }
+        self.backoff
+            .idle(Some(&mut self.rx), std::time::Duration::from_millis(1));
         false
     }
 }

@@ -171,6 +171,26 @@ impl PacketPool {
         Ok(unsafe { self.slot(index)?.cast::<BufHeader>().as_ref() })
     }
 
+    /// Start loading buffer `index`'s header into this core's cache (a hint; nothing
+    /// for an index out of range). A VM prefetches every header of a burst before it
+    /// works on the first, so the misses on lines the switch's core last wrote overlap
+    /// instead of stalling one after another.
+    #[inline]
+    pub fn prefetch_header(&self, index: u32) {
+        let Ok(slot) = self.slot(index) else {
+            return;
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults, and the address is inside the
+        // mapped region anyway.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(slot.as_ptr().cast::<i8>());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = slot;
+    }
+
     /// Reset a just-allocated buffer: one reference, empty data after the headroom.
     fn reset(&self, index: u32) {
         if let Ok(h) = self.header(index) {

@@ -9,13 +9,18 @@
 //! the first handle is dropped. The handles are `Send` but neither `Clone` nor `Sync`.
 //!
 //! Memory layout (all in one block, see [`ring_bytes`]): the producer's `head` on one
-//! 64-byte line, the consumer's `tail` on the next, a read-only meta line (slot count,
-//! claim flags), then `ring_slots` `u32` slots. Each handle keeps a private copy of the
+//! 64-byte line, the consumer's `tail` on the next, a read-mostly meta line (slot count,
+//! claim flags, the consumer's doorbell), then `ring_slots` `u32` slots. Each handle keeps a private copy of the
 //! other side's index and only re-reads the shared one when the copy says the ring is
 //! full (or empty), so in steady state each side writes only its own line. Indices are
 //! free-running `u32`s; a slot is `index & mask`. Synchronisation is one `Release` store of
 //! `head` (or `tail`) per burst, paired with an `Acquire` load on the other side; no locks,
 //! no CAS.
+//!
+//! An idle consumer may sleep ([`RingConsumer::sleep`]: a futex on the doorbell word,
+//! shared between processes); the producer [kicks](RingProducer::kick) after a burst,
+//! which costs a fence and a load while the consumer is awake and a system call only
+//! when it sleeps.
 //!
 //! The ring trusts nothing it reads from the other side: a corrupted `head` or `tail` can
 //! make a burst return garbage indices (which the pool rejects) but never makes this code
@@ -51,12 +56,17 @@ struct ConsumerLine {
     tail: AtomicU32,
 }
 
-/// Written once at creation, then only the claim flags change.
+/// Written once at creation, then only the claim flags and the doorbell change.
 #[repr(C, align(64))]
 struct MetaLine {
     ring_slots: u32,
     producer_claimed: AtomicU32,
     consumer_claimed: AtomicU32,
+    /// The doorbell: 1 while the consumer sleeps on this word (or is about to), set by
+    /// the consumer ([`RingConsumer::sleep`]), cleared by whoever wakes it
+    /// ([`RingProducer::kick`]). Written only around a sleep, so in steady state this
+    /// line stays in both sides' caches.
+    consumer_sleeping: AtomicU32,
 }
 
 #[repr(C)]
@@ -82,6 +92,7 @@ impl RingHeader {
                 ring_slots,
                 producer_claimed: AtomicU32::new(0),
                 consumer_claimed: AtomicU32::new(0),
+                consumer_sleeping: AtomicU32::new(0),
             },
         }
     }
@@ -307,6 +318,19 @@ impl Ring {
         })
     }
 
+    /// Wake the consumer if its doorbell says it sleeps (see [`RingProducer::kick`]);
+    /// also for whoever must wake it without holding the producer end (a stopping
+    /// switch).
+    pub fn wake_consumer(&self) -> bool {
+        crate::sync::fence_seq_cst();
+        let bell = &self.header().meta.consumer_sleeping;
+        if bell.load(Ordering::Relaxed) == 0 || bell.swap(0, Ordering::Relaxed) == 0 {
+            return false;
+        }
+        crate::sync::futex_wake(bell);
+        true
+    }
+
     /// Claim both ends at once (the usual in-process case).
     pub fn split(&self) -> Result<(RingProducer, RingConsumer), RingError> {
         let producer = self.producer()?;
@@ -367,6 +391,14 @@ impl RingProducer {
     #[inline]
     pub fn enqueue(&mut self, item: u32) -> bool {
         self.enqueue_burst(&[item]) == 1
+    }
+
+    /// Wake the consumer if it sleeps ([`RingConsumer::sleep`]); call after enqueueing.
+    /// Costs one fence and one load of a line that stays cached while the consumer is
+    /// awake; a system call only when it really sleeps. Returns whether it woke it.
+    #[inline]
+    pub fn kick(&self) -> bool {
+        self.ring.wake_consumer()
     }
 
     /// The ring this end belongs to.
@@ -432,6 +464,31 @@ impl RingConsumer {
             .tail
             .store(self.tail, Ordering::Release);
         n
+    }
+
+    /// Sleep until the producer [kicks](RingProducer::kick) or `timeout` passes, unless
+    /// the ring has items once the doorbell is set. May return early (a spurious wake);
+    /// callers poll again either way. Returns whether it waited.
+    ///
+    /// No lost wake-up: the consumer stores the doorbell, then (after a SeqCst fence)
+    /// reads `head`; the producer stores `head`, then (after its fence) reads the
+    /// doorbell. Of two stores each followed by a fence, at least one is seen by the
+    /// other side's load: either we see the new items and do not sleep, or the producer
+    /// sees the doorbell and wakes us (and the futex wait returns at once if it already
+    /// has).
+    pub fn sleep(&mut self, timeout: std::time::Duration) -> bool {
+        let h = self.ring.header();
+        let bell = &h.meta.consumer_sleeping;
+        bell.store(1, Ordering::Relaxed);
+        crate::sync::fence_seq_cst();
+        let head = h.producer.head.load(Ordering::Acquire);
+        if head != self.tail {
+            bell.store(0, Ordering::Relaxed);
+            return false;
+        }
+        crate::sync::futex_wait(bell, 1, timeout);
+        bell.store(0, Ordering::Relaxed);
+        true
     }
 
     /// Dequeue one index.
@@ -619,5 +676,82 @@ mod tests {
         }
         producer.join().unwrap();
         assert_eq!(rx.dequeue(), None);
+    }
+
+    /// The doorbell never loses a wake-up: a consumer that sleeps whenever the ring is
+    /// empty gets every item of a producer that kicks after every burst and pauses now
+    /// and then (so the consumer really sleeps), and no sleep runs to its timeout. A
+    /// lost wake-up (the kick's fence or the re-check of `head` missing) shows up as a
+    /// sleep that lasts the whole timeout with items waiting.
+    #[test]
+    fn a_sleeping_consumer_is_always_woken_by_the_kick() {
+        const ITEMS: u32 = 2_000_000;
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+        let ring = Ring::with_slots(256).unwrap();
+        let (mut tx, mut rx) = ring.split().unwrap();
+        let producer = std::thread::spawn(move || {
+            let mut next = 0u32;
+            let mut bursts = 0u32;
+            let mut kicks = 0u32;
+            while next < ITEMS {
+                let len = (1 + next % 31).min(ITEMS - next) as usize;
+                let burst: Vec<u32> = (next..next + len as u32).collect();
+                let n = tx.enqueue_burst(&burst);
+                next += n as u32;
+                kicks += u32::from(tx.kick());
+                bursts += 1;
+                if bursts % 2048 == 0 {
+                    // Long enough for the consumer to go to sleep.
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+            kicks
+        });
+        let mut expected = 0u32;
+        let mut out = [0u32; 32];
+        let mut empty_polls = 0u32;
+        let mut slept = 0u32;
+        while expected < ITEMS {
+            let n = rx.dequeue_burst(&mut out);
+            for &got in &out[..n] {
+                assert_eq!(got, expected, "lost, duplicated or reordered");
+                expected += 1;
+            }
+            if n > 0 {
+                empty_polls = 0;
+                continue;
+            }
+            empty_polls += 1;
+            if empty_polls > 16 {
+                let start = std::time::Instant::now();
+                if rx.sleep(TIMEOUT) {
+                    slept += 1;
+                    assert!(
+                        start.elapsed() < TIMEOUT,
+                        "a sleep ran to its timeout: lost wake-up at item {expected}"
+                    );
+                }
+            }
+        }
+        let kicks = producer.join().unwrap();
+        assert_eq!(rx.dequeue(), None);
+        assert!(
+            slept > 0 && kicks > 0,
+            "the consumer never slept: nothing tested"
+        );
+    }
+
+    /// The consumer re-checks the ring after ringing its doorbell: items enqueued
+    /// before it (whose kick found no doorbell to answer) never wait out a sleep.
+    #[test]
+    fn a_consumer_does_not_sleep_on_items_already_queued() {
+        let ring = Ring::with_slots(8).unwrap();
+        let (mut tx, mut rx) = ring.split().unwrap();
+        assert!(tx.enqueue(7));
+        assert!(!tx.kick(), "nobody sleeps yet");
+        let start = std::time::Instant::now();
+        assert!(!rx.sleep(std::time::Duration::from_secs(2)));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(rx.dequeue(), Some(7));
     }
 }

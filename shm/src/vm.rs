@@ -27,12 +27,103 @@ use crate::ring::{RingConsumer, RingProducer};
 pub const MAX_BURST: usize = 64;
 
 /// What polling threads do when there is no work.
+///
+/// A VM (thread or process) backs off in three steps either way ([`Backoff`]): it
+/// spins, then yields its core, then sleeps on its ring's doorbell until the switch
+/// kicks it ([`RingProducer::kick`], a system call only when the VM really sleeps).
+/// The policies differ in how long the first two steps last. The switch thread, which
+/// polls ports, spins (`Busy`) or sleeps in growing steps up to 1 ms (`Sleep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdlePolicy {
-    /// Spin (lowest latency, one core at 100%).
+    /// Spin (lowest latency): the switch at 100% of its core; a VM spins about
+    /// [`Backoff::BUSY_SPINS`] polls before it yields and then sleeps.
     Busy,
-    /// Back off with growing sleeps up to 1 ms (laptops, CI).
+    /// Back off soon (laptops, CI, cores shared with other work).
     Sleep,
+}
+
+/// A VM's idle steps: spin, yield, sleep on the doorbell. One per serve loop; reset
+/// whenever there is work.
+#[derive(Debug)]
+pub struct Backoff {
+    idle_rounds: u32,
+    spins: u32,
+    yields: u32,
+    policy: IdlePolicy,
+    /// Whether the producer's kick can reach us (not from inside a guest: the host's
+    /// futex wake does not cross into it).
+    doorbell: bool,
+}
+
+impl Backoff {
+    /// Polls a busy VM spins through before it yields its core.
+    pub const BUSY_SPINS: u32 = 1024;
+    /// Then polls it yields between before it sleeps.
+    pub const BUSY_YIELDS: u32 = 256;
+    /// The longest one sleep lasts without a kick (so `stop` is asked now and then).
+    pub const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+    pub fn new(policy: IdlePolicy) -> Backoff {
+        let (spins, yields) = match policy {
+            IdlePolicy::Busy => (Self::BUSY_SPINS, Self::BUSY_YIELDS),
+            IdlePolicy::Sleep => (16, 16),
+        };
+        Backoff {
+            idle_rounds: 0,
+            spins,
+            yields,
+            policy,
+            doorbell: true,
+        }
+    }
+
+    /// For a VM whose switch cannot kick it (a guest): it never sleeps on the doorbell.
+    /// A busy one spins, then yields for as long as it is idle; a `Sleep` one naps in
+    /// short steps (the `short` of [`idle`](Self::idle)).
+    pub fn without_doorbell(policy: IdlePolicy) -> Backoff {
+        Backoff {
+            doorbell: false,
+            ..Backoff::new(policy)
+        }
+    }
+
+    /// There was work: start over.
+    #[inline]
+    pub fn reset(&mut self) {
+        self.idle_rounds = 0;
+    }
+
+    /// Idle rounds in a row so far.
+    pub fn idle_rounds(&self) -> u32 {
+        self.idle_rounds
+    }
+
+    /// One idle round. `rx` is the ring to sleep on (its producer kicks it); `None`
+    /// when the VM must not sleep until kicked (it holds packets due at a time, or
+    /// serves several rings): it then sleeps `short` at most.
+    pub fn idle(&mut self, rx: Option<&mut RingConsumer>, short: Duration) {
+        self.idle_rounds = self.idle_rounds.saturating_add(1);
+        if self.idle_rounds <= self.spins {
+            std::hint::spin_loop();
+        } else if self.idle_rounds <= self.spins + self.yields {
+            std::thread::yield_now();
+        } else {
+            match rx {
+                Some(rx) if self.doorbell => {
+                    rx.sleep(Self::MAX_SLEEP);
+                }
+                _ if !self.doorbell && self.policy == IdlePolicy::Busy => {
+                    std::thread::yield_now();
+                }
+                _ => std::thread::sleep(short),
+            }
+        }
+    }
+
+    /// Whether the last [`idle`](Self::idle) went past spinning and yielding.
+    pub fn sleeping(&self) -> bool {
+        self.idle_rounds > self.spins + self.yields
+    }
 }
 
 /// What a VM wants done with the packet it was handed.
@@ -198,13 +289,23 @@ pub fn serve_pairs(
     pool: &PacketPool,
     pairs: &mut [(&mut RingConsumer, &mut RingProducer)],
     idle: IdlePolicy,
+    stop: impl FnMut() -> bool,
+) {
+    serve_with(nf, pool, pairs, Backoff::new(idle), stop)
+}
+
+/// [`serve_pairs`] with the caller's [`Backoff`] (a guest's, which has no doorbell).
+pub fn serve_with(
+    nf: &mut dyn NetworkFunction,
+    pool: &PacketPool,
+    pairs: &mut [(&mut RingConsumer, &mut RingProducer)],
+    mut backoff: Backoff,
     mut stop: impl FnMut() -> bool,
 ) {
     let hold = nf.hold();
     let mut indices = [0u32; MAX_BURST];
     let mut held: Vec<VecDeque<(u32, Instant)>> = pairs.iter().map(|_| VecDeque::new()).collect();
     let mut answers = [0u32; MAX_BURST];
-    let mut idle_rounds = 0u32;
     loop {
         let mut worked = false;
         for ((rx, tx), held) in pairs.iter_mut().zip(held.iter_mut()) {
@@ -214,6 +315,9 @@ pub fn serve_pairs(
             }
             let now = Instant::now();
             let mut ready = 0;
+            for &index in &indices[..n] {
+                pool.prefetch_header(index);
+            }
             for &index in &indices[..n] {
                 let verdict = process_one(nf, pool, index);
                 let answer = wire::encode(index, verdict);
@@ -242,21 +346,26 @@ pub fn serve_pairs(
             worked |= n > 0 || released > 0;
         }
         if !worked {
-            if held.iter().all(VecDeque::is_empty) && (idle_rounds % 64 == 0) && stop() {
+            let nothing_held = held.iter().all(VecDeque::is_empty);
+            // Asked every 64 idle rounds, and after every sleep.
+            if nothing_held && (backoff.idle_rounds() % 64 == 0 || backoff.sleeping()) && stop() {
                 return;
             }
-            idle_rounds = idle_rounds.wrapping_add(1);
-            match idle {
-                IdlePolicy::Busy if idle_rounds < 4096 => std::hint::spin_loop(),
-                // Even busy VMs yield after a while: on a small machine they share
-                // cores with the switch.
-                IdlePolicy::Busy => std::thread::yield_now(),
-                IdlePolicy::Sleep => std::thread::sleep(Duration::from_micros(
-                    (1u64 << idle_rounds.min(10)).min(1000),
-                )),
-            }
+            // Sleep until kicked only on the one ring a kick comes through, and only
+            // with nothing due at a time; otherwise nap in short steps (a held packet
+            // waits at most 50 us past its time, several switch threads at most 1 ms).
+            let short = if nothing_held {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_micros(50)
+            };
+            let doorbell = match pairs {
+                [(rx, _)] if nothing_held => Some(&mut **rx),
+                _ => None,
+            };
+            backoff.idle(doorbell, short);
         } else {
-            idle_rounds = 0;
+            backoff.reset();
         }
     }
 }

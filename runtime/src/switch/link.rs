@@ -358,7 +358,8 @@ impl Engine {
         true
     }
 
-    /// Put VM `vm`'s staged indices on its ring with one head store. Whatever does not fit (only a process that corrupts its ring's indices
+    /// Put VM `vm`'s staged indices on its ring with one head store, and wake the VM if
+    /// it sleeps. Whatever does not fit (only a process that corrupts its ring's indices
     /// can make that happen: the FIFO never holds more than the ring has slots) goes
     /// back to the front of the backlog, its private copy freed, as a failed send
     /// always did.
@@ -372,7 +373,12 @@ impl Engine {
             | Link::Process(ProcessLink {
                 ends: Some((tx, _)),
                 ..
-            }) => tx.enqueue_burst(&slot.staged),
+            }) => {
+                let sent = tx.enqueue_burst(&slot.staged);
+                // A VM that found nothing to do for a while sleeps on its ring's doorbell.
+                tx.kick();
+                sent
+            }
             // A process taken down with packets staged (not reached: take_down runs
             // between rounds, when nothing is staged): back to the backlog.
             _ => 0,

@@ -696,6 +696,12 @@ impl Switch {
         self.external.engine.finished.store(true, Ordering::Release);
 
         shutdown.store(true, Ordering::Release);
+        // A VM thread asleep on its doorbell sees the flag when woken.
+        for slot in &engine.vms {
+            if let Link::Thread { tx, .. } = &slot.link {
+                tx.kick();
+            }
+        }
         let mut nfs: Vec<Option<Box<dyn NetworkFunction>>> = Vec::new();
         let mut joined = workers.into_iter();
         let mut externals = externals.into_iter();

@@ -77,6 +77,10 @@ impl Engine {
         let Link::Process(p) = &mut self.vms[vm].link else {
             return;
         };
+        // A process asleep on its doorbell wakes and sees the switch gone or cut off.
+        if let Some((tx, _)) = &p.ends {
+            tx.kick();
+        }
         p.ends = None;
         p.stalled = false;
         // Packets still waiting to be sent never reached it: dropped as for a down VM.
