@@ -647,7 +647,7 @@ fn print_report(report: &RunReport) {
     }
     println!("\n{:<20} {:>12}", "drop reason", "packets");
     for (reason, n) in s.drops.iter().filter(|d| d.1 > 0) {
-        if reason.to_string() == "oversize" {
+        if *reason == "oversize" {
             // Name the limit: a frame larger than a pool buffer's data room is dropped whole.
             println!(
                 "{reason:<20} {n:>12}  (frames over {} bytes, a buffer's data room)",
