@@ -611,7 +611,7 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, shape: Shape)
     frames.push(rng.bytes(n));
     let budget = match shape {
         Shape::Mixed if rng.chance(2) => 1 + rng.below(40_000),
-        _ => netvm_compiler::jit::tree::DEFAULT_BUDGET,
+        _ => netvm_compiler::jit::tree::default_budget(ir.rules.len()),
     };
     let jit =
         Jit::compile_with_budget(&ir, strategy, budget).expect("the JIT compiles every classifier");
@@ -626,7 +626,7 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, shape: Shape)
         add(&counts.at_budget, stats.budget_reached);
         add(&counts.ipv6, stats.ipv6_dims);
     }
-    let forest_expected = budget == netvm_compiler::jit::tree::DEFAULT_BUDGET
+    let forest_expected = budget == netvm_compiler::jit::tree::default_budget(ir.rules.len())
         && netvm_compiler::jit::tree::header_rules(&ir) > 0;
     if forest_expected || strategy == Strategy::Linear {
         assert_eq!(jit.strategy(), strategy, "seed {seed:#x}");

@@ -45,9 +45,10 @@ pub struct Args {
     /// Skip the interpreter (it is slow on large rule sets).
     #[arg(long)]
     jit_only: bool,
-    /// The decision forest's memory budget, in MiB (its tables never exceed it).
-    #[arg(long, default_value_t = netvm_compiler::jit::tree::DEFAULT_BUDGET >> 20)]
-    tree_budget_mb: usize,
+    /// The decision forest's memory budget, in MiB (its tables never exceed it; default 64
+    /// per 10,000 rules, 64 to 256).
+    #[arg(long)]
+    tree_budget_mb: Option<usize>,
 }
 
 /// One line on what the JIT built: the strategy and, for a decision forest, its trees,
@@ -138,10 +139,12 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         return Err("no packets to classify".into());
     }
     let compile_started = Instant::now();
-    let budget = args
-        .tree_budget_mb
-        .checked_mul(1 << 20)
-        .ok_or("--tree-budget-mb is too large")?;
+    let budget = match args.tree_budget_mb {
+        None => netvm_compiler::jit::tree::default_budget(ir.rules.len()),
+        Some(mb) => mb
+            .checked_mul(1 << 20)
+            .ok_or("--tree-budget-mb is too large")?,
+    };
     let jit = Jit::compile_with_budget(&ir, netvm_compiler::jit::Strategy::Auto, budget)
         .map_err(|e| format!("cannot compile the policy: {e}"))?;
     let compiled = compile_started.elapsed();

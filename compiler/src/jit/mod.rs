@@ -161,9 +161,9 @@ impl Jit {
         Jit::compile_with(ir, Strategy::Auto)
     }
 
-    /// Compiles with `strategy` and the default forest budget ([`tree::DEFAULT_BUDGET`]).
+    /// Compiles with `strategy` and the default forest budget ([`tree::default_budget`]).
     pub fn compile_with(ir: &Classifier, strategy: Strategy) -> Result<Jit, JitError> {
-        Jit::compile_with_budget(ir, strategy, tree::DEFAULT_BUDGET)
+        Jit::compile_with_budget(ir, strategy, tree::default_budget(ir.rules.len()))
     }
 
     /// Compiles with `strategy`, the decision forest's tables within `tree_budget` bytes

@@ -52,8 +52,10 @@
 //! tuple's hash table per packet. Measured numbers are in BENCHMARKS.md ("Decision forest").
 //!
 //! **The memory budget.** All trees of one classifier share one budget for their tables
-//! (node words and leaf boxes; `DEFAULT_BUDGET`, 64 MiB, or [`Tree::build_with`]'s), split
-//! between the trees in proportion to their boxes, the unused part of each passed on. The
+//! (node words and leaf boxes; [`default_budget`]: 64 MiB per 10,000 rules, at least 64 and
+//! at most 256 MiB, or [`Tree::build_with`]'s), split between the trees in proportion to
+//! their boxes, the unused part of each passed on, and no tree may take more than
+//! `REPLICATION_CAP` times its boxes' own bytes. The
 //! builder keeps an exact account — bytes written plus, for every node not yet built, the
 //! bytes of its boxes as one leaf, which is what it costs at most — and makes a node a leaf
 //! whenever cutting it would take the account past the budget. So the tables never exceed the
@@ -96,8 +98,18 @@ use super::parse::{Level, Parse};
 use super::MAX_BURST;
 use crate::ir::{Atom, Classifier, Expr};
 
-/// The default budget for all the trees' tables of one classifier, in bytes.
+/// The smallest default budget for all the trees' tables of one classifier, in bytes (what
+/// 10,000 rules get; see [`default_budget`]).
 pub const DEFAULT_BUDGET: usize = 64 << 20;
+/// The largest default budget.
+pub const MAX_DEFAULT_BUDGET: usize = 256 << 20;
+
+/// The default budget for a classifier of `rules` rules: 64 MiB per 10,000 rules, at least
+/// [`DEFAULT_BUDGET`] and at most [`MAX_DEFAULT_BUDGET`].
+pub fn default_budget(rules: usize) -> usize {
+    (DEFAULT_BUDGET as u128 * rules as u128 / 10_000)
+        .clamp(DEFAULT_BUDGET as u128, MAX_DEFAULT_BUDGET as u128) as usize
+}
 /// A leaf may hold this many boxes before we try to cut it.
 const LEAF_BOXES: usize = 8;
 /// A cut may replicate boxes up to this factor of the node's box count.
@@ -108,12 +120,12 @@ const MAX_WIDE_DIMS: usize = 8;
 const RULE_BITS: u64 = (1 << 24) - 1;
 /// Frames walked together in the burst code.
 const WALK_GROUP: usize = 8;
-/// A cut must leave its largest child at most `PROGRESS_NUM / PROGRESS_DEN` of the node's
-/// boxes, else the node stays a leaf: cutting boxes that overlap in every dimension removes
-/// one or two per level while replicating the rest (fw1_100k's 1,870 rules wildcard on both
-/// addresses made 1.4 million leaf boxes, 82 MB, without this).
-const PROGRESS_NUM: usize = 7;
-const PROGRESS_DEN: usize = 8;
+/// One tree's tables may take at most this many times its boxes' own bytes (and its share
+/// of the budget): cutting boxes that overlap in every dimension removes one or two per
+/// level while replicating the rest (fw1_100k's 1,870 rules wide on both addresses made 1.4
+/// million leaf boxes, 82 MB, without this). Stopping each node at 7/8 progress instead kept
+/// memory down but left acl1_10k scanning 24 boxes per packet instead of 3.6.
+const REPLICATION_CAP: usize = 128;
 /// The most cuts of one node (2^8).
 const MAX_CUT_BITS: u32 = 8;
 const MAX_DEPTH: u32 = 24;
@@ -598,8 +610,8 @@ impl Builder<'_> {
         let Some((largest, d, c, total)) = best else {
             return self.leaf(&list);
         };
-        if largest * PROGRESS_DEN > list.len() * PROGRESS_NUM {
-            // No cut separates these boxes well enough to pay for the replication.
+        if largest >= list.len() {
+            // No cut separates these boxes.
             return self.leaf(&list);
         }
         let n = 1usize << c;
@@ -649,9 +661,9 @@ pub(super) struct BurstEnv<'a> {
 }
 
 impl Tree {
-    /// Builds the forest under [`DEFAULT_BUDGET`] (see [`Tree::build_with`]).
+    /// Builds the forest under [`default_budget`] (see [`Tree::build_with`]).
     pub fn build(ir: &Classifier) -> Option<Tree> {
-        Tree::build_with(ir, DEFAULT_BUDGET)
+        Tree::build_with(ir, default_budget(ir.rules.len()))
     }
 
     /// Builds the forest of the header rules with its tables within `budget` bytes; `None`
@@ -718,6 +730,7 @@ impl Tree {
             if charged > share {
                 return None;
             }
+            let cap = share.min(charged.saturating_mul(REPLICATION_CAP));
             let mut builder = Builder {
                 boxes: &boxes,
                 nodes: Vec::new(),
@@ -726,7 +739,7 @@ impl Tree {
                 leaves: HashMap::new(),
                 box_bytes,
                 charged,
-                budget: share,
+                budget: cap,
                 budget_reached: false,
             };
             let root = builder.node(group, &region, 0);
