@@ -45,8 +45,11 @@
 //! cuts those addresses without replicating anything large on them. It keeps the per-packet
 //! cost of the trees we have (a few dependent loads and a short leaf scan per tree), and on
 //! ClassBench it gives 1 to 4 trees (acl1: 96% of the rules small on both addresses). A
-//! category with under `MERGE_PERCENT` % of the boxes joins the largest category (a separate
-//! tree for 65 rules costs a walk per packet; a few replicated rules cost less). rte_acl's
+//! category with under `MERGE_PERCENT` % of the boxes joins a big one that cuts only
+//! addresses it is small on, else one sharing a small address with it, else (under
+//! `TINY_PERCENT` %) the largest: a separate tree for 65 rules costs a walk per packet, a few
+//! replicated rules cost less — but fw1_10k's 428 rules wide on both addresses, merged into
+//! the largest tree, took it to the budget (44 MB, 1.4 s) where apart they take 2–3 MB. rte_acl's
 //! per-rule node cap spilling into further tries bounds memory too but its tries are bytewise
 //! (up to 4 dependent loads per address); TupleMerge builds in milliseconds but probes every
 //! tuple's hash table per packet. Measured numbers are in BENCHMARKS.md ("Decision forest").
@@ -76,10 +79,11 @@
 //! frames whose answer is above the first residual rule, parse again and run the residual
 //! rules (payload helpers get the thread's scratch, reset per frame).
 //!
-//! **Measured** (acl1_10k, 9,831 rules, before the forest): built in ~70 ms, depth 7.2 and 3.6
-//! boxes scanned per trace packet on average, tables 3.8 MB (nodes 0.5 MB, leaves 3.3 MB). One
-//! frame at a time this ran at ~8.5 Mpps on the loaded 2-core VM; the burst function at ~11.7
-//! Mpps. Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
+//! **Measured** (BENCHMARKS.md, "Decision forest"): fw1_10k 4 trees, 2.0 MB, 67 ms (one tree
+//! before: 217 s, 15.8 GB); ipc2_10k 3 trees, 0.6 MB, 42 ms; acl1_10k 1 tree, 3.8 MB, 54–192
+//! ms by load, depth 7.2 and 3.6 boxes scanned per trace packet; acl1_100k 1 tree, 102 MB,
+//! seconds (the slowest build). Before the forest, one frame at a time ran acl1_10k at ~8.5
+//! Mpps on the loaded 2-core VM; the burst function at ~11.7 Mpps. Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
 //! bookkeeping costs more than the overlap saves: most node loads hit L2), larger leaves,
 //! and larger space factors (fewer boxes scanned, more cache misses).
 
