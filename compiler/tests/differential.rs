@@ -438,6 +438,7 @@ struct Counts {
     partitioned: AtomicU64,
     mixed: AtomicU64,
     at_budget: AtomicU64,
+    ipv6: AtomicU64,
 }
 
 /// What a run generates.
@@ -461,14 +462,14 @@ fn policies() -> u32 {
         .unwrap_or(200)
 }
 
-/// A header-only rule set of the shape the decision tree takes: conjunctions of protocol tests
-/// and unmasked comparisons on fields of at most 48 bits, many rules, some always or never
-/// matching.
+/// A header rule set of the shape the decision forest takes: conjunctions of protocol tests
+/// and unmasked comparisons on fields (IPv6 addresses too, cut as four 32-bit parts), many
+/// rules, some always or never matching.
 fn random_tuple_classifier(rng: &mut Rng, seen: &[Vec<u8>]) -> Classifier {
     let fields: Vec<Field> = Field::ALL
         .iter()
         .copied()
-        .filter(|f| f.ty().bits() <= 48)
+        .filter(|f| f.ty().bits() <= 48 || f.ty().bits() == 128)
         .collect();
     let dims: Vec<Field> = (0..1 + rng.below(5)).map(|_| *rng.pick(&fields)).collect();
     let mut ir = Classifier {
@@ -610,7 +611,7 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, shape: Shape)
     frames.push(rng.bytes(n));
     let budget = match shape {
         Shape::Mixed if rng.chance(2) => 1 + rng.below(40_000),
-        _ => netvm_compiler::jit::tree::DEFAULT_BUDGET,
+        _ => netvm_compiler::jit::tree::default_budget(ir.rules.len()),
     };
     let jit =
         Jit::compile_with_budget(&ir, strategy, budget).expect("the JIT compiles every classifier");
@@ -623,8 +624,11 @@ fn check_seed_with(seed: u64, strategy: Strategy, counts: &Counts, shape: Shape)
         add(&counts.partitioned, stats.subtrees > 1);
         add(&counts.mixed, stats.residual_rules > 0);
         add(&counts.at_budget, stats.budget_reached);
+        add(&counts.ipv6, stats.ipv6_dims);
     }
-    if shape == Shape::Tuples || strategy == Strategy::Linear {
+    let forest_expected = budget == netvm_compiler::jit::tree::default_budget(ir.rules.len())
+        && netvm_compiler::jit::tree::header_rules(&ir) > 0;
+    if forest_expected || strategy == Strategy::Linear {
         assert_eq!(jit.strategy(), strategy, "seed {seed:#x}");
     }
     let interp = Interpreter::new(ir.clone()).expect("regexes compile");
@@ -698,6 +702,7 @@ fn run(strategy: Strategy, shape: Shape) -> Counts {
         partitioned: AtomicU64::new(0),
         mixed: AtomicU64::new(0),
         at_budget: AtomicU64::new(0),
+        ipv6: AtomicU64::new(0),
     };
     let started = std::time::Instant::now();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
@@ -741,10 +746,9 @@ fn jit_agrees_with_the_interpreter_on_runs_of_rules_that_need_one_header() {
 #[test]
 fn decision_tree_agrees_with_the_interpreter_on_random_header_rule_sets() {
     let counts = run(Strategy::Tree, Shape::Tuples);
-    assert!(
-        counts.partitioned.load(Ordering::Relaxed) > 0,
-        "no forest of several trees"
-    );
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert!(load(&counts.partitioned) > 0, "no forest of several trees");
+    assert!(load(&counts.ipv6) > 0, "no forest with IPv6 dimensions");
 }
 
 /// Header rules with payload, `or`, `not`, `in_port`, masked and IPv6 rules among them: the

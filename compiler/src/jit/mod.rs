@@ -4,9 +4,11 @@
 //! - `parse`: emitted header parsing with the absent-header rules of
 //!   [`netvm_packet::Decoded`], only down to the deepest layer the policy's atoms read, every
 //!   load dominated by a bounds check against the frame length.
-//! - [`tree`]: for large header-only rule sets (ClassBench), a HiCuts-style decision tree built
-//!   at compile time; the emitted code computes the tree's key from the parsed headers and walks
-//!   its tables, so the cost per packet does not grow linearly with the rules.
+//! - [`tree`]: for large header rule sets (ClassBench), a forest of HiCuts-style decision
+//!   trees built at compile time under a memory budget; the emitted code computes the key from
+//!   the parsed headers and walks the trees' tables, so the cost per packet does not grow
+//!   linearly with the rules. Rules no tree can hold (payload, `or`, `not`, `in_port`, masks,
+//!   IPv6) run after the forest, only those numbered below its answer.
 //! - `codegen`: the function itself — parse, then the rules in order as short-circuit
 //!   branches (the linear strategy) or the tree walk.
 //! - [`payload`]: the Rust side of payload matching (one Aho-Corasick automaton for every
@@ -17,14 +19,16 @@
 //! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
 //! and returns the index of the first matching rule, or `rules.len()` for the default. The
 //! module also holds a burst function,
-//! `extern "C" fn(frames: *const *const u8, lens: *const usize, n: usize, out: *mut u32, in_port: u64)`,
-//! which [`Jit::classify_burst`] calls: with the tree strategy it interleaves the tree walks
-//! of the burst's frames (see [`tree`]); with the linear strategy it runs the same parse and
-//! rules in a loop over the burst (one call per burst, not an indirect call per frame). A
-//! policy with payload atoms has no burst function: its frames go one call each, with the
-//! thread's scratch. The reference interpreter ([`crate::interp`]) is the specification of
-//! both; `tests/differential.rs` checks they agree with it on random policies and random,
-//! truncated and mutated frames, one at a time and in bursts.
+//! `extern "C" fn(frames: *const *const u8, lens: *const usize, n: usize, out: *mut u32, in_port: u64, scratch: *mut Scratch)`,
+//! which [`Jit::classify_burst`] calls: with the forest it interleaves the tree walks of the
+//! burst's frames and then runs the residual rules (see [`tree`]); with the linear strategy it
+//! runs the same parse and rules in a loop over the burst (one call per burst, not an indirect
+//! call per frame). Linear code with payload atoms has no burst function: its frames go one
+//! call each, with the thread's scratch. The reference interpreter ([`crate::interp`]) is the
+//! specification of both; `tests/differential.rs` checks they agree with it on random
+//! policies (header rule sets, and header rules mixed with every other kind of rule, under
+//! random forest budgets) and random, truncated and mutated frames, one at a time and in
+//! bursts.
 //!
 //! What it does not do: it does not decide actions (the caller maps the rule index), and it
 //! shares no mutable state between threads — [`Jit`] is `Send + Sync`. Payload scratch space
@@ -157,9 +161,9 @@ impl Jit {
         Jit::compile_with(ir, Strategy::Auto)
     }
 
-    /// Compiles with `strategy` and the default forest budget ([`tree::DEFAULT_BUDGET`]).
+    /// Compiles with `strategy` and the default forest budget ([`tree::default_budget`]).
     pub fn compile_with(ir: &Classifier, strategy: Strategy) -> Result<Jit, JitError> {
-        Jit::compile_with_budget(ir, strategy, tree::DEFAULT_BUDGET)
+        Jit::compile_with_budget(ir, strategy, tree::default_budget(ir.rules.len()))
     }
 
     /// Compiles with `strategy`, the decision forest's tables within `tree_budget` bytes

@@ -2,14 +2,17 @@
 //! the like), under a memory budget, beside the rules no tree can hold.
 //!
 //! **Which rules.** A *header rule* is a conjunction of `Proto` atoms and unmasked `Field`
-//! atoms on fields of at most 48 bits (everything but the IPv6 addresses), with no payload,
-//! `in_port`, `or` or `not`. Such a rule is a set of boxes in a small D-dimensional space, one
-//! dimension per field or protocol the header rules mention: a field dimension's value is the
-//! field when present and a sentinel just above its largest value when absent (so "absent
-//! makes every comparison false" is simply "the sentinel lies in no range"); a protocol
-//! dimension is 0 or 1. A multi-range atom (`tcp.dport in {80, 443}`) makes several boxes of
-//! one rule. Finding the lowest-numbered header rule with a box containing the frame's key is
-//! the interpreter's first match among the header rules. Every other rule is *residual*: the
+//! atoms, with no payload, `in_port`, `or` or `not`, of at most `MAX_BOXES_PER_RULE` boxes.
+//! Such a rule is a set of boxes in a small D-dimensional space, one dimension per field or
+//! protocol the header rules mention: a field dimension's value is the field when present
+//! and a sentinel just above its largest value when absent (so "absent makes every
+//! comparison false" is simply "the sentinel lies in no range"); a protocol dimension is
+//! 0 or 1. A 128-bit field (an IPv6 address) is four 32-bit dimensions, its parts, and each
+//! of an atom's ranges becomes aligned prefixes, each one box over the parts (exact parts,
+//! one ranged part, any-present-value parts), so an IPv6 ACL is cut like an IPv4 one. A
+//! multi-range atom (`tcp.dport in {80, 443}`) makes several boxes of one rule. Finding the
+//! lowest-numbered header rule with a box containing the frame's key is the interpreter's
+//! first match among the header rules. Every other rule is *residual*: the
 //! code runs the residual rules numbered below the trees' answer, in order, with the linear
 //! strategy's code ([`super::codegen`]), so first-match order holds across both, and a
 //! residual rule after all the header rules (one DPI rule after 10,000 ACL lines) is not even
@@ -42,15 +45,20 @@
 //! cuts those addresses without replicating anything large on them. It keeps the per-packet
 //! cost of the trees we have (a few dependent loads and a short leaf scan per tree), and on
 //! ClassBench it gives 1 to 4 trees (acl1: 96% of the rules small on both addresses). A
-//! category with under `MERGE_PERCENT` % of the boxes joins the largest category (a separate
-//! tree for 65 rules costs a walk per packet; a few replicated rules cost less). rte_acl's
+//! category with under `MERGE_PERCENT` % of the boxes joins a big one that cuts only
+//! addresses it is small on, else one sharing a small address with it, else (under
+//! `TINY_PERCENT` %) the largest: a separate tree for 65 rules costs a walk per packet, a few
+//! replicated rules cost less — but fw1_10k's 428 rules wide on both addresses, merged into
+//! the largest tree, took it to the budget (44 MB, 1.4 s) where apart they take 2–3 MB. rte_acl's
 //! per-rule node cap spilling into further tries bounds memory too but its tries are bytewise
 //! (up to 4 dependent loads per address); TupleMerge builds in milliseconds but probes every
 //! tuple's hash table per packet. Measured numbers are in BENCHMARKS.md ("Decision forest").
 //!
 //! **The memory budget.** All trees of one classifier share one budget for their tables
-//! (node words and leaf boxes; `DEFAULT_BUDGET`, 64 MiB, or [`Tree::build_with`]'s), split
-//! between the trees in proportion to their boxes, the unused part of each passed on. The
+//! (node words and leaf boxes; [`default_budget`]: 64 MiB per 10,000 rules, at least 64 and
+//! at most 256 MiB, or [`Tree::build_with`]'s), split between the trees in proportion to
+//! their boxes, the unused part of each passed on, and no tree may take more than
+//! `REPLICATION_CAP` times its boxes' own bytes. The
 //! builder keeps an exact account — bytes written plus, for every node not yet built, the
 //! bytes of its boxes as one leaf, which is what it costs at most — and makes a node a leaf
 //! whenever cutting it would take the account past the budget. So the tables never exceed the
@@ -71,10 +79,11 @@
 //! frames whose answer is above the first residual rule, parse again and run the residual
 //! rules (payload helpers get the thread's scratch, reset per frame).
 //!
-//! **Measured** (acl1_10k, 9,831 rules, before the forest): built in ~70 ms, depth 7.2 and 3.6
-//! boxes scanned per trace packet on average, tables 3.8 MB (nodes 0.5 MB, leaves 3.3 MB). One
-//! frame at a time this ran at ~8.5 Mpps on the loaded 2-core VM; the burst function at ~11.7
-//! Mpps. Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
+//! **Measured** (BENCHMARKS.md, "Decision forest"): fw1_10k 4 trees, 2.0 MB, 67 ms (one tree
+//! before: 217 s, 15.8 GB); ipc2_10k 3 trees, 0.6 MB, 42 ms; acl1_10k 1 tree, 3.8 MB, 54–192
+//! ms by load, depth 7.2 and 3.6 boxes scanned per trace packet; acl1_100k 1 tree, 102 MB,
+//! seconds (the slowest build). Before the forest, one frame at a time ran acl1_10k at ~8.5
+//! Mpps on the loaded 2-core VM; the burst function at ~11.7 Mpps. Tried and measured worse: a level-by-level walk of all 32 frames through memory (the
 //! bookkeeping costs more than the overlap saves: most node loads hit L2), larger leaves,
 //! and larger space factors (fewer boxes scanned, more cache misses).
 
@@ -93,8 +102,18 @@ use super::parse::{Level, Parse};
 use super::MAX_BURST;
 use crate::ir::{Atom, Classifier, Expr};
 
-/// The default budget for all the trees' tables of one classifier, in bytes.
+/// The smallest default budget for all the trees' tables of one classifier, in bytes (what
+/// 10,000 rules get; see [`default_budget`]).
 pub const DEFAULT_BUDGET: usize = 64 << 20;
+/// The largest default budget.
+pub const MAX_DEFAULT_BUDGET: usize = 256 << 20;
+
+/// The default budget for a classifier of `rules` rules: 64 MiB per 10,000 rules, at least
+/// [`DEFAULT_BUDGET`] and at most [`MAX_DEFAULT_BUDGET`].
+pub fn default_budget(rules: usize) -> usize {
+    (DEFAULT_BUDGET as u128 * rules as u128 / 10_000)
+        .clamp(DEFAULT_BUDGET as u128, MAX_DEFAULT_BUDGET as u128) as usize
+}
 /// A leaf may hold this many boxes before we try to cut it.
 const LEAF_BOXES: usize = 8;
 /// A cut may replicate boxes up to this factor of the node's box count.
@@ -105,6 +124,12 @@ const MAX_WIDE_DIMS: usize = 8;
 const RULE_BITS: u64 = (1 << 24) - 1;
 /// Frames walked together in the burst code.
 const WALK_GROUP: usize = 8;
+/// One tree's tables may take at most this many times its boxes' own bytes (and its share
+/// of the budget): cutting boxes that overlap in every dimension removes one or two per
+/// level while replicating the rest (fw1_100k's 1,870 rules wide on both addresses made 1.4
+/// million leaf boxes, 82 MB, without this). Stopping each node at 7/8 progress instead kept
+/// memory down but left acl1_10k scanning 24 boxes per packet instead of 3.6.
+const REPLICATION_CAP: usize = 128;
 /// The most cuts of one node (2^8).
 const MAX_CUT_BITS: u32 = 8;
 const MAX_DEPTH: u32 = 24;
@@ -114,8 +139,11 @@ const MAX_BOXES_PER_RULE: usize = 64;
 const SMALL_WIDTH: u64 = 1 << 16;
 /// Partition by at most this many address dimensions (at most 2^3 trees).
 const MAX_PARTITION_DIMS: usize = 3;
-/// A category with fewer than this percentage of the boxes joins the largest one.
+/// A category with fewer than this percentage of the boxes joins another (see [`partition`]).
 const MERGE_PERCENT: usize = 5;
+/// A category with fewer than this percentage of the boxes may join one that cuts an address
+/// it is large on.
+const TINY_PERCENT: usize = 2;
 
 /// One dimension of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +152,9 @@ enum Dim {
     Field(Field),
     /// 1 when the header is present, else 0.
     Proto(Proto),
+    /// 32-bit part `k` (0 = the most significant) of a 128-bit field (an IPv6 address), or
+    /// `1 << 32` when absent.
+    Part(Field, u8),
 }
 
 impl Dim {
@@ -132,6 +163,18 @@ impl Dim {
         match self {
             Dim::Field(f) => u32::from(f.ty().bits()) + 1,
             Dim::Proto(_) => 1,
+            Dim::Part(..) => 33,
+        }
+    }
+
+    /// The key value for a decoded frame (the Rust twin of `Tree::emit_key`).
+    fn value(self, d: &netvm_packet::Decoded) -> u64 {
+        match self {
+            Dim::Proto(p) => u64::from(d.has(p)),
+            Dim::Field(f) => d.field(f).map_or(1u64 << f.ty().bits(), |v| v as u64),
+            Dim::Part(f, k) => d.field(f).map_or(1u64 << 32, |v| {
+                (v >> (96 - 32 * u32::from(k))) as u64 & 0xffff_ffff
+            }),
         }
     }
 
@@ -141,7 +184,7 @@ impl Dim {
 
     fn level(self) -> Level {
         match self {
-            Dim::Field(f) => Level::of_field(f),
+            Dim::Field(f) | Dim::Part(f, _) => Level::of_field(f),
             Dim::Proto(p) => Level::of_proto(p),
         }
     }
@@ -164,6 +207,8 @@ pub struct TreeStats {
     pub budget: usize,
     /// Whether some node was left a leaf because cutting it would have passed the budget.
     pub budget_reached: bool,
+    /// Whether the key has IPv6 address parts.
+    pub ipv6_dims: bool,
     /// The time the build took (boxes, partition, trees; not the code generation).
     pub build_time: Duration,
 }
@@ -224,22 +269,92 @@ fn conjuncts(e: &Expr) -> Option<Vec<usize>> {
     }
 }
 
-fn atom_dim(atom: &Atom) -> Option<(Dim, Vec<(u64, u64)>)> {
+/// An atom as the boxes it allows: per box, a range on each of some dimensions (one box of
+/// one dimension for all but 128-bit fields, whose ranges become prefixes, each a box over
+/// the four 32-bit parts).
+fn atom_boxes(atom: &Atom) -> Option<Vec<Partial>> {
     match atom {
-        Atom::Proto(p) => Some((Dim::Proto(*p), vec![(1, 1)])),
+        Atom::Proto(p) => Some(vec![vec![(Dim::Proto(*p), (1, 1))]]),
         Atom::Field {
             field,
             mask: None,
             ranges,
-        } if field.ty().bits() <= 48 => Some((
-            Dim::Field(*field),
+        } if field.ty().bits() <= 48 => Some(
             ranges
                 .iter()
-                .map(|&(lo, hi)| (lo as u64, hi as u64))
+                .map(|&(lo, hi)| vec![(Dim::Field(*field), (lo as u64, hi as u64))])
                 .collect(),
-        )),
+        ),
+        Atom::Field {
+            field,
+            mask: None,
+            ranges,
+        } if field.ty().bits() == 128 => {
+            let mut out = Vec::new();
+            for &(lo, hi) in ranges {
+                for (base, len) in prefixes(lo, hi, MAX_BOXES_PER_RULE)? {
+                    out.push(part_box(*field, base, len));
+                    if out.len() > MAX_BOXES_PER_RULE {
+                        return None;
+                    }
+                }
+            }
+            Some(out)
+        }
         _ => None,
     }
+}
+
+/// `lo..=hi` (128-bit) as aligned prefixes `(base, length)`; `None` past `max` of them.
+fn prefixes(lo: u128, hi: u128, max: usize) -> Option<Vec<(u128, u32)>> {
+    if lo == 0 && hi == u128::MAX {
+        return Some(vec![(0, 0)]);
+    }
+    let mut out = Vec::new();
+    let mut lo = lo;
+    loop {
+        // The largest aligned block at `lo` within `hi` (a single value always is).
+        let mut size = if lo == 0 {
+            127
+        } else {
+            lo.trailing_zeros().min(127)
+        };
+        while lo
+            .checked_add((1u128 << size) - 1)
+            .is_none_or(|end| end > hi)
+        {
+            size -= 1;
+        }
+        out.push((lo, 128 - size));
+        if out.len() > max {
+            return None;
+        }
+        let last = lo + ((1u128 << size) - 1);
+        if last >= hi {
+            return Some(out);
+        }
+        lo = last + 1;
+    }
+}
+
+/// The box of the prefix `base/len` of a 128-bit field over its four 32-bit parts: parts
+/// inside the prefix exact, the part it ends in a range, the rest any present value.
+fn part_box(field: Field, base: u128, len: u32) -> Partial {
+    (0..4u8)
+        .map(|k| {
+            let part = (base >> (96 - 32 * u32::from(k))) as u64 & 0xffff_ffff;
+            let start = 32 * u32::from(k);
+            let range = if len >= start + 32 {
+                (part, part)
+            } else if len <= start {
+                (0, 0xffff_ffff)
+            } else {
+                let host = (1u64 << (start + 32 - len)) - 1;
+                (part & !host, (part & !host) | host)
+            };
+            (Dim::Part(field, k), range)
+        })
+        .collect()
 }
 
 /// What one rule is to the forest.
@@ -252,97 +367,98 @@ enum Shape {
     Residual,
 }
 
-/// Per dimension a rule mentions, the ranges it allows.
-type Allowed = Vec<(Dim, Vec<(u64, u64)>)>;
+/// Per dimension a rule mentions, the ranges it allows; a rule is the product of its atoms'
+/// alternatives, so it is kept as a list of partial boxes (dimension, range) instead.
+type Partial = Vec<(Dim, (u64, u64))>;
+
+/// The conjunction of two lists of partial boxes (`None` past `MAX_BOXES_PER_RULE`).
+fn and_boxes(a: Vec<Partial>, b: &[Partial]) -> Option<Vec<Partial>> {
+    let mut out = Vec::new();
+    for x in &a {
+        'next: for y in b {
+            let mut boxed = x.clone();
+            for &(d, (lo, hi)) in y {
+                match boxed.iter_mut().find(|(e, _)| *e == d) {
+                    Some((_, r)) => {
+                        let (l, h) = (r.0.max(lo), r.1.min(hi));
+                        if l > h {
+                            continue 'next;
+                        }
+                        *r = (l, h);
+                    }
+                    None => boxed.push((d, (lo, hi))),
+                }
+            }
+            out.push(boxed);
+            if out.len() > MAX_BOXES_PER_RULE {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
 
 /// The dimensions of the header rules and every rule's shape.
 fn analyse(ir: &Classifier) -> (Vec<Dim>, Vec<Shape>) {
-    // Per rule, the allowed ranges per mentioned dimension (the intersection of its atoms).
+    // Per rule: `None` residual, else its partial boxes (none: it never matches).
     let mut dims: Vec<Dim> = Vec::new();
-    // `None`: residual; `Some(None)`: never matches.
-    let mut per_rule: Vec<Option<Option<Allowed>>> = Vec::new();
+    let mut per_rule: Vec<Option<Vec<Partial>>> = Vec::new();
     for rule in &ir.rules {
-        if *rule == Expr::Const(false) {
-            per_rule.push(Some(None));
-            continue;
-        }
-        let allowed = conjuncts(rule).and_then(|atoms| {
-            let mut allowed: Allowed = Vec::new();
-            for a in atoms {
-                let (d, ranges) = atom_dim(&ir.atoms[a])?;
-                match allowed.iter_mut().find(|(x, _)| *x == d) {
-                    Some((_, have)) => *have = intersect(have, &ranges),
-                    None => allowed.push((d, ranges)),
-                }
-            }
-            let count = allowed
-                .iter()
-                .try_fold(1usize, |n, (_, r)| n.checked_mul(r.len().max(1)))?;
-            (count <= MAX_BOXES_PER_RULE).then_some(allowed)
+        let partial = conjuncts(rule).and_then(|atoms| {
+            atoms.iter().try_fold(vec![Vec::new()], |acc, &a| {
+                and_boxes(acc, &atom_boxes(&ir.atoms[a])?)
+            })
         });
-        match allowed {
-            None => per_rule.push(None),
-            Some(allowed) if allowed.iter().any(|(_, r)| r.is_empty()) => per_rule.push(Some(None)),
-            Some(allowed) => {
-                for (d, _) in &allowed {
+        let partial = if *rule == Expr::Const(false) {
+            Some(Vec::new())
+        } else {
+            partial
+        };
+        if let Some(boxes) = &partial {
+            for b in boxes {
+                for (d, _) in b {
                     if !dims.contains(d) {
                         dims.push(*d);
                     }
                 }
-                per_rule.push(Some(Some(allowed)));
             }
         }
+        per_rule.push(partial);
     }
     let shapes = per_rule
         .into_iter()
         .map(|r| match r {
             None => Shape::Residual,
-            Some(None) => Shape::Never,
-            Some(Some(allowed)) => {
-                let mut boxes: Vec<Vec<(u64, u64)>> = vec![Vec::new()];
-                for d in &dims {
-                    let ranges = allowed
-                        .iter()
-                        .find(|(x, _)| x == d)
-                        .map_or_else(|| vec![d.full()], |(_, r)| r.clone());
-                    boxes = boxes
-                        .iter()
-                        .flat_map(|b| {
-                            ranges.iter().map(move |&r| {
-                                let mut b = b.clone();
-                                b.push(r);
-                                b
+            Some(boxes) if boxes.is_empty() => Shape::Never,
+            Some(boxes) => Shape::Boxes(
+                boxes
+                    .iter()
+                    .map(|b| {
+                        dims.iter()
+                            .map(|d| {
+                                b.iter()
+                                    .find(|(x, _)| x == d)
+                                    .map_or_else(|| d.full(), |&(_, r)| r)
                             })
-                        })
-                        .collect();
-                }
-                Shape::Boxes(boxes)
-            }
+                            .collect()
+                    })
+                    .collect(),
+            ),
         })
         .collect();
     (dims, shapes)
-}
-
-fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(alo, ahi) in a {
-        for &(blo, bhi) in b {
-            let (lo, hi) = (alo.max(blo), ahi.min(bhi));
-            if lo <= hi {
-                out.push((lo, hi));
-            }
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// Splits the boxes (indices into `boxes`, in rule order) into the forest's trees: by which
 /// of the (first `MAX_PARTITION_DIMS`) 32-bit field dimensions each box is small on, small
 /// categories joining the largest (see the module doc).
 fn partition(dims: &[Dim], boxes: &[(u32, Vec<(u64, u64)>)]) -> Vec<Vec<u32>> {
+    // The 32-bit fields and the top part of each IPv6 address.
     let addr: Vec<usize> = (0..dims.len())
-        .filter(|&d| dims[d].bits() == 33)
+        .filter(|&d| {
+            matches!(dims[d], Dim::Part(_, 0))
+                || (matches!(dims[d], Dim::Field(_)) && dims[d].bits() == 33)
+        })
         .take(MAX_PARTITION_DIMS)
         .collect();
     let mut groups: Vec<Vec<u32>> = vec![Vec::new(); 1 << addr.len()];
@@ -357,23 +473,47 @@ fn partition(dims: &[Dim], boxes: &[(u32, Vec<(u64, u64)>)]) -> Vec<Vec<u32>> {
         groups[cat].push(i as u32);
     }
     let total = boxes.len();
-    let Some(largest) = (0..groups.len()).max_by_key(|&g| groups[g].len()) else {
-        return Vec::new();
+    let masks: Vec<usize> = (0..groups.len()).collect();
+    let big = |g: usize, groups: &[Vec<u32>]| groups[g].len() * 100 >= total * MERGE_PERCENT;
+    let largest_big = |pred: &dyn Fn(usize) -> bool, groups: &[Vec<u32>]| {
+        masks
+            .iter()
+            .copied()
+            .filter(|&g| big(g, groups) && pred(g))
+            .max_by_key(|&g| groups[g].len())
     };
-    let mut merged: Vec<u32> = Vec::new();
-    let mut out: Vec<Vec<u32>> = Vec::new();
-    for (g, group) in groups.into_iter().enumerate() {
-        if g == largest || group.len() * 100 < total * MERGE_PERCENT {
-            merged.extend(group);
-        } else if !group.is_empty() {
-            out.push(group);
+    // Where each small category goes: the largest big one cutting only addresses it is
+    // small on; else the largest sharing one small address with it (which separates its
+    // rules early); else, when tiny, the largest; else it stays a tree of its own.
+    let mut target: Vec<usize> = masks.clone();
+    for &c in &masks {
+        if groups[c].is_empty() || big(c, &groups) {
+            continue;
+        }
+        let tiny = groups[c].len() * 100 < total * TINY_PERCENT;
+        let found = largest_big(&|g| g & !c == 0, &groups)
+            .or_else(|| largest_big(&|g| g & c != 0, &groups))
+            .or_else(|| {
+                if tiny {
+                    largest_big(&|_| true, &groups)
+                } else {
+                    None
+                }
+            });
+        if let Some(t) = found {
+            target[c] = t;
         }
     }
-    // Box indices are in rule order within each category; keep them so after merging.
-    merged.sort_unstable();
-    if !merged.is_empty() {
-        out.insert(0, merged);
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); groups.len()];
+    for (c, group) in groups.into_iter().enumerate() {
+        out[target[c]].extend(group);
     }
+    // Box indices stay in rule order within each tree.
+    for g in &mut out {
+        g.sort_unstable();
+    }
+    out.retain(|g| !g.is_empty());
+    out.sort_by_key(|g| std::cmp::Reverse(g.len()));
     out
 }
 
@@ -525,9 +665,9 @@ pub(super) struct BurstEnv<'a> {
 }
 
 impl Tree {
-    /// Builds the forest under [`DEFAULT_BUDGET`] (see [`Tree::build_with`]).
+    /// Builds the forest under [`default_budget`] (see [`Tree::build_with`]).
     pub fn build(ir: &Classifier) -> Option<Tree> {
-        Tree::build_with(ir, DEFAULT_BUDGET)
+        Tree::build_with(ir, default_budget(ir.rules.len()))
     }
 
     /// Builds the forest of the header rules with its tables within `budget` bytes; `None`
@@ -581,6 +721,7 @@ impl Tree {
             bytes: 0,
             budget,
             budget_reached: false,
+            ipv6_dims: dims.iter().any(|d| matches!(d, Dim::Part(..))),
             build_time: Duration::ZERO,
         };
         for group in groups {
@@ -593,6 +734,7 @@ impl Tree {
             if charged > share {
                 return None;
             }
+            let cap = share.min(charged.saturating_mul(REPLICATION_CAP));
             let mut builder = Builder {
                 boxes: &boxes,
                 nodes: Vec::new(),
@@ -601,7 +743,7 @@ impl Tree {
                 leaves: HashMap::new(),
                 box_bytes,
                 charged,
-                budget: share,
+                budget: cap,
                 budget_reached: false,
             };
             let root = builder.node(group, &region, 0);
@@ -687,14 +829,7 @@ impl Tree {
     /// scanned, summed over the trees. For tests and for tuning the build parameters.
     pub fn lookup(&self, frame: &[u8]) -> (Option<usize>, usize, usize) {
         let d = netvm_packet::Decoded::new(frame);
-        let key: Vec<u64> = self
-            .dims
-            .iter()
-            .map(|dim| match *dim {
-                Dim::Proto(p) => u64::from(d.has(p)),
-                Dim::Field(f) => d.field(f).map_or(1u64 << f.ty().bits(), |v| v as u64),
-            })
-            .collect();
+        let key: Vec<u64> = self.dims.iter().map(|dim| dim.value(&d)).collect();
         let (mut best, mut depth, mut scanned) = (None::<usize>, 0, 0);
         for part in &self.parts {
             let mut node = part.root;
@@ -748,16 +883,26 @@ impl Tree {
                     let c = p.proto_present(fb, proto);
                     fb.ins().uextend(i64t, c)
                 }
-                Dim::Field(field) => {
+                Dim::Field(field) | Dim::Part(field, _) => {
                     let present = p.field_present(fb, field);
                     let read = fb.create_block();
                     let join = fb.create_block();
                     let key = fb.append_block_param(join, i64t);
-                    let sentinel = fb.ins().iconst(i64t, 1i64 << field.ty().bits());
+                    let absent = match *dim {
+                        Dim::Part(..) => 1i64 << 32,
+                        _ => 1i64 << field.ty().bits(),
+                    };
+                    let sentinel = fb.ins().iconst(i64t, absent);
                     fb.ins()
                         .brif(present, read, &[], join, &[BlockArg::Value(sentinel)]);
                     fb.switch_to_block(read);
-                    let v = p.field_load(fb, field);
+                    let mut v = p.field_load(fb, field);
+                    if let Dim::Part(_, k) = *dim {
+                        // Part k of the i128 address: its bits 96 - 32k .. 128 - 32k.
+                        let shifted = fb.ins().ushr_imm_u(v, 96 - 32 * i64::from(k));
+                        let low = fb.ins().ireduce(i64t, shifted);
+                        v = fb.ins().band_imm_u(low, 0xffff_ffff);
+                    }
                     fb.ins().jump(join, &[BlockArg::Value(v)]);
                     fb.switch_to_block(join);
                     key
@@ -1133,17 +1278,45 @@ impl Tree {
                     .collect();
                 let done = fb.create_block();
                 let rule = fb.append_block_param(done, i32t);
-                self.emit_scan(fb, part, node, &keys, default, done);
-                fb.switch_to_block(done);
                 // SAFETY: the caller passes `out` with room for `n` u32s.
                 let a = at(fb, out, i, 2);
-                let rule = if p == 0 {
-                    rule
+                if p == 0 {
+                    self.emit_scan(fb, part, node, &keys, default, done);
+                    fb.switch_to_block(done);
+                    fb.ins().store(mem, rule, a, 0);
+                    return;
+                }
+                // A leaf whose first box's rule is not below the answer so far cannot
+                // lower it (boxes are in rule order; an empty leaf's first word is the next
+                // leaf's or the padding box's, and skipping an empty leaf is right anyway).
+                let before = fb.ins().load(i32t, mem, a, 0);
+                let first = self.emit_leaf_start(fb, part, node);
+                let table = MemFlagsData::trusted().with_readonly();
+                // SAFETY: there is always a whole box at a leaf's start (see above).
+                let mut first_rule = if self.word_bytes == 4 {
+                    fb.ins().uload32(table, first, 0)
                 } else {
-                    let before = fb.ins().load(i32t, mem, a, 0);
-                    fb.ins().umin(before, rule)
+                    fb.ins().load(i64t, table, first, 0)
                 };
-                fb.ins().store(mem, rule, a, 0);
+                if self.word_bytes == 4 {
+                    first_rule = fb.ins().band_imm_u(first_rule, RULE_BITS as i64);
+                }
+                let before64 = fb.ins().uextend(i64t, before);
+                let hopeless = fb
+                    .ins()
+                    .icmp(IntCC::UnsignedLessThanOrEqual, before64, first_rule);
+                let scan = fb.create_block();
+                let join = fb.create_block();
+                let lowest = fb.append_block_param(join, i32t);
+                fb.ins()
+                    .brif(hopeless, join, &[BlockArg::Value(before)], scan, &[]);
+                fb.switch_to_block(scan);
+                self.emit_scan(fb, part, node, &keys, default, done);
+                fb.switch_to_block(done);
+                let min = fb.ins().umin(before, rule);
+                fb.ins().jump(join, &[BlockArg::Value(min)]);
+                fb.switch_to_block(join);
+                fb.ins().store(mem, lowest, a, 0);
             });
         }
 
