@@ -197,7 +197,8 @@ impl Drop for Background {
 fn the_readme_shell_commands_run_as_written() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    // What the commands name: the tour's policy, captures, ClassBench files, examples/.
+    // What the commands name: the tour's policy, captures, ClassBench files, examples/ and
+    // benches/.
     let tour = &blocks(&repo().join("README.md"), "nvr")[0].1;
     std::fs::write(dir.join("policy.nvr"), tour).unwrap();
     let frames: Vec<Vec<u8>> = (0..4)
@@ -213,7 +214,9 @@ fn the_readme_shell_commands_run_as_written() {
     for f in ["acl1_1k", "acl1_1k_trace"] {
         std::fs::copy(data.join(f), dir.join(f)).unwrap();
     }
-    std::os::unix::fs::symlink(repo().join("examples"), dir.join("examples")).unwrap();
+    for d in ["examples", "benches"] {
+        std::os::unix::fs::symlink(repo().join(d), dir.join(d)).unwrap();
+    }
 
     let mut background = Background(Vec::new());
     let mut ran = 0;
