@@ -124,6 +124,9 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         jit.strategy(),
         compiled.as_secs_f64() * 1e3
     );
+    if let Some((stats, built)) = jit.payload_stats() {
+        println!("{}", stats.describe(built));
+    }
     println!(
         "bursts of {BURST}, median of {} runs of >= {} ms each, one core",
         args.runs, args.run_ms

@@ -12,7 +12,7 @@ use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, Signature, Valu
 use cranelift_frontend::FunctionBuilder;
 
 use super::parse::{Level, Parse};
-use super::payload::{netvm_jit_contains, netvm_jit_matches};
+use super::payload::{netvm_jit_contains, netvm_jit_matches, netvm_jit_next};
 use netvm_packet::{Field, FieldHeader, Proto};
 
 use crate::ir::{Atom, Classifier, Expr, NO_PORT};
@@ -24,6 +24,9 @@ pub struct RuleEmitter<'a> {
     pub in_port: Value,
     pub scratch: Value,
     pub helper_sig: Option<cranelift_codegen::ir::SigRef>,
+    /// Runs `(start, end)` of rules gated by payload atoms (see [`super::payload`]),
+    /// ascending; empty without payload helpers.
+    pub gated: &'a [(u32, u32)],
 }
 
 /// The parse level a whole classifier needs.
@@ -221,27 +224,86 @@ impl RuleEmitter<'_> {
 
     /// A payload test answered by a Rust helper (see the ABI in [`super::payload`]).
     fn helper(&self, fb: &mut FunctionBuilder, func: usize, n: usize, t: Block, f: Block) {
-        let p = &self.parse;
-        let eth = p.eth(fb);
+        let eth = self.parse.eth(fb);
         let call = fb.create_block();
         fb.ins().brif(eth, call, &[], f, &[]);
         fb.switch_to_block(call);
+        let n = fb.ins().iconst(types::I32, n as i64);
+        match self.call_helper(fb, func, n) {
+            Some(r) => fb.ins().brif(r, t, &[], f, &[]),
+            // Unreachable by construction (the signature is imported whenever a payload
+            // helper atom exists); answering "no match" keeps the code total anyway.
+            None => fb.ins().jump(f, &[]),
+        };
+    }
+
+    /// Calls payload helper `func` with argument `n` (an `i32`) on this frame's payload
+    /// (present: the caller checked); `None` without the helper signature.
+    fn call_helper(&self, fb: &mut FunctionBuilder, func: usize, n: Value) -> Option<Value> {
+        let p = &self.parse;
+        let sig = self.helper_sig?;
         let start = p.payload_start(fb);
         let len = p.payload_len(fb);
         let addr = fb.ins().iadd(p.ptr, start);
         let callee = fb.ins().iconst(types::I64, func as i64);
-        let n = fb.ins().iconst(types::I32, n as i64);
-        let Some(sig) = self.helper_sig else {
-            // Unreachable by construction (the signature is imported whenever a payload
-            // helper atom exists); answering "no match" keeps the code total anyway.
-            fb.ins().jump(f, &[]);
-            return;
-        };
         let inst = fb
             .ins()
             .call_indirect(sig, callee, &[self.scratch, addr, len, n]);
-        let r = fb.inst_results(inst)[0];
-        fb.ins().brif(r, t, &[], f, &[]);
+        Some(fb.inst_results(inst)[0])
+    }
+
+    /// Rules `start..end`, all gated by payload atoms: one `netvm_jit_next` call names the
+    /// first that can hold, a jump table goes there, and a rule that fails asks again from
+    /// the next one. Without a payload every gated rule is false: straight to `after`.
+    fn gated_run(
+        &self,
+        fb: &mut FunctionBuilder,
+        (start, end): (usize, usize),
+        after: Block,
+        finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
+    ) {
+        use cranelift_codegen::ir::BlockArg;
+        let dispatch = fb.create_block();
+        let from = fb.append_block_param(dispatch, types::I32);
+        let eth = self.parse.eth(fb);
+        let first = fb.ins().iconst(types::I32, start as i64);
+        fb.ins()
+            .brif(eth, dispatch, &[BlockArg::Value(first)], after, &[]);
+        fb.switch_to_block(dispatch);
+        let entries: Vec<Block> = (start..end).map(|_| fb.create_block()).collect();
+        match self.call_helper(fb, netvm_jit_next as *const () as usize, from) {
+            Some(next) => {
+                let mut table = cranelift_frontend::Switch::new();
+                for (i, &b) in entries.iter().enumerate() {
+                    table.set_entry((start + i) as u128, b);
+                }
+                table.emit(fb, next, after);
+            }
+            None => {
+                fb.ins().jump(after, &[]);
+            }
+        }
+        for (i, &entry) in entries.iter().enumerate() {
+            let rule = start + i;
+            fb.switch_to_block(entry);
+            let hit = fb.create_block();
+            let miss = if rule + 1 < end {
+                let b = fb.create_block();
+                self.expr(fb, &self.ir.rules[rule], hit, b);
+                fb.switch_to_block(b);
+                let again = fb.ins().iconst(types::I32, (rule + 1) as i64);
+                fb.ins().jump(dispatch, &[BlockArg::Value(again)]);
+                None
+            } else {
+                Some(after)
+            };
+            if let Some(after) = miss {
+                self.expr(fb, &self.ir.rules[rule], hit, after);
+            }
+            fb.switch_to_block(hit);
+            let r = fb.ins().iconst(types::I32, rule as i64);
+            finish(fb, r);
+        }
     }
 
     /// Branches to `t` when the expression holds, else to `f`, evaluating left to right and
@@ -309,7 +371,8 @@ impl RuleEmitter<'_> {
     /// The linear strategy: rules in order, first match returns its index. A run of
     /// consecutive rules that all need the same protocol header is skipped with one test
     /// of that header's presence (18 rules on `ip.src ...` cost one branch for an ARP
-    /// frame, not 18); inside the run each rule still tests everything it needs.
+    /// frame, not 18); inside the run each rule still tests everything it needs. A run of
+    /// rules gated by payload atoms is dispatched by the payload engine ([`Self::gated_run`]).
     pub fn rules_linear(&self, fb: &mut FunctionBuilder) {
         self.rules_linear_to(fb, &mut |fb, rule| {
             fb.ins().return_(&[rule]);
@@ -325,11 +388,33 @@ impl RuleEmitter<'_> {
         finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
     ) {
         let guards: Vec<Option<Proto>> = self.ir.rules.iter().map(|r| self.guard(r)).collect();
+        let mut gated = self
+            .gated
+            .iter()
+            .map(|&(s, e)| (s as usize, e as usize))
+            .peekable();
         let mut run_end: Option<(usize, Block)> = None;
-        for (i, rule) in self.ir.rules.iter().enumerate() {
+        let mut i = 0;
+        while i < self.ir.rules.len() {
+            let next_gate = gated.peek().map_or(usize::MAX, |g| g.0);
+            if run_end.is_none() && next_gate == i {
+                let Some((start, end)) = gated.next() else {
+                    break;
+                };
+                let after = fb.create_block();
+                self.gated_run(fb, (start, end), after, finish);
+                fb.switch_to_block(after);
+                i = end;
+                continue;
+            }
+            let rule = &self.ir.rules[i];
             if run_end.is_none() {
                 if let Some(g) = guards[i] {
-                    let len = guards[i..].iter().take_while(|&&h| h == Some(g)).count();
+                    // A header run stops where a gated run starts.
+                    let len = guards[i..next_gate.min(guards.len())]
+                        .iter()
+                        .take_while(|&&h| h == Some(g))
+                        .count();
                     if len >= 2 {
                         let inside = fb.create_block();
                         let after = fb.create_block();
@@ -353,6 +438,7 @@ impl RuleEmitter<'_> {
             let r = fb.ins().iconst(types::I32, i as i64);
             finish(fb, r);
             fb.switch_to_block(next);
+            i += 1;
         }
         let d = fb.ins().iconst(types::I32, self.ir.rules.len() as i64);
         finish(fb, d);

@@ -9,9 +9,10 @@
 //!   its tables, so the cost per packet does not grow linearly with the rules.
 //! - `codegen`: the function itself — parse, then the rules in order as short-circuit
 //!   branches (the linear strategy) or the tree walk.
-//! - [`payload`]: the Rust side of payload matching (one Aho-Corasick automaton for every
-//!   `contains` literal, a lazy DFA per regex), called through a narrow `extern "C"` ABI, each
-//!   run at most once per packet and only when a rule still needs the answer.
+//! - [`payload`]: the Rust side of payload matching (every `contains` literal in one
+//!   Aho-Corasick pass that stops at the first hit, every regex in one multi-pattern lazy
+//!   DFA), called through a narrow `extern "C"` ABI, each run at most once per packet and
+//!   only when a rule still needs the answer.
 //!
 //! The generated function has the signature
 //! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
@@ -50,6 +51,7 @@ use crate::interp::RegexError;
 use crate::ir::Classifier;
 use codegen::RuleEmitter;
 use parse::Parse;
+pub use payload::PayloadStats;
 use payload::{PayloadMatcher, Scratch};
 
 /// The most frames [`Jit::classify_burst`] takes per call.
@@ -127,6 +129,8 @@ pub struct Jit {
     rules: usize,
     strategy_used: Strategy,
     payload: Option<Box<PayloadMatcher>>,
+    /// How long building `payload` took (part of the compile time).
+    payload_build: std::time::Duration,
     /// Names this `Jit` in the thread-local scratch slot ([`SCRATCH`]).
     id: u64,
     /// Tables the tree walk reads through pointers baked into the code (kept alive here).
@@ -142,11 +146,13 @@ impl Jit {
 
     pub fn compile_with(ir: &Classifier, strategy: Strategy) -> Result<Jit, JitError> {
         let needs_payload_helpers = !ir.literals.is_empty() || !ir.regexes.is_empty();
+        let payload_started = std::time::Instant::now();
         let payload = if needs_payload_helpers {
-            Some(Box::new(PayloadMatcher::new(&ir.literals, &ir.regexes)?))
+            Some(Box::new(PayloadMatcher::new(ir)?))
         } else {
             None
         };
+        let payload_build = payload_started.elapsed();
         let tree = match strategy {
             Strategy::Linear => None,
             Strategy::Auto if ir.rules.len() < Strategy::TREE_MIN_RULES => None,
@@ -208,6 +214,7 @@ impl Jit {
                 in_port: params[2],
                 scratch: params[3],
                 helper_sig,
+                gated: payload.as_ref().map_or(&[][..], |m| m.gated_runs()),
             };
             match &tree {
                 Some(t) => t.emit(&mut fb, &emitter),
@@ -278,6 +285,7 @@ impl Jit {
             rules: ir.rules.len(),
             strategy_used,
             payload,
+            payload_build,
             id: NEXT_JIT_ID.fetch_add(1, Ordering::Relaxed),
             _tree: tree,
             _code: Code(Some(module)),
@@ -287,6 +295,13 @@ impl Jit {
     /// The strategy the compiled code uses ([`Strategy::Linear`] or [`Strategy::Tree`]).
     pub fn strategy(&self) -> Strategy {
         self.strategy_used
+    }
+
+    /// The payload engine's sizes and build time (`None` without payload literals/regexes).
+    pub fn payload_stats(&self) -> Option<(PayloadStats, std::time::Duration)> {
+        self.payload
+            .as_ref()
+            .map(|m| (m.stats(), self.payload_build))
     }
 
     /// This thread's scratch for this `Jit` (a fresh one the first time, or after the
@@ -399,6 +414,7 @@ fn emit_linear_burst(
             in_port,
             scratch: null,
             helper_sig: None,
+            gated: &[],
         };
         let done = fb.create_block();
         let rule = fb.append_block_param(done, types::I32);
