@@ -417,7 +417,7 @@ mod tests {
                    rule b : payload matches /union\\s+select/i => drop\ndefault => out a\n";
         let engine = compiled(dpi);
         assert!(
-            engine.starts_with("Cranelift JIT; payload engine 2 literals, 1 regexes, ")
+            engine.starts_with("Cranelift JIT; payload engine 2 literals, 1 regexes (1 prefiltered), 2 gated rules, ")
                 && engine.contains(" MiB per thread, built in "),
             "{engine}"
         );

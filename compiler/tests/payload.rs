@@ -38,13 +38,16 @@ fn text(rng: &mut Rng, n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn literals(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
+/// `n` literals; with `min_len` 4 or more, only literals that long (which the engine's
+/// hashed-window filter takes when there are more than 64).
+fn literals(rng: &mut Rng, n: usize, min_len: usize) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = [&b"abc"[..], b"bcd", b"b", b"abcabc", b"cab", b"bc", b""]
         .iter()
         .map(|l| l.to_vec())
+        .filter(|l| l.len() >= min_len)
         .collect();
     while out.len() < n {
-        let len = 1 + rng.below(7);
+        let len = min_len.max(1) + rng.below(7);
         let lit = text(rng, len);
         if !out.contains(&lit) {
             out.push(lit);
@@ -53,7 +56,9 @@ fn literals(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn regexes(rng: &mut Rng, n: usize) -> Vec<String> {
+/// `n` regexes; with `min_len` 4 or more, every literal prefix is that long (so the
+/// caseless prefix filter is the hashed-window one), but for `""`, which has none.
+fn regexes(rng: &mut Rng, n: usize, min_len: usize) -> Vec<String> {
     let mut out: Vec<String> = [
         r"(?i)abc",
         r"a[bc]+a",
@@ -65,10 +70,11 @@ fn regexes(rng: &mut Rng, n: usize) -> Vec<String> {
         r"(?i)(select|union)\s+all",
     ]
     .iter()
+    .filter(|r| min_len < 4 || r.is_empty() || r.contains("select"))
     .map(|s| s.to_string())
     .collect();
     while out.len() < n {
-        let len = 2 + rng.below(4);
+        let len = min_len.max(2) + rng.below(4);
         let word: String = (0..len)
             .map(|_| ['a', 'b', 'c', 'B'][rng.below(4)])
             .collect();
@@ -102,9 +108,9 @@ fn random_expr(rng: &mut Rng, atoms: usize, depth: u32) -> Expr {
 
 /// A classifier over `lits` literals and `res` regexes: `rules` random rules, then one rule
 /// per literal and per regex in a shuffled order (each alone decides when it holds).
-fn classifier(rng: &mut Rng, lits: usize, res: usize, rules: usize) -> Classifier {
-    let literals = literals(rng, lits);
-    let regexes = regexes(rng, res);
+fn classifier(rng: &mut Rng, lits: usize, min_len: usize, res: usize, rules: usize) -> Classifier {
+    let literals = literals(rng, lits, min_len);
+    let regexes = regexes(rng, res, min_len);
     let mut atoms: Vec<Atom> = (0..literals.len()).map(Atom::Contains).collect();
     atoms.extend((0..regexes.len()).map(Atom::Matches));
     // Header atoms, so a rule the payload engine names can still fail (every frame is TCP).
@@ -164,9 +170,9 @@ fn payloads(rng: &mut Rng, ir: &Classifier, n: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn agree(seed: u64, lits: usize, res: usize, packets: usize) {
+fn agree(seed: u64, (lits, min_len): (usize, usize), res: usize, packets: usize) {
     let mut rng = Rng(seed);
-    let ir = classifier(&mut rng, lits, res, 40);
+    let ir = classifier(&mut rng, lits, min_len, res, 40);
     let jit = Jit::compile_with(&ir, Strategy::Linear).expect("the JIT compiles");
     let interp = Interpreter::new(ir.clone()).expect("the regexes compile");
     let frames: Vec<Vec<u8>> = payloads(&mut rng, &ir, packets)
@@ -198,7 +204,7 @@ fn agree(seed: u64, lits: usize, res: usize, packets: usize) {
 #[test]
 fn small_literal_and_regex_sets_agree_with_the_interpreter() {
     for seed in 0..30 {
-        agree(seed, 12, 10, 150);
+        agree(seed, (12, 0), 10, 150);
     }
 }
 
@@ -207,7 +213,16 @@ fn small_literal_and_regex_sets_agree_with_the_interpreter() {
 #[test]
 fn large_literal_and_regex_sets_agree_with_the_interpreter() {
     for seed in 100..104 {
-        agree(seed, 400, 100, 300);
+        agree(seed, (400, 0), 100, 300);
+    }
+}
+
+/// More than 64 literals of 4 bytes or more: the hashed 4-byte-window filter (with its
+/// anchored confirmation) finds the leftmost hit; the regex prefixes' filter is caseless.
+#[test]
+fn many_long_literals_through_the_window_filter_agree_with_the_interpreter() {
+    for seed in 200..206 {
+        agree(seed, (150, 4), 40, 300);
     }
 }
 
@@ -249,5 +264,31 @@ fn overlapping_literals_answer_each_literal() {
                 String::from_utf8_lossy(payload)
             );
         }
+    }
+}
+
+/// Caseless regexes with long prefixes (the caseless hashed-window filter): a match written
+/// in upper or mixed case is found, a near miss is not.
+#[test]
+fn caseless_regex_prefixes_match_in_any_case() {
+    let regexes: Vec<String> = (0..70).map(|i| format!(r"(?i)w{i:02}abcd\s+x")).collect();
+    let ir = Classifier {
+        atoms: (0..regexes.len()).map(Atom::Matches).collect(),
+        rules: (0..regexes.len()).map(Expr::Atom).collect(),
+        literals: Vec::new(),
+        regexes,
+    };
+    let jit = Jit::compile_with(&ir, Strategy::Linear).expect("the JIT compiles");
+    let interp = Interpreter::new(ir.clone()).expect("the regexes compile");
+    for (payload, want) in [
+        ("..W07ABCD X..", Some(7)),
+        ("w41AbCd\t\tx", Some(41)),
+        ("W69abcd x", Some(69)),
+        ("w05abcdx w06abcd", None),
+        ("W1ABCD X", None),
+    ] {
+        let frame = tcp(payload.as_bytes().to_vec());
+        assert_eq!(interp.classify(&frame, NO_PORT), want, "{payload}");
+        assert_eq!(jit.classify(&frame, NO_PORT), want, "{payload}");
     }
 }
