@@ -14,7 +14,8 @@
 # netvm's compile time and payload-engine memory, and Hyperscan's database size.
 #
 # Cases: LITS (default "10 100 1000 10000"), RES ("10 100 1000"), SIZES ("64 512 1500"),
-# PCTS ("0 1"); RUNS (3) and RUN_MS (100) per engine and round.
+# PCTS ("0 1"); RUNS (3) and RUN_MS (100) per engine and round. NETVM_BEFORE=BINARY also
+# measures an older netvm in the same rounds (the before/after of BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NETVM=${NETVM:-${CARGO_TARGET_DIR:-target}/release/netvm}
@@ -67,7 +68,7 @@ for kind in lit re; do
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-declare -A NV HS RATIO INFO
+declare -A NV HS RATIO INFO OLD
 for round in $(seq "$ROUNDS"); do
   for c in "${CASES[@]}"; do
     d="$WORK/$c"
@@ -77,6 +78,11 @@ for round in $(seq "$ROUNDS"); do
     read -r _ hs _ matched _ db _ _ < <("$WORK/hs_bench" "$d/patterns" "$d/frames.pcap" "$RUNS" "$RUN_MS")
     [ "$matched" = "$(cat "$d/expect")" ] || { echo "$c: Hyperscan matched $matched packets, expected $(cat "$d/expect")"; exit 1; }
     r=$(python3 -c "print(f'{$nv/$hs:.3f}')")
+    if [ -n "${NETVM_BEFORE:-}" ]; then
+      old=$("$NETVM_BEFORE" bench "$d/policy.nvr" --pcap "$d/frames.pcap" --jit-only --runs "$RUNS" --run-ms "$RUN_MS" | awk '$1 == "jit" {print $2}')
+      OLD[$c]="${OLD[$c]:-} $old"
+      printf 'round %d  %-16s before %8.3f Mpps\n' "$round" "$c" "$old"
+    fi
     printf 'round %d  %-16s netvm %8.3f Mpps  hyperscan %8.3f Mpps  %6.3fx\n' "$round" "$c" "$nv" "$hs" "$r"
     NV[$c]="${NV[$c]:-} $nv"
     HS[$c]="${HS[$c]:-} $hs"
@@ -85,12 +91,13 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo
-printf '%-16s %10s %9s %10s %9s %7s  %s\n' case netvm_Mpps Gbit/s hs_Mpps Gbit/s ratio "netvm compile; payload engine; hs db"
+printf '%-16s %10s %9s %10s %9s %7s %10s  %s\n' case netvm_Mpps Gbit/s hs_Mpps Gbit/s ratio before_Mpps "netvm compile; payload engine; hs db"
 for c in "${CASES[@]}"; do
   size=$(cut -d- -f3 <<<"$c")
   nv=$(echo "${NV[$c]}" | median)
   hs=$(echo "${HS[$c]}" | median)
   r=$(echo "${RATIO[$c]}" | median)
-  printf '%-16s %10.3f %9.2f %10.3f %9.2f %6.3fx  %s\n' "$c" "$nv" \
-    "$(python3 -c "print($nv*$size*8/1e3)")" "$hs" "$(python3 -c "print($hs*$size*8/1e3)")" "$r" "${INFO[$c]}"
+  old=$(echo "${OLD[$c]:-0}" | median)
+  printf '%-16s %10.3f %9.2f %10.3f %9.2f %6.3fx %10.3f  %s\n' "$c" "$nv" \
+    "$(python3 -c "print($nv*$size*8/1e3)")" "$hs" "$(python3 -c "print($hs*$size*8/1e3)")" "$r" "$old" "${INFO[$c]}"
 done
