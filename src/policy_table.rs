@@ -116,7 +116,15 @@ impl Classifier for InterpClassifier {
 pub fn compile(policy: &Policy) -> Result<(Box<dyn Classifier>, String), String> {
     let ir = netvm_compiler::lower(policy);
     match Jit::compile(&ir) {
-        Ok(jit) => Ok((Box::new(JitClassifier(jit)), "Cranelift JIT".to_string())),
+        Ok(jit) => {
+            // The payload engine's share of the compile time and its memory, for the
+            // reload report (the REPL's timing line).
+            let engine = match jit.payload_stats() {
+                Some((stats, built)) => format!("Cranelift JIT; {}", stats.describe(built)),
+                None => "Cranelift JIT".to_string(),
+            };
+            Ok((Box::new(JitClassifier(jit)), engine))
+        }
         Err(e) => {
             let interp = Interpreter::new(ir).map_err(|e| e.to_string())?;
             Ok((
@@ -397,6 +405,27 @@ mod tests {
         assert_eq!(diff.changed[0].0.name, "ssh");
         assert!(diff.added.is_empty() && diff.removed.is_empty() && diff.moved == 0);
         assert!(diff.to_string().contains("a const or let it uses changed"));
+    }
+
+    /// The reload report (the REPL's timing line) names the payload engine's size and its
+    /// share of the compile time when the policy has payload tests, and only then.
+    #[test]
+    fn the_engine_line_reports_the_payload_engine() {
+        let compiled = |text: &str| {
+            let checked = netvm_lang::check_text("payload.nvr", text);
+            let policy = checked.policy.as_ref().expect("test policies check");
+            compile(policy).map(|(_, engine)| engine).expect("compiles")
+        };
+        assert_eq!(compiled(BASE), "Cranelift JIT");
+        let dpi =
+            "port a\nrule a : payload contains \"evil\" or payload contains \"bad\" => drop\n\
+                   rule b : payload matches /union\\s+select/i => drop\ndefault => out a\n";
+        let engine = compiled(dpi);
+        assert!(
+            engine.starts_with("Cranelift JIT; payload engine 2 literals, 1 regexes (1 prefiltered), 2 gated rules, ")
+                && engine.contains(" MiB per thread, built in "),
+            "{engine}"
+        );
     }
 
     #[test]

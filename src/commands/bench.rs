@@ -158,6 +158,9 @@ pub fn run(args: Args) -> Result<ExitCode, String> {
         (checked + compiled).as_secs_f64() * 1e3,
         describe(&jit)
     );
+    if let Some((stats, built)) = jit.payload_stats() {
+        println!("{}", stats.describe(built));
+    }
     println!(
         "bursts of {BURST}, median of {} runs of >= {} ms each, one core",
         args.runs, args.run_ms

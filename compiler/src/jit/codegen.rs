@@ -12,7 +12,7 @@ use cranelift_codegen::ir::{types, AbiParam, Block, InstBuilder, Signature, Valu
 use cranelift_frontend::FunctionBuilder;
 
 use super::parse::{Level, Parse};
-use super::payload::{netvm_jit_contains, netvm_jit_matches};
+use super::payload::{netvm_jit_contains, netvm_jit_matches, netvm_jit_next};
 use netvm_packet::{Field, FieldHeader, Proto};
 
 use crate::ir::{Atom, Classifier, Expr, NO_PORT};
@@ -24,6 +24,9 @@ pub struct RuleEmitter<'a> {
     pub in_port: Value,
     pub scratch: Value,
     pub helper_sig: Option<cranelift_codegen::ir::SigRef>,
+    /// Runs `(start, end)` of rules gated by payload atoms (see [`super::payload`]),
+    /// ascending; empty without payload helpers.
+    pub gated: &'a [(u32, u32)],
 }
 
 /// The parse level a whole classifier needs.
@@ -227,27 +230,112 @@ impl RuleEmitter<'_> {
 
     /// A payload test answered by a Rust helper (see the ABI in [`super::payload`]).
     fn helper(&self, fb: &mut FunctionBuilder, func: usize, n: usize, t: Block, f: Block) {
-        let p = &self.parse;
-        let eth = p.eth(fb);
+        let eth = self.parse.eth(fb);
         let call = fb.create_block();
         fb.ins().brif(eth, call, &[], f, &[]);
         fb.switch_to_block(call);
+        let n = fb.ins().iconst(types::I32, n as i64);
+        match self.call_helper(fb, func, n) {
+            Some(r) => fb.ins().brif(r, t, &[], f, &[]),
+            // Unreachable by construction (the signature is imported whenever a payload
+            // helper atom exists); answering "no match" keeps the code total anyway.
+            None => fb.ins().jump(f, &[]),
+        };
+    }
+
+    /// Calls payload helper `func` with argument `n` (an `i32`) on this frame's payload
+    /// (present: the caller checked); `None` without the helper signature.
+    fn call_helper(&self, fb: &mut FunctionBuilder, func: usize, n: Value) -> Option<Value> {
+        let p = &self.parse;
+        let sig = self.helper_sig?;
         let start = p.payload_start(fb);
         let len = p.payload_len(fb);
         let addr = fb.ins().iadd(p.ptr, start);
         let callee = fb.ins().iconst(types::I64, func as i64);
-        let n = fb.ins().iconst(types::I32, n as i64);
-        let Some(sig) = self.helper_sig else {
-            // Unreachable by construction (the signature is imported whenever a payload
-            // helper atom exists); answering "no match" keeps the code total anyway.
-            fb.ins().jump(f, &[]);
-            return;
-        };
         let inst = fb
             .ins()
             .call_indirect(sig, callee, &[self.scratch, addr, len, n]);
-        let r = fb.inst_results(inst)[0];
-        fb.ins().brif(r, t, &[], f, &[]);
+        Some(fb.inst_results(inst)[0])
+    }
+
+    /// Rules `start..end`, all gated by payload atoms: one `netvm_jit_next` call names the
+    /// first that can hold, a jump table goes there, and a rule that fails asks again from
+    /// the next one. Without a payload every gated rule is false: straight to `after`.
+    /// With a `bound` (see [`Self::rules_in_order`]), a rule numbered at or past it ends
+    /// the search with the bound.
+    fn gated_run(
+        &self,
+        fb: &mut FunctionBuilder,
+        (start, end): (usize, usize),
+        bound: Option<Value>,
+        after: Block,
+        finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
+    ) {
+        use cranelift_codegen::ir::BlockArg;
+        let dispatch = fb.create_block();
+        let from = fb.append_block_param(dispatch, types::I32);
+        let eth = self.parse.eth(fb);
+        let first = fb.ins().iconst(types::I32, start as i64);
+        fb.ins()
+            .brif(eth, dispatch, &[BlockArg::Value(first)], after, &[]);
+        fb.switch_to_block(dispatch);
+        let entries: Vec<Block> = (start..end).map(|_| fb.create_block()).collect();
+        match self.call_helper(fb, netvm_jit_next as *const () as usize, from) {
+            Some(next) => {
+                let mut table = cranelift_frontend::Switch::new();
+                for (i, &b) in entries.iter().enumerate() {
+                    table.set_entry((start + i) as u128, b);
+                }
+                table.emit(fb, next, after);
+            }
+            None => {
+                fb.ins().jump(after, &[]);
+            }
+        }
+        for (i, &entry) in entries.iter().enumerate() {
+            let rule = start + i;
+            fb.switch_to_block(entry);
+            if let Some(b) = bound {
+                self.stop_at_bound(fb, b, rule, finish);
+            }
+            let hit = fb.create_block();
+            let miss = if rule + 1 < end {
+                let b = fb.create_block();
+                self.expr(fb, &self.ir.rules[rule], hit, b);
+                fb.switch_to_block(b);
+                let again = fb.ins().iconst(types::I32, (rule + 1) as i64);
+                fb.ins().jump(dispatch, &[BlockArg::Value(again)]);
+                None
+            } else {
+                Some(after)
+            };
+            if let Some(after) = miss {
+                self.expr(fb, &self.ir.rules[rule], hit, after);
+            }
+            fb.switch_to_block(hit);
+            let r = fb.ins().iconst(types::I32, rule as i64);
+            finish(fb, r);
+        }
+    }
+
+    /// Ends the search with `bound` (an `i32` rule index) when it is at most `rule`, else
+    /// goes on in a fresh block: no rule from `rule` on can beat the bound.
+    fn stop_at_bound(
+        &self,
+        fb: &mut FunctionBuilder,
+        bound: Value,
+        rule: usize,
+        finish: &mut dyn FnMut(&mut FunctionBuilder, Value),
+    ) {
+        let beaten = fb.create_block();
+        let go = fb.create_block();
+        let stop = fb
+            .ins()
+            .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, bound, rule as i64);
+        fb.ins().brif(stop, beaten, &[], go, &[]);
+        fb.switch_to_block(beaten);
+        finish(fb, bound);
+        fb.switch_to_block(go);
     }
 
     /// Branches to `t` when the expression holds, else to `f`, evaluating left to right and
@@ -315,7 +403,8 @@ impl RuleEmitter<'_> {
     /// The linear strategy: rules in order, first match returns its index. A run of
     /// consecutive rules that all need the same protocol header is skipped with one test
     /// of that header's presence (18 rules on `ip.src ...` cost one branch for an ARP
-    /// frame, not 18); inside the run each rule still tests everything it needs.
+    /// frame, not 18); inside the run each rule still tests everything it needs. A run of
+    /// rules gated by payload atoms is dispatched by the payload engine ([`Self::gated_run`]).
     pub fn rules_linear(&self, fb: &mut FunctionBuilder) {
         self.rules_linear_to(fb, &mut |fb, rule| {
             fb.ins().return_(&[rule]);
@@ -337,7 +426,9 @@ impl RuleEmitter<'_> {
     /// The rules numbered in `rules` (ascending), first match wins, each outcome ended with
     /// `finish` as in [`rules_linear_to`](Self::rules_linear_to). With a `bound` (an `i32`
     /// rule index, e.g. the decision forest's answer), only rules numbered below it are
-    /// tried and the bound is the outcome when none matches; without, the default is.
+    /// tried and the bound is the outcome when none matches; without, the default is. A
+    /// gated run (see [`Self::gated_run`]) whose rules all appear here, consecutively, is
+    /// dispatched by the payload engine.
     pub fn rules_in_order(
         &self,
         fb: &mut FunctionBuilder,
@@ -349,23 +440,39 @@ impl RuleEmitter<'_> {
             .iter()
             .map(|&r| self.guard(&self.ir.rules[r]))
             .collect();
+        // gate_at[k]: the gated run that starts at rules[k], when all of it follows there.
+        let mut gate_at: Vec<Option<(usize, usize)>> = vec![None; rules.len()];
+        for &(start, end) in self.gated {
+            let (start, end) = (start as usize, end as usize);
+            if let Ok(k) = rules.binary_search(&start) {
+                if rules[k..].iter().take(end - start).copied().eq(start..end) {
+                    gate_at[k] = Some((start, end));
+                }
+            }
+        }
         let mut run_end: Option<(usize, Block)> = None;
-        for (k, &i) in rules.iter().enumerate() {
+        let mut k = 0;
+        while k < rules.len() {
+            let i = rules[k];
             if let Some(b) = bound {
                 // Rules are ascending: from here on none can beat the bound.
-                let beaten = fb.create_block();
-                let go = fb.create_block();
-                let stop = fb
-                    .ins()
-                    .icmp_imm_u(IntCC::UnsignedLessThanOrEqual, b, i as i64);
-                fb.ins().brif(stop, beaten, &[], go, &[]);
-                fb.switch_to_block(beaten);
-                finish(fb, b);
-                fb.switch_to_block(go);
+                self.stop_at_bound(fb, b, i, finish);
             }
             if run_end.is_none() {
+                if let Some((start, end)) = gate_at[k] {
+                    let after = fb.create_block();
+                    self.gated_run(fb, (start, end), bound, after, finish);
+                    fb.switch_to_block(after);
+                    k += end - start;
+                    continue;
+                }
                 if let Some(g) = guards[k] {
-                    let len = guards[k..].iter().take_while(|&&h| h == Some(g)).count();
+                    // A header run stops where a gated run starts.
+                    let len = guards[k..]
+                        .iter()
+                        .zip(&gate_at[k..])
+                        .take_while(|&(&h, gate)| h == Some(g) && gate.is_none())
+                        .count();
                     if len >= 2 {
                         let inside = fb.create_block();
                         let after = fb.create_block();
@@ -389,6 +496,7 @@ impl RuleEmitter<'_> {
             let r = fb.ins().iconst(types::I32, i as i64);
             finish(fb, r);
             fb.switch_to_block(next);
+            k += 1;
         }
         let d = match bound {
             Some(b) => b,

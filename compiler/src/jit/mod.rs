@@ -11,9 +11,10 @@
 //!   IPv6) run after the forest, only those numbered below its answer.
 //! - `codegen`: the function itself — parse, then the rules in order as short-circuit
 //!   branches (the linear strategy) or the tree walk.
-//! - [`payload`]: the Rust side of payload matching (one Aho-Corasick automaton for every
-//!   `contains` literal, a lazy DFA per regex), called through a narrow `extern "C"` ABI, each
-//!   run at most once per packet and only when a rule still needs the answer.
+//! - [`payload`]: the Rust side of payload matching (every `contains` literal in one
+//!   Aho-Corasick pass that stops at the first hit, every regex in one multi-pattern lazy
+//!   DFA), called through a narrow `extern "C"` ABI, each run at most once per packet and
+//!   only when a rule still needs the answer.
 //!
 //! The generated function has the signature
 //! `extern "C" fn(frame: *const u8, len: usize, in_port: u32, scratch: *mut Scratch) -> u32`
@@ -54,6 +55,7 @@ use crate::interp::RegexError;
 use crate::ir::Classifier;
 use codegen::RuleEmitter;
 use parse::Parse;
+pub use payload::PayloadStats;
 use payload::{PayloadMatcher, Scratch};
 
 /// The most frames [`Jit::classify_burst`] takes per call.
@@ -148,6 +150,8 @@ pub struct Jit {
     rules: usize,
     strategy_used: Strategy,
     payload: Option<Box<PayloadMatcher>>,
+    /// How long building `payload` took (part of the compile time).
+    payload_build: std::time::Duration,
     /// Names this `Jit` in the thread-local scratch slot ([`SCRATCH`]).
     id: u64,
     /// Tables the tree walk reads through pointers baked into the code (kept alive here).
@@ -174,11 +178,13 @@ impl Jit {
         tree_budget: usize,
     ) -> Result<Jit, JitError> {
         let needs_payload_helpers = !ir.literals.is_empty() || !ir.regexes.is_empty();
+        let payload_started = std::time::Instant::now();
         let payload = if needs_payload_helpers {
-            Some(Box::new(PayloadMatcher::new(&ir.literals, &ir.regexes)?))
+            Some(Box::new(PayloadMatcher::new(ir)?))
         } else {
             None
         };
+        let payload_build = payload_started.elapsed();
         let tree = match strategy {
             Strategy::Linear => None,
             Strategy::Auto if tree::header_rules(ir) < Strategy::TREE_MIN_RULES => None,
@@ -240,6 +246,7 @@ impl Jit {
                 in_port: params[2],
                 scratch: params[3],
                 helper_sig,
+                gated: payload.as_ref().map_or(&[][..], |m| m.gated_runs()),
             };
             match &tree {
                 Some(t) => t.emit(&mut fb, &emitter),
@@ -296,6 +303,7 @@ impl Jit {
                                 scratch: p[5],
                                 helper_sig,
                                 reset,
+                                gated: payload.as_ref().map_or(&[][..], |m| m.gated_runs()),
                             };
                             t.emit_burst(&mut fb, [p[0], p[1], p[2], p[3]], &env)
                         }
@@ -331,6 +339,7 @@ impl Jit {
             rules: ir.rules.len(),
             strategy_used,
             payload,
+            payload_build,
             id: NEXT_JIT_ID.fetch_add(1, Ordering::Relaxed),
             _tree: tree,
             _code: Code(Some(module)),
@@ -345,6 +354,13 @@ impl Jit {
     /// What the decision forest's build did (trees, memory, build time), when there is one.
     pub fn tree_stats(&self) -> Option<&tree::TreeStats> {
         self._tree.as_ref().map(tree::Tree::stats)
+    }
+
+    /// The payload engine's sizes and build time (`None` without payload literals/regexes).
+    pub fn payload_stats(&self) -> Option<(PayloadStats, std::time::Duration)> {
+        self.payload
+            .as_ref()
+            .map(|m| (m.stats(), self.payload_build))
     }
 
     /// This thread's scratch for this `Jit` (a fresh one the first time, or after the
@@ -464,6 +480,7 @@ fn emit_linear_burst(
             in_port,
             scratch: null,
             helper_sig: None,
+            gated: &[],
         };
         let done = fb.create_block();
         let rule = fb.append_block_param(done, types::I32);

@@ -662,6 +662,8 @@ pub(super) struct BurstEnv<'a> {
     pub helper_sig: Option<SigRef>,
     /// The scratch reset helper's signature and address, with payload helpers.
     pub reset: Option<(SigRef, i64)>,
+    /// The payload engine's gated runs (see [`super::payload`]); empty without one.
+    pub gated: &'a [(u32, u32)],
 }
 
 impl Tree {
@@ -1346,6 +1348,7 @@ impl Tree {
                     in_port: env.in_port,
                     scratch: env.scratch,
                     helper_sig: env.helper_sig,
+                    gated: env.gated,
                 };
                 emitter.rules_in_order(fb, &self.residual, Some(found), &mut |fb, r| {
                     fb.ins().store(mem, r, a, 0);
