@@ -6,6 +6,7 @@
 #   cargo build --release && benches/vm_path.sh [SECONDS] [ROUNDS]
 #   NETVMS="before=/path/to/old/netvm after=target/release/netvm" benches/vm_path.sh 3 3
 #   ONLY="novm64 thread64 proc64" benches/vm_path.sh      # a subset of the configurations
+#   NICE=-20 benches/vm_path.sh     # on a machine others are compiling on: outweigh them (root)
 #
 # Every run: gen (prefilled frames, 64 flows) -> switch -> chain of `forward` VMs -> null,
 # busy polling, `--cores 0,1` (switch on core 0, VMs on core 1; three VMs share it). Process
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-3}
 ROUNDS=${2:-2}
 read -r -a BUILDS <<<"${NETVMS:-after=target/release/netvm}"
+PRIO=${NICE:+nice -n $NICE}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; jobs -p | xargs -r kill 2>/dev/null || true' EXIT
 
@@ -44,14 +46,14 @@ run() { # NETVM LABEL SIZE TRUST HOPS MODE
   local vm_mode=thread
   [ "$mode" = inline ] && vm_mode=inline
   rm -f "$sock"
-  "$netvm" run "$p" --bind "a=gen:flows=64,size=$size,prefilled=1" --bind b=null \
+  $PRIO "$netvm" run "$p" --bind "a=gen:flows=64,size=$size,prefilled=1" --bind b=null \
     "${vmargs[@]}" --vm-mode "$vm_mode" --cores 0,1 --hugepages prefer --control "$sock" \
     --wait-for-vms 20 --duration "$SECONDS_PER_RUN" --stats-json "$stats" >"$WORK/$label.log" 2>&1 &
   local sw=$!
   if [ "$mode" = process ]; then
     for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
     for i in $(seq "$hops"); do
-      "$netvm" nf forward --vm "v$i" --control "$sock" --core 1 >"$WORK/$label-v$i.log" 2>&1 &
+      $PRIO "$netvm" nf forward --vm "v$i" --control "$sock" --core 1 >"$WORK/$label-v$i.log" 2>&1 &
     done
   fi
   wait "$sw" || { echo "run $label failed:" >&2; cat "$WORK/$label.log" >&2; exit 1; }
