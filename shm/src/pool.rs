@@ -148,6 +148,7 @@ impl PacketPool {
         })
     }
 
+    #[inline]
     fn check(&self, index: u32) -> Result<(), PoolError> {
         if (index as usize) < self.capacity {
             Ok(())
@@ -159,12 +160,14 @@ impl PacketPool {
         }
     }
 
+    #[inline]
     fn slot(&self, index: u32) -> Result<NonNull<u8>, PoolError> {
         self.check(index)?;
         // SAFETY: `index < capacity`, so the slot lies inside the buffer array.
         Ok(unsafe { self.buffers.add(index as usize * crate::layout::BUF_STRIDE) })
     }
 
+    #[inline]
     fn header(&self, index: u32) -> Result<&BufHeader, PoolError> {
         // SAFETY: every slot starts with a BufHeader (all atomics, valid when zeroed),
         // 64-byte aligned because the buffer array and the stride are.
@@ -192,6 +195,7 @@ impl PacketPool {
     }
 
     /// Reset a just-allocated buffer: one reference, empty data after the headroom.
+    #[inline]
     fn reset(&self, index: u32) {
         if let Ok(h) = self.header(index) {
             h.refcount.store(1, Ordering::Relaxed);
@@ -202,12 +206,14 @@ impl PacketPool {
     }
 
     /// Allocate one buffer straight from the free ring (no cache).
+    #[inline]
     pub fn alloc(&self) -> Option<u32> {
         let mut one = [0];
         (self.alloc_burst(&mut one) == 1).then_some(one[0])
     }
 
     /// Allocate up to `out.len()` buffers straight from the free ring; returns how many.
+    #[inline]
     pub fn alloc_burst(&self, out: &mut [u32]) -> usize {
         let n = self.free.dequeue_burst(out);
         for &index in &out[..n] {
@@ -223,6 +229,7 @@ impl PacketPool {
     /// count is put back (racing an allocation of that very buffer, the misuse can still
     /// lose it, never reach out of bounds). Counts near `u32::MAX`, which no number of
     /// holders reaches, are refused the same way rather than wrapped.
+    #[inline]
     pub fn clone_ref(&self, index: u32) -> Result<(), PoolError> {
         let refcount = &self.header(index)?.refcount;
         let previous = refcount.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +241,7 @@ impl PacketPool {
     }
 
     /// References currently held on a buffer (0: it is free).
+    #[inline]
     pub fn refcount(&self, index: u32) -> Result<u32, PoolError> {
         Ok(self.header(index)?.refcount.load(Ordering::Acquire))
     }
@@ -264,6 +272,7 @@ impl PacketPool {
     }
 
     /// Drop one reference to `index`; the last one returns the buffer to the free ring.
+    #[inline]
     pub fn free(&self, index: u32) -> Result<(), PoolError> {
         if self.release(index)? && self.free.enqueue_burst(&[index]) == 0 {
             return Err(PoolError::FreeRingFull);
@@ -272,6 +281,7 @@ impl PacketPool {
     }
 
     /// [`free`](Self::free) every index; bad ones are skipped and the first error returned.
+    #[inline]
     pub fn free_burst(&self, indices: &[u32]) -> Result<(), PoolError> {
         let mut first_error = None;
         let mut batch = [0u32; 64];
@@ -303,17 +313,20 @@ impl PacketPool {
     }
 
     /// The port recorded in the buffer (or [`NO_PORT`]).
+    #[inline]
     pub fn port(&self, index: u32) -> Result<u16, PoolError> {
         Ok(self.header(index)?.port.load(Ordering::Relaxed))
     }
 
     /// Record the port the packet arrived on or leaves by.
+    #[inline]
     pub fn set_port(&self, index: u32, port: u16) -> Result<(), PoolError> {
         self.header(index)?.port.store(port, Ordering::Relaxed);
         Ok(())
     }
 
     /// The buffer's content tag (see [`BufHeader::content_tag`]); 0: unknown.
+    #[inline]
     pub fn content_tag(&self, index: u32) -> Result<u32, PoolError> {
         Ok(self.header(index)?.content_tag.load(Ordering::Relaxed))
     }
@@ -329,12 +342,14 @@ impl PacketPool {
 
     /// The bytes changed: whoever writes through [`buf_data_mut`](Self::buf_data_mut)
     /// calls this ([`write_data`](Self::write_data) does it itself).
+    #[inline]
     pub fn forget_content(&self, index: u32) -> Result<(), PoolError> {
         self.set_content_tag(index, 0)
     }
 
     /// The data window as (offset from the start of the headroom, length), clamped so a
     /// header scribbled on by a peer still yields an in-bounds window.
+    #[inline]
     pub fn data_window(&self, index: u32) -> Result<(usize, usize), PoolError> {
         let h = self.header(index)?;
         let offset = (h.data_offset.load(Ordering::Relaxed) as usize).min(BUF_ROOM);
@@ -369,6 +384,7 @@ impl PacketPool {
         self.set_data(index, offset - bytes, len + bytes)
     }
 
+    #[inline]
     fn room(&self, index: u32) -> Result<NonNull<u8>, PoolError> {
         // SAFETY: the room follows the slot's header inside the slot.
         Ok(unsafe { self.slot(index)?.add(BUF_HEADER_BYTES) })
@@ -382,6 +398,7 @@ impl PacketPool {
     /// lifetime, and nobody writes the buffer meanwhile (no [`buf_data_mut`] on it).
     ///
     /// [`buf_data_mut`]: Self::buf_data_mut
+    #[inline]
     pub unsafe fn buf_data(&self, index: u32) -> Result<&[u8], PoolError> {
         let (offset, len) = self.data_window(index)?;
         let room = self.room(index)?;
@@ -399,6 +416,7 @@ impl PacketPool {
     // The buffer lives in shared memory, not in `self`: exclusivity is the caller's
     // contract (as with `UnsafeCell::get`), which is why this is an `unsafe fn`.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn buf_data_mut(&self, index: u32) -> Result<&mut [u8], PoolError> {
         let (offset, len) = self.data_window(index)?;
         let room = self.room(index)?;
@@ -447,6 +465,7 @@ impl fmt::Debug for PoolCache {
 
 impl PoolCache {
     /// The pool this cache draws from.
+    #[inline]
     pub fn pool(&self) -> &PacketPool {
         &self.pool
     }
@@ -489,6 +508,7 @@ impl PoolCache {
 
     /// Allocate up to `out.len()` buffers; returns how many (fewer only when the pool
     /// runs dry).
+    #[inline]
     pub fn alloc_burst(&mut self, out: &mut [u32]) -> usize {
         let mut done = 0;
         while done < out.len() {
@@ -513,6 +533,7 @@ impl PoolCache {
     }
 
     /// Allocate one buffer.
+    #[inline]
     pub fn alloc(&mut self) -> Option<u32> {
         let mut one = [0];
         (self.alloc_burst(&mut one) == 1).then_some(one[0])
@@ -521,6 +542,7 @@ impl PoolCache {
     /// Drop one reference to each index; buffers whose last reference this was go into
     /// the cache (flushing the oldest to the free ring when it is full). Bad indices are
     /// skipped and the first error returned.
+    #[inline]
     pub fn free_burst(&mut self, indices: &[u32]) -> Result<(), PoolError> {
         let mut first_error = None;
         for &index in indices {
@@ -547,6 +569,7 @@ impl PoolCache {
     }
 
     /// Drop one reference to `index`.
+    #[inline]
     pub fn free(&mut self, index: u32) -> Result<(), PoolError> {
         self.free_burst(&[index])
     }

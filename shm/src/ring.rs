@@ -261,6 +261,7 @@ impl Ring {
         unsafe { Ring::init_at(self.header.cast(), self.capacity()) }
     }
 
+    #[inline]
     fn header(&self) -> &RingHeader {
         // SAFETY: `memory` keeps the header alive and in place for the life of `self`.
         unsafe { self.header.as_ref() }
@@ -321,6 +322,7 @@ impl Ring {
     /// Wake the consumer if its doorbell says it sleeps (see [`RingProducer::kick`]);
     /// also for whoever must wake it without holding the producer end (a stopping
     /// switch).
+    #[inline]
     pub fn wake_consumer(&self) -> bool {
         crate::sync::fence_seq_cst();
         let bell = &self.header().meta.consumer_sleeping;

@@ -28,27 +28,26 @@ pub const MAX_BURST: usize = 64;
 
 /// What polling threads do when there is no work.
 ///
-/// A VM (thread or process) backs off in three steps either way ([`Backoff`]): it
-/// spins, then yields its core, then sleeps on its ring's doorbell until the switch
-/// kicks it ([`RingProducer::kick`], a system call only when the VM really sleeps).
-/// The policies differ in how long the first two steps last. The switch thread, which
+/// A VM (thread or process) backs off in two steps either way ([`Backoff`]): it spins,
+/// then sleeps on its ring's doorbell until the switch kicks it
+/// ([`RingProducer::kick`], a system call only when the VM really sleeps). The
+/// policies differ in how long it spins. The switch thread, which
 /// polls ports, spins (`Busy`) or sleeps in growing steps up to 1 ms (`Sleep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdlePolicy {
     /// Spin (lowest latency): the switch at 100% of its core; a VM spins about
-    /// [`Backoff::BUSY_SPINS`] polls before it yields and then sleeps.
+    /// [`Backoff::BUSY_SPINS`] polls before it sleeps.
     Busy,
     /// Back off soon (laptops, CI, cores shared with other work).
     Sleep,
 }
 
-/// A VM's idle steps: spin, yield, sleep on the doorbell. One per serve loop; reset
-/// whenever there is work.
+/// A VM's idle steps: spin, then sleep on the doorbell (without one: spin, then yield
+/// or nap). One per serve loop; reset whenever there is work.
 #[derive(Debug)]
 pub struct Backoff {
     idle_rounds: u32,
     spins: u32,
-    yields: u32,
     policy: IdlePolicy,
     /// Whether the producer's kick can reach us (not from inside a guest: the host's
     /// futex wake does not cross into it).
@@ -56,22 +55,19 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Polls a busy VM spins through before it yields its core.
+    /// Polls a busy VM spins through before it sleeps (or, with no doorbell, yields).
     pub const BUSY_SPINS: u32 = 1024;
-    /// Then polls it yields between before it sleeps.
-    pub const BUSY_YIELDS: u32 = 256;
     /// The longest one sleep lasts without a kick (so `stop` is asked now and then).
     pub const MAX_SLEEP: Duration = Duration::from_millis(500);
 
     pub fn new(policy: IdlePolicy) -> Backoff {
-        let (spins, yields) = match policy {
-            IdlePolicy::Busy => (Self::BUSY_SPINS, Self::BUSY_YIELDS),
-            IdlePolicy::Sleep => (16, 16),
+        let spins = match policy {
+            IdlePolicy::Busy => Self::BUSY_SPINS,
+            IdlePolicy::Sleep => 16,
         };
         Backoff {
             idle_rounds: 0,
             spins,
-            yields,
             policy,
             doorbell: true,
         }
@@ -103,10 +99,11 @@ impl Backoff {
     /// serves several rings): it then sleeps `short` at most.
     pub fn idle(&mut self, rx: Option<&mut RingConsumer>, short: Duration) {
         self.idle_rounds = self.idle_rounds.saturating_add(1);
+        // No yield step before the sleep: on a core shared with other work a yield
+        // hands the core away for a whole time slice (milliseconds) while packets
+        // arrive, where a kicked sleeper is back at once.
         if self.idle_rounds <= self.spins {
             std::hint::spin_loop();
-        } else if self.idle_rounds <= self.spins + self.yields {
-            std::thread::yield_now();
         } else {
             match rx {
                 Some(rx) if self.doorbell => {
@@ -120,9 +117,9 @@ impl Backoff {
         }
     }
 
-    /// Whether the last [`idle`](Self::idle) went past spinning and yielding.
+    /// Whether the last [`idle`](Self::idle) went past spinning.
     pub fn sleeping(&self) -> bool {
-        self.idle_rounds > self.spins + self.yields
+        self.idle_rounds > self.spins
     }
 }
 

@@ -92,8 +92,8 @@ pub struct SwitchArgs {
     #[arg(long)]
     cores: Option<String>,
     /// What idle polling threads do. `busy`: the switch thread spins; a VM thread or
-    /// process with nothing to do spins about a thousand polls, yields its core a while,
-    /// then sleeps until the switch kicks its ring. `sleep`: the switch sleeps in growing
+    /// process with nothing to do spins about a thousand polls, then sleeps until the
+    /// switch kicks its ring. `sleep`: the switch sleeps in growing
     /// steps up to 1 ms, and VMs go to sleep after a few empty polls.
     #[arg(long, value_enum, default_value = "busy")]
     idle: Idle,

@@ -34,6 +34,7 @@ impl Engine {
     /// Walk the packet down the chain of the program that classified it (`by`) from hop
     /// `pos` (or first into `to_vm`) until it leaves, is dropped or is queued to a VM
     /// thread.
+    #[inline]
     pub(super) fn steer(
         &mut self,
         by: ClassifiedBy<'_>,
@@ -119,10 +120,12 @@ impl Engine {
     }
 
     /// Whether `vm` is a process VM with no process attached.
+    #[inline]
     pub(super) fn is_down(&self, vm: usize) -> bool {
         matches!(self.vms.get(vm).map(|v| &v.link), Some(Link::Process(p)) if p.ends.is_none())
     }
 
+    #[inline]
     pub(super) fn apply(
         &mut self,
         by: ClassifiedBy<'_>,

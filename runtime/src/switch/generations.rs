@@ -51,6 +51,7 @@ impl Generations {
     /// A packet classified by program `generation` was queued to a VM. A retired
     /// generation is still listed here: the packet's previous hold is released only
     /// after this hop ([`Engine::drain_vm`]).
+    #[inline]
     pub(super) fn hold(&mut self, generation: u32) {
         if generation == self.generation {
             self.current_holds += 1;
@@ -61,6 +62,7 @@ impl Generations {
 
     /// That packet is done with its VM hop (and has taken its next one). A retired
     /// program goes with its last packet.
+    #[inline]
     pub(super) fn release(&mut self, generation: u32) {
         if generation == self.generation {
             self.current_holds = self.current_holds.saturating_sub(1);
@@ -77,6 +79,7 @@ impl Generations {
     }
 
     /// The program of retired generation `generation`, while queued packets hold it.
+    #[inline]
     pub(super) fn retired_program(&self, generation: u32) -> Option<Arc<Program>> {
         if generation == self.generation {
             return None;

@@ -50,6 +50,7 @@ pub(super) struct VmSlot {
 }
 
 impl VmSlot {
+    #[inline]
     pub(super) fn in_flight(&self) -> usize {
         match &self.link {
             Link::Inline(_) => 0,
@@ -61,6 +62,7 @@ impl VmSlot {
 
 impl Link {
     /// Packets a VM thread or process holds, in answer order.
+    #[inline]
     pub(super) fn fifo_mut(&mut self) -> Option<&mut VecDeque<Pending>> {
         match self {
             Link::Thread { fifo, .. } => Some(fifo),
@@ -70,11 +72,13 @@ impl Link {
     }
 
     /// Whether the VM runs elsewhere and answers through a ring.
+    #[inline]
     pub(super) fn queued(&self) -> bool {
         !matches!(self, Link::Inline(_))
     }
 
     /// Packets waiting for room in the VM's ring.
+    #[inline]
     pub(super) fn backlog_mut(&mut self) -> Option<&mut VecDeque<Pending>> {
         match self {
             Link::Thread { backlog, .. } => Some(backlog),
@@ -83,6 +87,7 @@ impl Link {
         }
     }
 
+    #[inline]
     pub(super) fn backlog_len(&self) -> usize {
         match self {
             Link::Thread { backlog, .. } => backlog.len(),
@@ -94,6 +99,7 @@ impl Link {
 
 /// Copy `len` bytes of buffer `from` (in `src`) into buffer `to` (in `dst`), which must
 /// be exclusively held.
+#[inline]
 pub(super) fn copy_buffer(src: &PacketPool, from: u32, dst: &PacketPool, to: u32) -> usize {
     // SAFETY: the switch holds a reference to `from` (nobody writes a buffer with more
     // than one reference, and a VM that holds it is not running on it: the switch only
@@ -112,6 +118,7 @@ pub(super) fn copy_buffer(src: &PacketPool, from: u32, dst: &PacketPool, to: u32
 
 /// A copy made for a VM carries the packet's ingress port (a VM process reads it from the
 /// buffer header). Copies back from a VM keep the original's port: a VM cannot change it.
+#[inline]
 pub(super) fn carry_port(src: &PacketPool, from: u32, dst: &PacketPool, to: u32) {
     if let Ok(port) = src.port(from) {
         let _ = dst.set_port(to, port);
@@ -121,6 +128,7 @@ pub(super) fn carry_port(src: &PacketPool, from: u32, dst: &PacketPool, to: u32)
 impl Engine {
     /// A private copy of `index` in the shared pool (for a VM that writes a buffer
     /// someone else also references). Frees our reference to the original.
+    #[inline]
     pub(super) fn unshare(&mut self, index: u32) -> Option<u32> {
         let copy = self.cache.alloc()?;
         copy_buffer(&self.pool, index, &self.pool, copy);
@@ -132,6 +140,7 @@ impl Engine {
     /// Hand the packet to VM `vm`. Inline: run it and return the buffer and verdict.
     /// Thread: queue it under its program's generation (`by`) and return `None` (the
     /// answer comes through `drain_vm`).
+    #[inline]
     pub(super) fn visit(
         &mut self,
         by: ClassifiedBy<'_>,
@@ -240,6 +249,7 @@ impl Engine {
     /// Run an inline VM on buffer `index`; an untrusted VM works on a private copy,
     /// copied back unless this is a mirror visit. Returns the packet's buffer (a fresh
     /// one when the original was shared and had to be copied) and the verdict.
+    #[inline]
     pub(super) fn run_inline(
         &mut self,
         vm: usize,
@@ -323,6 +333,7 @@ impl Engine {
 
     /// Queue a pending packet for a VM thread's or process's ring (staged, published with
     /// its burst); `false` when there is no room.
+    #[inline]
     pub(super) fn send(&mut self, vm: usize, mut pending: Pending) -> bool {
         let ring_slots = self.ring_slots;
         let slot = &mut self.vms[vm];
@@ -363,6 +374,7 @@ impl Engine {
     /// can make that happen: the FIFO never holds more than the ring has slots) goes
     /// back to the front of the backlog, its private copy freed, as a failed send
     /// always did.
+    #[inline]
     pub(super) fn publish(&mut self, vm: usize) {
         let slot = &mut self.vms[vm];
         if slot.staged.is_empty() {
@@ -408,6 +420,7 @@ impl Engine {
     }
 
     /// Publish every VM's staged burst (after an RX burst, after a VM's answers).
+    #[inline]
     pub(super) fn publish_all(&mut self) {
         while let Some(vm) = self.staged_vms.pop() {
             self.publish(vm);
@@ -493,6 +506,7 @@ impl Engine {
 
     /// A VM is done with `pending`: copy an untrusted VM's private frame back, settle
     /// mirrors and count the verdict. Returns the shared buffer and verdict to act on.
+    #[inline]
     pub(super) fn answered(
         &mut self,
         vm: usize,

@@ -71,6 +71,7 @@ impl Drop for RuleRuns<'_> {
 
 impl Engine {
     /// One RX burst from `port`; returns packets received.
+    #[inline]
     pub(super) fn rx(&mut self, prog: &Program, port: usize) -> usize {
         if let Some(domain) = self.port_domain[port] {
             return self.rx_device(prog, port, domain);
@@ -117,6 +118,7 @@ impl Engine {
     }
 
     /// Frames the port consumed as oversize: received, and dropped.
+    #[inline]
     pub(super) fn count_oversize(&self, port: usize, oversize: u64) {
         if oversize > 0 {
             self.stats.ports[port].rx_packets.add(oversize);

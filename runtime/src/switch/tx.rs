@@ -4,6 +4,7 @@
 use super::*;
 
 impl Engine {
+    #[inline]
     pub(super) fn drop(&mut self, index: u32, reason: DropReason) {
         self.stats.count_drop(reason, 1);
         let _ = self.cache.free(index);
@@ -12,6 +13,7 @@ impl Engine {
     /// A reference that ends here: a mirror's extra reference is settled (it is not a
     /// packet, so it is not a drop), a packet is counted dropped for `reason`; either
     /// way the buffer reference is freed.
+    #[inline]
     pub(super) fn settle(&mut self, index: u32, mirror: bool, reason: DropReason) {
         if mirror {
             self.stats.mirrors_done.add(1);
@@ -21,6 +23,7 @@ impl Engine {
         }
     }
 
+    #[inline]
     pub(super) fn tx(&mut self, port: usize, index: u32) {
         match self.port_has_tx.get(port) {
             None => return self.drop(index, DropReason::BadVerdict),
@@ -33,6 +36,7 @@ impl Engine {
         }
     }
 
+    #[inline]
     pub(super) fn flush(&mut self, port: usize) {
         self.flush_device(port);
         let mut batch = std::mem::take(&mut self.tx_batches[port]);
@@ -58,6 +62,7 @@ impl Engine {
     }
 
     /// Send the device frames batched for `port`.
+    #[inline]
     pub(super) fn flush_device(&mut self, port: usize) {
         let batch = &mut self.device_batches[port];
         if !batch.is_empty() {
