@@ -1,4 +1,4 @@
-//! The `netvm` command: wires the language, the compiler and (later) the runtime together.
+//! The `netvm` command: wires the language, the compiler and the runtime together.
 //!
 //! Exit codes: 0 success, 1 a policy has errors or a test failed, 2 usage errors (unknown
 //! flags, unreadable files).

@@ -1,5 +1,6 @@
-//! netvm's runtime foundation: the memory, rings and placement that the switch threads,
-//! ports, VMs and `netvm run` are built on.
+//! netvm's runtime: the switch threads, their ports and VMs (threads, processes, QEMU
+//! guests), the installed program and its counters, on the memory, rings and placement of
+//! `netvm-shm` and [`numa`].
 //!
 //! What it is built on, from `netvm-shm` (the shared-memory ABI that NF processes and
 //! guests link alone), re-exported here under the same paths:
@@ -37,7 +38,7 @@
 //!   memory outside the region.
 //!
 //! What it does not do: parse or compile policies (that is `netvm-lang` and
-//! `netvm-compiler`; the runtime will take a compiled classifier as an opaque function),
+//! `netvm-compiler`; the runtime takes a compiled classifier as an opaque function),
 //! decode packets (`netvm-packet`), or print anything: it returns [`Backing`],
 //! [`numa::Placement`] and typed errors for the binary to report.
 

@@ -1,8 +1,8 @@
 //! Network functions ("VMs") and the verdicts they return.
 //!
-//! In this issue a VM is a [`NetworkFunction`] run by the switch, either on its own
-//! pinned thread (fed through an SPSC ring, answering through another) or inline on the
-//! switch core, run to completion. Either way it sees one [`Frame`] at a time and returns
+//! A VM is a [`NetworkFunction`]: run by the switch on its own pinned thread (fed through
+//! an SPSC ring, answering through another) or inline on the switch core, run to
+//! completion, or by an NF process or a QEMU guest over the same rings (`netvm-nf`). Either way it sees one [`Frame`] at a time and returns
 //! a [`Verdict`]. What it may touch is decided by the switch, not by the function:
 //! a *trusted* VM's frame is the packet's buffer in the shared pool; an *untrusted* VM's
 //! frame is a copy in the VM's private region, so it never holds a shared-pool index. A
