@@ -405,16 +405,19 @@ fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_account
     wait_for("the switch to mark fw down", Duration::from_secs(5), || {
         status(&control).is_some_and(|s| vm_row(&s, "fw")["state"] == "down")
     });
-    wait_for(
-        "fw to boot again and attach",
-        Duration::from_secs(120),
-        || {
-            status(&control).is_some_and(|s| {
-                let row = vm_row(&s, "fw");
-                row["state"] == "up" && row["attaches"] == 2
-            })
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !status(&control).is_some_and(|s| {
+        let row = vm_row(&s, "fw");
+        row["state"] == "up" && row["attaches"] == 2
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fw did not boot again and attach within 120 s:\n{}\n{}",
+            switch.log(),
+            console(d, "fw")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(300));
     let read_before_up = rx(&control) as usize;
     assert!(

@@ -990,8 +990,13 @@ fn supervise(
                                 status("up", Some(qemu_pid), last_boot_ms, &report);
                             }
                             Err(e) => {
-                                log(&format!("guest `{name}`: attach refused: {e}"));
-                                let _ = child.kill();
+                                // The engine was slow to take the change (a loaded
+                                // machine): the guest waits for `attached`, so try again;
+                                // the attach timeout still bounds it.
+                                log(&format!(
+                                    "guest `{name}`: attach not taken yet ({e}); retrying"
+                                ));
+                                std::thread::sleep(Duration::from_millis(100));
                             }
                         }
                     }
