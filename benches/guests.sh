@@ -63,12 +63,12 @@ run() { # LABEL MODE -> prints "Mpps boot_s"
 }
 
 declare -a PROC GUEST BOOT
-echo "round  process Mpps  guest Mpps  guest/process  boot-to-attach s  guest copied B  ($(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "round  process Mpps  guest Mpps  guest/process (rates)  boot-to-attach s  guest copied B  ($(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg))"
 for r in $(seq "$ROUNDS"); do
   read -r p _ _ < <(run "proc$r" process)
   read -r g b c < <(run "guest$r" guest)
   PROC+=("$p"); GUEST+=("$g"); BOOT+=("$b")
-  python3 -c "print(f'{$r:5d}  {$p:12.4f}  {$g:10.4f}  {$g/$p:13.3f}  {\"$b\":>16}  {$c:>14}')"
+  python3 -c "b='$b'; print(f'{$r:5d}  {$p:12.4f}  {$g:10.4f}  {$g/$p:13.3f}  {(f\"{float(b):.2f}\" if b != \"-\" else b):>16}  {$c:>14}')"
 done
 python3 - "${PROC[*]}" "${GUEST[*]}" "${BOOT[*]}" <<'EOF'
 import statistics, sys
