@@ -405,16 +405,19 @@ fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_account
     wait_for("the switch to mark fw down", Duration::from_secs(5), || {
         status(&control).is_some_and(|s| vm_row(&s, "fw")["state"] == "down")
     });
-    wait_for(
-        "fw to boot again and attach",
-        Duration::from_secs(120),
-        || {
-            status(&control).is_some_and(|s| {
-                let row = vm_row(&s, "fw");
-                row["state"] == "up" && row["attaches"] == 2
-            })
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !status(&control).is_some_and(|s| {
+        let row = vm_row(&s, "fw");
+        row["state"] == "up" && row["attaches"] == 2
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fw did not boot again and attach within 120 s:\n{}\n{}",
+            switch.log(),
+            console(d, "fw")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     std::thread::sleep(Duration::from_millis(300));
     let read_before_up = rx(&control) as usize;
     assert!(
@@ -572,4 +575,110 @@ fn no_qemu_outlives_a_netvm_killed_with_sigkill() {
     wait_for("QEMU to die with netvm", Duration::from_secs(5), || {
         !alive(qemu)
     });
+}
+
+/// `netvm run` of a one-guest policy with `env` set; (exit code, stderr).
+fn run_one_guest(
+    d: &Path,
+    vm_spec: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> (Option<i32>, String) {
+    let policy = d.join("p.nvr");
+    std::fs::write(
+        &policy,
+        "port a\nport b\nvm fw trusted\nrule all : ip => chain fw -> out b\n",
+    )
+    .unwrap();
+    let mut c = netvm();
+    c.arg("run")
+        .arg(&policy)
+        .args([
+            "--bind",
+            "a=gen:flows=1,size=64,count=10",
+            "--bind",
+            "b=null",
+        ])
+        .args(["--hugepages", "off", "--idle", "sleep", "--control"])
+        .arg(d.join("c.sock"))
+        .args(["--vm", vm_spec])
+        .args(extra)
+        .env_remove("NETVM_GUEST_KERNEL")
+        .env_remove("NETVM_QEMU");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_kernel_or_qemu_is_an_error_naming_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No QEMU on PATH: the package is named.
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, err) = run_one_guest(d, "fw=guest", &[("PATH", empty.to_str().unwrap())], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("install Debian's `qemu-system-x86`"), "{err}");
+    let (code, err) = run_one_guest(d, "fw=guest", &[("NETVM_QEMU", "/nonexistent/qemu")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("NETVM_QEMU=/nonexistent/qemu: no such file"),
+        "{err}"
+    );
+    // No kernel (QEMU faked by an existing file): both names and the Debian package.
+    let (code, err) = run_one_guest(d, "fw=guest", &[("NETVM_QEMU", "/bin/true")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no guest kernel")
+            && err.contains("kernel=PATH")
+            && err.contains("NETVM_GUEST_KERNEL")
+            && err.contains("linux-image-cloud-amd64"),
+        "{err}"
+    );
+    let (code, err) = run_one_guest(
+        d,
+        "fw=guest:kernel=/nonexistent/vmlinuz",
+        &[("NETVM_QEMU", "/bin/true")],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("guest kernel /nonexistent/vmlinuz (from kernel=): no such file"),
+        "{err}"
+    );
+    // A typo in what the guest runs fails before anything boots.
+    let (code, err) = run_one_guest(d, "fw=guest:nf=fowrard", &[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown built-in VM `fowrard`"), "{err}");
+}
+
+#[test]
+fn a_guest_that_does_not_attach_in_time_fails_the_run_naming_its_console_log() {
+    let Some((kernel, _)) = guest_env() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // One second is less than any boot takes here.
+    let spec = guest("fw", d, "attach_timeout=1,nf=forward");
+    // RX waits 4 s for it: the timeout fires meanwhile, then the switch runs on and ends.
+    let (code, err) = run_one_guest(
+        d,
+        &spec,
+        &[("NETVM_GUEST_KERNEL", kernel.to_str().unwrap())],
+        &["--wait-for-vms", "4"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let console = d.join("fw.console").display().to_string();
+    assert!(
+        err.contains("guest `fw`: did not attach within 1 s")
+            && err.contains(&format!("see its console log {console}")),
+        "{err}"
+    );
 }

@@ -150,6 +150,7 @@ pub fn parse_spec(spec: &str) -> Result<GuestSpec, String> {
                     "guest option nf=`{nf}`: expected a built-in, without spaces"
                 ));
             }
+            check_nf(nf)?;
             out.nf = nf.to_string();
             break;
         }
@@ -211,6 +212,26 @@ pub fn parse_spec(spec: &str) -> Result<GuestSpec, String> {
         }
     }
     Ok(out)
+}
+
+/// What a guest may run: a built-in (checked here, so a typo fails at start, not as a
+/// guest that boots and powers off), or `hostile` (the agent's test NF).
+fn check_nf(nf: &str) -> Result<(), String> {
+    if nf == "hostile" {
+        return Ok(());
+    }
+    let name = nf.split_once(':').map_or(nf, |(n, _)| n);
+    match name {
+        "process" => Err("guest option nf=process: a guest runs a built-in, not a process".into()),
+        "pcap-tap" => Err(
+            "guest option nf=pcap-tap: the file would be written in the guest's memory and lost \
+             at power off; mirror to a pcap-tap VM on the host instead"
+                .into(),
+        ),
+        _ => crate::vm::builtin(nf)
+            .map(|_| ())
+            .map_err(|e| format!("guest option nf={nf}: {e}")),
+    }
 }
 
 fn parse_mib(text: &str) -> Option<u32> {
@@ -450,6 +471,9 @@ pub struct IvshmemServer {
 
 /// How long a stopping switch waits for a guest to power off before killing its QEMU.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Boots in a row that end before attaching, after which a guest is failed, not rebooted.
+const MAX_UNATTACHED_EXITS: u32 = 3;
 
 /// The id the server gives its one peer.
 const PEER_ID: i64 = 1;
@@ -901,6 +925,8 @@ fn supervise(
     };
     let mut backoff = Duration::from_millis(100);
     let mut last_boot_ms = None;
+    // Boots in a row whose QEMU exited before the guest attached.
+    let mut unattached_exits = 0;
     while !stop.load(Ordering::Acquire) {
         report.boots += 1;
         let generation = report.boots;
@@ -964,8 +990,13 @@ fn supervise(
                                 status("up", Some(qemu_pid), last_boot_ms, &report);
                             }
                             Err(e) => {
-                                log(&format!("guest `{name}`: attach refused: {e}"));
-                                let _ = child.kill();
+                                // The engine was slow to take the change (a loaded
+                                // machine): the guest waits for `attached`, so try again;
+                                // the attach timeout still bounds it.
+                                log(&format!(
+                                    "guest `{name}`: attach not taken yet ({e}); retrying"
+                                ));
+                                std::thread::sleep(Duration::from_millis(100));
                             }
                         }
                     }
@@ -985,12 +1016,23 @@ fn supervise(
             }
             std::thread::sleep(Duration::from_millis(2));
         };
+        let attached = owner.is_some();
         if let Some(owner) = owner.take() {
             external.detach(&p.vm, owner);
         }
         let how = exit.map_or("ended".to_string(), describe_exit);
         if stop.load(Ordering::Acquire) {
             break;
+        }
+        unattached_exits = if attached { 0 } else { unattached_exits + 1 };
+        if report.failure.is_none() && unattached_exits >= MAX_UNATTACHED_EXITS {
+            let why = format!(
+                "QEMU {how} before the guest attached, {unattached_exits} boots in a row; see its console log {} (last lines: {})",
+                p.console.display(),
+                console_tail(&p.console)
+            );
+            log(&format!("guest `{name}`: {why}"));
+            report.failure = Some(why);
         }
         if report.failure.is_some() {
             status("failed", None, last_boot_ms, &report);
@@ -1050,6 +1092,14 @@ mod tests {
         assert!(parse_spec("guest:cpus").unwrap_err().contains("KEY=VALUE"));
         assert!(parse_spec("guest:scan=abc").is_err());
         assert!(parse_spec("guestx").is_err());
+        assert!(parse_spec("guest:nf=nat")
+            .unwrap_err()
+            .contains("unknown built-in"));
+        assert!(parse_spec("guest:nf=pcap-tap:/x")
+            .unwrap_err()
+            .contains("lost"));
+        assert!(parse_spec("guest:nf=process").is_err());
+        assert_eq!(parse_spec("guest:nf=hostile").unwrap().nf, "hostile");
         assert!(is_guest_spec("guest:nf=forward") && !is_guest_spec("process"));
     }
 
