@@ -526,6 +526,15 @@ fn a_hostile_untrusted_guest_costs_no_buffer_and_no_crash() {
         "{s}"
     );
     assert!(s["tx"].as_u64().unwrap() > 0, "{s}");
+    // What went out is input frames, whole: a data window written past the buffer was
+    // refused, not sent on clamped (as an empty frame).
+    let sent = read_pcap(&d.join("out.pcap"));
+    assert_eq!(sent.len() as u64, s["tx"].as_u64().unwrap(), "{s}");
+    let unknown = sent.iter().filter(|f| !frames.contains(f)).count();
+    assert_eq!(
+        unknown, 0,
+        "{unknown} frames out that were never sent in: {s}"
+    );
     // No buffer lost or freed twice, shared or private; the guest never restarted.
     assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
     assert_eq!(s["private_leaks"], serde_json::json!([]), "{s}");

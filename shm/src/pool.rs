@@ -357,6 +357,18 @@ impl PacketPool {
         Ok((offset, len))
     }
 
+    /// Whether the header's data window lies inside the buffer's room as written, before
+    /// [`data_window`](Self::data_window) clamps it: a peer that wrote one past the buffer
+    /// handed back garbage, which the switch refuses rather than sends on clamped.
+    #[inline]
+    pub fn data_window_is_sound(&self, index: u32) -> bool {
+        self.header(index).is_ok_and(|h| {
+            let offset = h.data_offset.load(Ordering::Relaxed) as usize;
+            let len = h.data_len.load(Ordering::Relaxed) as usize;
+            offset <= BUF_ROOM && len <= BUF_ROOM - offset
+        })
+    }
+
     /// Set the data window: `len` bytes starting `offset` bytes into the buffer's room
     /// (the headroom is `0..BUF_HEADROOM`). The bytes themselves are not touched.
     pub fn set_data(&self, index: u32, offset: usize, len: usize) -> Result<(), PoolError> {

@@ -517,6 +517,22 @@ impl Engine {
         // Only a VM thread holds a private copy here (inline visits copied back already).
         // Compare kinds, not indices: a private index may equal a shared one.
         let thread = self.vms[vm].link.queued();
+        // An untrusted VM that wrote a data window past its buffer answered with garbage:
+        // refused (counted as a bad verdict), never sent on clamped.
+        let unsound = thread
+            && !pending.mirror
+            && self.vms[vm]
+                .copy_cache
+                .as_ref()
+                .is_some_and(|c| !c.pool().data_window_is_sound(pending.given));
+        if unsound {
+            if let Some(cache) = &mut self.vms[vm].copy_cache {
+                let _ = cache.free(pending.given);
+            }
+            self.stats.vms[vm].dropped.add(1);
+            self.drop(index, DropReason::BadVerdict);
+            return None;
+        }
         if thread && self.vms[vm].copy_cache.is_some() {
             // Untrusted: copy the (possibly rewritten) frame back, then free the copy.
             if let Some(cache) = &mut self.vms[vm].copy_cache {
