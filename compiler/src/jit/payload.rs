@@ -336,11 +336,9 @@ fn prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
     let hir =
         syntax::parse_with(pattern, &syntax::Config::new().unicode(false).utf8(false)).ok()?;
     // Room for a case-insensitive word's variants (2^9 for nine letters), which lower-case
-    // to one prefix below; a class of more than two bytes (`\s`, `[0-9]`) ends the prefix
-    // rather than multiplying it (which would make the extractor shorten every prefix to fit).
+    // to one prefix below.
     let seq = Extractor::new()
         .kind(ExtractKind::Prefix)
-        .limit_class(2)
         .limit_total(1024)
         .extract(&hir);
     let lits = seq.literals()?;
