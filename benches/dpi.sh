@@ -74,7 +74,7 @@ for round in $(seq "$ROUNDS"); do
     d="$WORK/$c"
     out=$("$NETVM" bench "$d/policy.nvr" --pcap "$d/frames.pcap" --jit-only --runs "$RUNS" --run-ms "$RUN_MS")
     nv=$(awk '$1 == "jit" {print $2}' <<<"$out")
-    INFO[$c]=$(grep -o 'compiled in [0-9.]* ms' <<<"$out" | head -1)"; "$(grep -o 'payload engine [^;)]*' <<<"$out" | head -1)
+    INFO[$c]=$(grep -o 'compiled in [0-9.]* ms' <<<"$out" | head -1)"; "$(grep -o 'payload engine .*built in [0-9.]* ms' <<<"$out" | head -1)
     read -r _ hs _ matched _ db _ _ < <("$WORK/hs_bench" "$d/patterns" "$d/frames.pcap" "$RUNS" "$RUN_MS")
     [ "$matched" = "$(cat "$d/expect")" ] || { echo "$c: Hyperscan matched $matched packets, expected $(cat "$d/expect")"; exit 1; }
     r=$(python3 -c "print(f'{$nv/$hs:.3f}')")
