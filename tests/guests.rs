@@ -923,3 +923,72 @@ fn a_hot_reload_around_a_guest_in_a_chain_accounts_for_every_packet() {
     assert!(fw_total > before && fw_total < n, "{s}");
     assert_eq!(guest_report(&s, "fw")["attaches"], 1, "{s}");
 }
+
+#[test]
+fn a_guest_that_never_attaches_with_on_failure_bypass_is_skipped_and_the_run_says_why() {
+    let Some((kernel, _)) = guest_env() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = d.join("p.nvr");
+    std::fs::write(
+        &policy,
+        "port a\nport b\nvm fw trusted on_failure bypass\nrule all : ip => chain fw -> out b\n",
+    )
+    .unwrap();
+    let stats = d.join("stats.json");
+    // One second is less than any boot takes here, and it is not booted again: RX starts
+    // after 3 s with fw down for good.
+    let out = netvm()
+        .arg("run")
+        .arg(&policy)
+        .args([
+            "--bind",
+            "a=gen:flows=4,size=64,count=2000",
+            "--bind",
+            "b=null",
+        ])
+        .args([
+            "--hugepages",
+            "off",
+            "--idle",
+            "sleep",
+            "--wait-for-vms",
+            "3",
+        ])
+        .arg("--control")
+        .arg(d.join("c.sock"))
+        .arg("--stats-json")
+        .arg(&stats)
+        .arg("--vm")
+        .arg(guest("fw", d, "attach_timeout=1,restart=no,nf=forward"))
+        .env("NETVM_GUEST_KERNEL", &kernel)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the guest's failure is the run's: {err}"
+    );
+    assert!(
+        err.contains("guest `fw`: did not attach within 1 s"),
+        "{err}"
+    );
+    let s = stats_json(&stats);
+    assert_eq!(
+        (s["rx"].as_u64(), s["tx"].as_u64()),
+        (Some(2000), Some(2000)),
+        "{s}"
+    );
+    assert_eq!(s["dropped"], 0, "bypassed, not `vm_down`: {s}");
+    assert_eq!(vm_row(&s, "fw")["packets_in"], 0, "{s}");
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    let g = guest_report(&s, "fw");
+    assert_eq!(
+        (g["boots"].as_u64(), g["attaches"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+}
