@@ -153,6 +153,32 @@ fn start_switch(dir: &Path, policy: &str, args: &[String]) -> (Proc, PathBuf) {
     (switch, control)
 }
 
+/// [`start_switch`] from `dir/in.pcap` (at `pps` frames a second, if given) to
+/// `dir/out.pcap` with `vms` (`--vm` specs), the final report in `dir/stats.json`.
+fn pcap_switch(
+    dir: &Path,
+    policy: &str,
+    pps: Option<usize>,
+    vms: &[String],
+) -> (Proc, PathBuf, PathBuf) {
+    let pace = pps.map(|n| format!(",pps={n}")).unwrap_or_default();
+    let stats = dir.join("stats.json");
+    let mut args = vec![
+        "--bind".into(),
+        format!("a=pcap:rx={}{pace}", dir.join("in.pcap").display()),
+        "--bind".into(),
+        format!("b=pcap:tx={}", dir.join("out.pcap").display()),
+        "--stats-json".into(),
+        stats.display().to_string(),
+    ];
+    for vm in vms {
+        args.push("--vm".into());
+        args.push(vm.clone());
+    }
+    let (switch, control) = start_switch(dir, policy, &args);
+    (switch, control, stats)
+}
+
 fn guest(vm: &str, dir: &Path, options: &str) -> String {
     let (_, image) = guest_env().unwrap();
     format!(
@@ -333,6 +359,48 @@ fn a_trusted_guest_forwards_an_untrusted_guest_rewrites_byte_exact_and_cannot_se
     assert!(log.contains("TCG") || log.contains("KVM"), "{log}");
 }
 
+/// `netvm status`, retried (a loaded machine may refuse one).
+fn status_retried(control: &Path) -> Value {
+    for _ in 0..100 {
+        if let Some(s) = status(control) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("netvm status failed for 5 s");
+}
+
+fn port_rx(control: &Path, port: &str) -> u64 {
+    port_row(&status_retried(control), port)["rx_packets"]
+        .as_u64()
+        .unwrap()
+}
+
+fn packets_in(control: &Path, vm: &str) -> u64 {
+    vm_row(&status_retried(control), vm)["packets_in"]
+        .as_u64()
+        .unwrap()
+}
+
+/// SIGKILL the QEMU of guest `vm` (up), and wait for the switch to mark it down.
+fn kill_guest(control: &Path, vm: &str) {
+    let s = status_retried(control);
+    let row = vm_row(&s, vm);
+    assert_eq!(
+        (&row["kind"], &row["state"]),
+        (&"guest".into(), &"up".into()),
+        "{s}"
+    );
+    let qemu = row["guest"]["qemu_pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on the QEMU the switch started (its pid from the switch's status).
+    unsafe { libc::kill(qemu, libc::SIGKILL) };
+    wait_for(
+        "the switch to mark the guest down",
+        Duration::from_secs(5),
+        || status(control).is_some_and(|s| vm_row(&s, vm)["state"] == "down"),
+    );
+}
+
 #[test]
 fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_accounted() {
     let Some(_) = guest_env() else { return };
@@ -348,22 +416,11 @@ fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_account
     // process, to keep the test to two guest boots.
     let policy = "port a\nport b\nvm fw trusted\nvm mon\n\
                   rule all : ip => chain fw -> mon -> out b\n";
-    let stats = d.join("stats.json");
-    let (mut switch, control) = start_switch(
+    let (mut switch, control, stats) = pcap_switch(
         d,
         policy,
-        &[
-            "--bind".into(),
-            format!("a=pcap:rx={},pps={PPS}", d.join("in.pcap").display()),
-            "--bind".into(),
-            format!("b=pcap:tx={}", d.join("out.pcap").display()),
-            "--vm".into(),
-            guest("fw", d, "nf=delay:us=20000"),
-            "--vm".into(),
-            "mon=process".into(),
-            "--stats-json".into(),
-            stats.display().to_string(),
-        ],
+        Some(PPS),
+        &[guest("fw", d, "nf=delay:us=20000"), "mon=process".into()],
     );
     wait_for("the control socket", Duration::from_secs(30), || {
         control.exists()
@@ -382,29 +439,10 @@ fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_account
         .arg(&control);
         Proc::spawn(c, d.join("mon.log"))
     };
-    // Port a's rx count; `netvm status` is retried (a loaded machine may refuse one).
-    let rx = |control: &Path| {
-        for _ in 0..100 {
-            if let Some(s) = status(control) {
-                return port_row(&s, "a")["rx_packets"].as_u64().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("netvm status failed for 5 s");
-    };
     wait_for("some input read", Duration::from_secs(120), || {
-        rx(&control) >= 800
+        port_rx(&control, "a") >= 800
     });
-    let s = status(&control).unwrap();
-    let row = vm_row(&s, "fw");
-    assert_eq!(row["kind"], "guest", "{s}");
-    assert_eq!(row["state"], "up", "{s}");
-    let qemu = row["guest"]["qemu_pid"].as_u64().unwrap() as i32;
-    // SAFETY: kill(2) on the QEMU the switch started (its pid from the switch's status).
-    unsafe { libc::kill(qemu, libc::SIGKILL) };
-    wait_for("the switch to mark fw down", Duration::from_secs(5), || {
-        status(&control).is_some_and(|s| vm_row(&s, "fw")["state"] == "down")
-    });
+    kill_guest(&control, "fw");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !status(&control).is_some_and(|s| {
         let row = vm_row(&s, "fw");
@@ -419,7 +457,7 @@ fn a_guest_sigkilled_mid_stream_is_reclaimed_rebooted_and_every_frame_is_account
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let read_before_up = rx(&control) as usize;
+    let read_before_up = port_rx(&control, "a") as usize;
     assert!(
         read_before_up + 200 <= FRAMES,
         "too little input left after the reboot ({read_before_up} of {FRAMES} read)"
@@ -489,22 +527,11 @@ fn a_hostile_untrusted_guest_costs_no_buffer_and_no_crash() {
     write_pcap(&d.join("in.pcap"), &frames);
     let policy = "port a\nport b\nvm bad\nvm ok trusted\n\
                   rule all : ip => chain bad -> ok -> out b\n";
-    let stats = d.join("stats.json");
-    let (mut switch, _control) = start_switch(
+    let (mut switch, _control, stats) = pcap_switch(
         d,
         policy,
-        &[
-            "--bind".into(),
-            format!("a=pcap:rx={},pps=1500", d.join("in.pcap").display()),
-            "--bind".into(),
-            format!("b=pcap:tx={}", d.join("out.pcap").display()),
-            "--vm".into(),
-            guest("bad", d, "nf=hostile"),
-            "--vm".into(),
-            "ok=counter".into(),
-            "--stats-json".into(),
-            stats.display().to_string(),
-        ],
+        Some(1500),
+        &[guest("bad", d, "nf=hostile"), "ok=counter".into()],
     );
     assert_eq!(
         switch.wait(Duration::from_secs(180)),
@@ -542,15 +569,40 @@ fn a_hostile_untrusted_guest_costs_no_buffer_and_no_crash() {
     assert!(console(d, "bad").contains("running hostile"));
 }
 
-#[test]
-fn no_qemu_outlives_a_netvm_killed_with_sigkill() {
-    let Some(_) = guest_env() else { return };
+/// Whether process `pid` runs (exists and is no zombie).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// The ivshmem socket QEMU `pid` was told to connect to (from its command line).
+fn ivshmem_socket(pid: u64) -> PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    cmdline
+        .split(|&b| b == 0)
+        .filter_map(|arg| std::str::from_utf8(arg).ok())
+        .find_map(|arg| arg.strip_prefix("socket,id=ivshmem,path="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no ivshmem socket in QEMU {pid}'s command line"))
+}
+
+/// A netvm with one guest and a minute of input (it would run on), ended by `signal`
+/// once the guest is up. SIGINT and SIGTERM stop it in order: when it has exited its QEMU
+/// is gone (no grace: the stop waits for it), so is the ivshmem socket, and the report
+/// was written. After SIGKILL the QEMU dies with it (`PR_SET_PDEATHSIG`, so a moment later).
+fn no_qemu_outlives_a_netvm_ended_with(signal: libc::c_int) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let policy = "port a\nport b\nvm fw trusted\nrule all : ip => chain fw -> out b\n";
-    // A minute of input at 10 frames a second: the switch would run on.
     let frames: Vec<Vec<u8>> = (0..600u32).map(|i| udp_frame(53, 1, i, &[1; 20])).collect();
     write_pcap(&d.join("in.pcap"), &frames);
+    let stats = d.join("stats.json");
     let (mut switch, control) = start_switch(
         d,
         policy,
@@ -561,6 +613,8 @@ fn no_qemu_outlives_a_netvm_killed_with_sigkill() {
             "b=null".into(),
             "--vm".into(),
             guest("fw", d, "nf=forward"),
+            "--stats-json".into(),
+            stats.display().to_string(),
         ],
     );
     wait_for("fw to attach", Duration::from_secs(120), || {
@@ -568,22 +622,53 @@ fn no_qemu_outlives_a_netvm_killed_with_sigkill() {
     });
     let s = status(&control).unwrap();
     let qemu = vm_row(&s, "fw")["guest"]["qemu_pid"].as_u64().unwrap();
-    let alive = |pid: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                stat.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('Z'))
-            })
-            .is_some_and(|zombie| !zombie)
-    };
+    let socket = ivshmem_socket(qemu);
     assert!(alive(qemu), "QEMU {qemu} runs while netvm does");
-    switch.signal(libc::SIGKILL);
-    assert!(switch.wait(Duration::from_secs(5)).is_some());
-    wait_for("QEMU to die with netvm", Duration::from_secs(5), || {
-        !alive(qemu)
-    });
+    assert!(socket.exists(), "{} while netvm runs", socket.display());
+    switch.signal(signal);
+    if signal == libc::SIGKILL {
+        assert!(switch.wait(Duration::from_secs(5)).is_some());
+        wait_for("QEMU to die with netvm", Duration::from_secs(5), || {
+            !alive(qemu)
+        });
+        let _ = std::fs::remove_file(&socket);
+        return;
+    }
+    let code = switch.wait(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "netvm stops in order: {}", switch.log());
+    assert!(
+        !alive(qemu),
+        "QEMU {qemu} outlived netvm stopped by signal {signal}: {}",
+        switch.log()
+    );
+    assert!(
+        !socket.exists(),
+        "{} outlived netvm stopped by signal {signal}",
+        socket.display()
+    );
+    // The report was written: every buffer back, less input read than there was.
+    let s = stats_json(&stats);
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    assert!(s["rx"].as_u64().unwrap() < frames.len() as u64, "{s}");
+    assert_eq!(guest_report(&s, "fw")["attaches"], 1, "{s}");
+}
+
+#[test]
+fn no_qemu_outlives_a_netvm_stopped_with_sigterm() {
+    let Some(_) = guest_env() else { return };
+    no_qemu_outlives_a_netvm_ended_with(libc::SIGTERM);
+}
+
+#[test]
+fn no_qemu_outlives_a_netvm_stopped_with_sigint() {
+    let Some(_) = guest_env() else { return };
+    no_qemu_outlives_a_netvm_ended_with(libc::SIGINT);
+}
+
+#[test]
+fn no_qemu_outlives_a_netvm_killed_with_sigkill() {
+    let Some(_) = guest_env() else { return };
+    no_qemu_outlives_a_netvm_ended_with(libc::SIGKILL);
 }
 
 /// `netvm run` of a one-guest policy with `env` set; (exit code, stderr).
@@ -689,5 +774,230 @@ fn a_guest_that_does_not_attach_in_time_fails_the_run_naming_its_console_log() {
         err.contains("guest `fw`: did not attach within 1 s")
             && err.contains(&format!("see its console log {console}")),
         "{err}"
+    );
+}
+
+#[test]
+fn a_killed_guest_with_on_failure_bypass_is_skipped_and_every_frame_is_accounted() {
+    let Some(_) = guest_env() else { return };
+    const FRAMES: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let frames: Vec<Vec<u8>> = (0..FRAMES as u32)
+        .map(|i| udp_frame(53, i % 11, i, &vec![i as u8; (i % 90) as usize]))
+        .collect();
+    write_pcap(&d.join("in.pcap"), &frames);
+    // fw holds each packet 20 ms (so it holds some when killed) and is not booted again:
+    // from its death on, its hop is skipped and `mon` (a thread) sees every packet.
+    let policy = "port a\nport b\nvm fw trusted on_failure bypass\nvm mon\n\
+                  rule all : ip => chain fw -> mon -> out b\n";
+    let (mut switch, control, stats) = pcap_switch(
+        d,
+        policy,
+        Some(1000),
+        &[
+            guest("fw", d, "restart=no,nf=delay:us=20000"),
+            "mon=counter".into(),
+        ],
+    );
+    wait_for("some input read", Duration::from_secs(120), || {
+        port_rx(&control, "a") >= 500
+    });
+    kill_guest(&control, "fw");
+    let read_at_down = port_rx(&control, "a") as usize;
+    assert!(
+        read_at_down + 500 <= FRAMES,
+        "too little input left after the kill ({read_at_down} of {FRAMES} read)"
+    );
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        switch.log()
+    );
+    let s = stats_json(&stats);
+    let out = read_pcap(&d.join("out.pcap"));
+    let positions = positions_in_order(&out, &frames);
+    assert_eq!(positions.len(), out.len(), "output in input order: {s}");
+    let missing = (read_at_down..FRAMES)
+        .filter(|i| positions.binary_search(i).is_err())
+        .count();
+    assert_eq!(
+        missing, 0,
+        "frames read after fw went down are bypassed: {s}"
+    );
+    let (n, sent) = (FRAMES as u64, out.len() as u64);
+    assert_eq!((s["rx"].as_u64(), s["tx"].as_u64()), (Some(n), Some(sent)));
+    // What fw held when killed is lost; nothing is `vm_down` (bypassed instead).
+    let lost = drops(&s, "vm_lost");
+    assert!(lost > 0, "fw held packets when killed: {s}");
+    assert_eq!(lost, n - sent, "every frame left out is counted: {s}");
+    for (reason, count) in s["drops"].as_object().unwrap() {
+        if reason != "vm_lost" {
+            assert_eq!(count, 0, "no `{reason}` drops expected: {s}");
+        }
+    }
+    // Every frame that went out passed mon; fw saw only those before its death.
+    assert_eq!(vm_row(&s, "mon")["packets_in"], sent, "{s}");
+    let fw_in = vm_row(&s, "fw")["packets_in"].as_u64().unwrap();
+    assert!(fw_in <= read_at_down as u64 && fw_in > 0, "{s}");
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    let g = guest_report(&s, "fw");
+    assert_eq!(
+        (g["boots"].as_u64(), g["attaches"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[test]
+fn a_hot_reload_around_a_guest_in_a_chain_accounts_for_every_packet() {
+    let Some(_) = guest_env() else { return };
+    const FRAMES: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let frames: Vec<Vec<u8>> = (0..FRAMES as u32)
+        .map(|i| udp_frame(53, i % 7, i, &vec![i as u8; (i % 120) as usize]))
+        .collect();
+    write_pcap(&d.join("in.pcap"), &frames);
+    // Through the guest (which holds each packet 5 ms, so some are in it at each reload),
+    // then around it (SIGHUP), then through it again (`netvm reload`).
+    let through = "port a\nport b\nvm fw trusted\nrule all : ip => chain fw -> out b\n";
+    let around = "port a\nport b\nvm fw trusted\nrule all : ip => out b\n";
+    let (mut switch, control, stats) =
+        pcap_switch(d, through, Some(600), &[guest("fw", d, "nf=delay:us=5000")]);
+    let fw_in = |control: &Path| packets_in(control, "fw");
+    wait_for("some input through fw", Duration::from_secs(120), || {
+        fw_in(&control) >= 300
+    });
+    std::fs::write(d.join("policy.nvr"), around).unwrap();
+    switch.signal(libc::SIGHUP);
+    wait_for("the SIGHUP reload", Duration::from_secs(10), || {
+        switch.log().contains("reloaded")
+    });
+    // Around fw: its count stops (give what was classified before the swap 200 ms).
+    std::thread::sleep(Duration::from_millis(200));
+    let (before, rx_before) = (fw_in(&control), port_rx(&control, "a"));
+    wait_for("input around fw", Duration::from_secs(20), || {
+        port_rx(&control, "a") >= rx_before + 300
+    });
+    assert_eq!(
+        fw_in(&control),
+        before,
+        "no packet reaches fw after the reload"
+    );
+    let path = d.join("through.nvr");
+    std::fs::write(&path, through).unwrap();
+    let reload = netvm()
+        .arg("reload")
+        .arg(&path)
+        .arg("--control")
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let rx_again = port_rx(&control, "a") as usize;
+    assert!(rx_again + 300 <= FRAMES, "input left for the last policy");
+    wait_for("input through fw again", Duration::from_secs(20), || {
+        fw_in(&control) >= before + 200
+    });
+    assert_eq!(
+        switch.wait(Duration::from_secs(60)),
+        Some(0),
+        "{}\n{}",
+        switch.log(),
+        console(d, "fw")
+    );
+    // Every packet accounted: all out, none dropped, every buffer back; the three
+    // policies' frames interleave where a reload meets the guest's delay, so compare
+    // as sets.
+    let s = stats_json(&stats);
+    let n = FRAMES as u64;
+    assert_eq!(
+        (s["rx"].as_u64(), s["tx"].as_u64()),
+        (Some(n), Some(n)),
+        "{s}"
+    );
+    assert_eq!(s["dropped"], 0, "{s}");
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    let mut out = read_pcap(&d.join("out.pcap"));
+    let mut expected = frames.clone();
+    out.sort();
+    expected.sort();
+    assert!(out == expected, "output is the input, each frame once");
+    let fw_total = vm_row(&s, "fw")["packets_in"].as_u64().unwrap();
+    assert!(fw_total > before && fw_total < n, "{s}");
+    assert_eq!(guest_report(&s, "fw")["attaches"], 1, "{s}");
+}
+
+#[test]
+fn a_guest_that_never_attaches_with_on_failure_bypass_is_skipped_and_the_run_says_why() {
+    let Some((kernel, _)) = guest_env() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let policy = d.join("p.nvr");
+    std::fs::write(
+        &policy,
+        "port a\nport b\nvm fw trusted on_failure bypass\nrule all : ip => chain fw -> out b\n",
+    )
+    .unwrap();
+    let stats = d.join("stats.json");
+    // One second is less than any boot takes here, and it is not booted again: RX starts
+    // after 3 s with fw down for good.
+    let out = netvm()
+        .arg("run")
+        .arg(&policy)
+        .args([
+            "--bind",
+            "a=gen:flows=4,size=64,count=2000",
+            "--bind",
+            "b=null",
+        ])
+        .args([
+            "--hugepages",
+            "off",
+            "--idle",
+            "sleep",
+            "--wait-for-vms",
+            "3",
+        ])
+        .arg("--control")
+        .arg(d.join("c.sock"))
+        .arg("--stats-json")
+        .arg(&stats)
+        .arg("--vm")
+        .arg(guest("fw", d, "attach_timeout=1,restart=no,nf=forward"))
+        .env("NETVM_GUEST_KERNEL", &kernel)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the guest's failure is the run's: {err}"
+    );
+    assert!(
+        err.contains("guest `fw`: did not attach within 1 s"),
+        "{err}"
+    );
+    let s = stats_json(&stats);
+    assert_eq!(
+        (s["rx"].as_u64(), s["tx"].as_u64()),
+        (Some(2000), Some(2000)),
+        "{s}"
+    );
+    assert_eq!(s["dropped"], 0, "bypassed, not `vm_down`: {s}");
+    assert_eq!(vm_row(&s, "fw")["packets_in"], 0, "{s}");
+    assert_eq!(s["buffers_returned"], s["buffers"], "{s}");
+    let g = guest_report(&s, "fw");
+    assert_eq!(
+        (g["boots"].as_u64(), g["attaches"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
     );
 }
