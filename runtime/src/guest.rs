@@ -1074,13 +1074,20 @@ mod tests {
     fn specs_parse_with_nf_taking_the_rest() {
         assert_eq!(parse_spec("guest").unwrap(), GuestSpec::default());
         let s = parse_spec(
-            "guest:cpus=2,mem=1G,accel=tcg,console=/tmp/c.log,restart=no,nf=rewrite:dscp=46,x=1",
+            "guest:cpus=2,mem=1G,accel=tcg,console=/tmp/c.log,restart=no,nf=rewrite:dscp=46",
         )
         .unwrap();
         assert_eq!((s.cpus, s.mem_mib, s.accel), (2, 1024, AccelChoice::Tcg));
         assert_eq!(s.console, Some(PathBuf::from("/tmp/c.log")));
         assert!(!s.restart);
-        assert_eq!(s.nf, "rewrite:dscp=46,x=1");
+        assert_eq!(s.nf, "rewrite:dscp=46");
+        // What follows nf= is the NF's, commas too: `x=1` reaches `rewrite`, which refuses it
+        // (a guest option would have been refused as a guest option).
+        let err = parse_spec("guest:nf=rewrite:dscp=46,x=1").unwrap_err();
+        assert!(
+            err.contains("built-in `rewrite`: unknown option `x`"),
+            "{err}"
+        );
         assert!(parse_spec("guest:cpus=0").unwrap_err().contains("cpus=`0`"));
         assert!(parse_spec("guest:mem=12").unwrap_err().contains("mem=`12`"));
         assert!(parse_spec("guest:accel=xen")
