@@ -654,6 +654,12 @@ impl Guests {
         }
         let qemu = find_qemu()?;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for stale in remove_stale_files(dir) {
+            log(&format!(
+                "removed {} (left by a netvm that is no longer running)",
+                stale.display()
+            ));
+        }
         let pid = std::process::id();
         let mut built_image: Option<PathBuf> = None;
         let mut trusted_slots = 0;
@@ -1066,9 +1072,68 @@ pub fn any_failed(reports: &[GuestReport]) -> bool {
     reports.iter().any(|r| r.failure.is_some())
 }
 
+/// Removes the ivshmem sockets and built images (`netvm-PID-*.ivshmem`,
+/// `netvm-PID-guest.cpio`) that a netvm killed with SIGKILL left in `dir`: those whose PID
+/// no longer runs. Console logs stay (they say why a guest died). Returns what it removed.
+pub fn remove_stale_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix("netvm-") else {
+            continue;
+        };
+        if !(name.ends_with(".ivshmem") || name.ends_with("-guest.cpio")) {
+            continue;
+        }
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.to_string()).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed.sort();
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_left_by_a_dead_netvm_are_removed_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let own = std::process::id();
+        // No PID reaches 999999999 (pid_max is at most 2^22).
+        let names = [
+            "netvm-999999999-fw.ivshmem",
+            "netvm-999999999-guest.cpio",
+            "netvm-999999999-fw.console",
+            &format!("netvm-{own}-fw.ivshmem"),
+            "netvm-x-fw.ivshmem",
+            "other.ivshmem",
+        ];
+        for n in names {
+            std::fs::write(d.join(n), b"").unwrap();
+        }
+        let removed = remove_stale_files(d);
+        assert_eq!(
+            removed,
+            vec![
+                d.join("netvm-999999999-fw.ivshmem"),
+                d.join("netvm-999999999-guest.cpio")
+            ]
+        );
+        for kept in &names[2..] {
+            assert!(d.join(kept).exists(), "{kept} was removed");
+        }
+    }
 
     #[test]
     fn specs_parse_with_nf_taking_the_rest() {
