@@ -220,6 +220,16 @@ pub fn os_reason(e: &io::Error) -> String {
     }
 }
 
+/// The 32-bit word at `i` of a pcap header, in the file's byte order.
+fn word_at(header: &[u8], i: usize, swapped: bool) -> u32 {
+    let b = [header[i], header[i + 1], header[i + 2], header[i + 3]];
+    if swapped {
+        u32::from_be_bytes(b)
+    } else {
+        u32::from_le_bytes(b)
+    }
+}
+
 /// Reads up to `buf.len()` bytes; fewer only at the end of the file.
 fn read_full(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -279,14 +289,7 @@ impl CaptureReader {
                 "{path}: the pcap file header is cut short ({got} of 24 bytes)"
             ));
         }
-        let word = |i: usize| {
-            let b = [header[i], header[i + 1], header[i + 2], header[i + 3]];
-            if swapped {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let word = |i: usize| word_at(&header, i, swapped);
         let snaplen = match word(16) {
             0 => MAX_RECORD,
             n => n.min(MAX_RECORD),
@@ -417,14 +420,7 @@ impl CaptureReader {
             self.records += 1;
             return Step::End;
         }
-        let word = |i: usize| {
-            let b = [header[i], header[i + 1], header[i + 2], header[i + 3]];
-            if swapped {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let word = |i: usize| word_at(&header, i, swapped);
         let (frac, incl, orig) = (word(4), word(8), word(12));
         let mut problems = Vec::new();
         let second = if nanos { 1_000_000_000 } else { 1_000_000 };
