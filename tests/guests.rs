@@ -16,7 +16,8 @@ use std::time::Duration;
 use netvm_packet::{BaseProto, Field, PacketSpec};
 use serde_json::Value;
 use support::{
-    netvm, port_row, positions_in_order, read_pcap, status, vm_row, wait_for, write_pcap, Proc,
+    netvm, port_row, positions_in_order, read_pcap, run_command, status, vm_row, wait_for,
+    write_pcap, Proc,
 };
 
 /// The kernel and the shared image, or why the guests cannot run here.
@@ -134,16 +135,8 @@ fn with_dscp(frame: &[u8], dscp: u8) -> Vec<u8> {
 /// `netvm run` of `policy` in `dir` with `args`, the guests' kernel and image given by
 /// option and environment (both names in use).
 fn start_switch(dir: &Path, policy: &str, args: &[String]) -> (Proc, PathBuf) {
-    let policy_path = dir.join("policy.nvr");
-    std::fs::write(&policy_path, policy).unwrap();
-    let control = dir.join("control.sock");
-    let mut command = netvm();
+    let (mut command, control) = run_command(dir, policy);
     command
-        .arg("run")
-        .arg(&policy_path)
-        .arg("--control")
-        .arg(&control)
-        .args(["--hugepages", "off", "--idle", "sleep"])
         .args(["--wait-for-vms", "120", "--vm-stall-ms", "20000"])
         .args(args);
     if let Some((kernel, _)) = guest_env() {

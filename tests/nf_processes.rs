@@ -30,17 +30,8 @@ fn udp_frame(dport: u16, flow: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 fn start_switch(dir: &Path, policy: &str, args: &[String]) -> (Proc, std::path::PathBuf) {
-    let policy_path = dir.join("policy.nvr");
-    std::fs::write(&policy_path, policy).unwrap();
-    let control = dir.join("control.sock");
-    let mut command = netvm();
-    command
-        .arg("run")
-        .arg(&policy_path)
-        .arg("--control")
-        .arg(&control)
-        .args(["--hugepages", "off", "--idle", "sleep"])
-        .args(args);
+    let (mut command, control) = support::run_command(dir, policy);
+    command.args(args);
     let mut switch = Proc::spawn(command, dir.join("switch.log"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while UnixStream::connect(&control).is_err() {

@@ -12,6 +12,23 @@ pub fn netvm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_netvm"))
 }
 
+/// `netvm run` of `policy` (written to `dir/policy.nvr`) with its control socket at
+/// `dir/control.sock`, no huge pages and idle threads sleeping, as the VM-process and guest
+/// tests run it; the caller adds its own arguments. Returns the command and the socket.
+pub fn run_command(dir: &Path, policy: &str) -> (Command, PathBuf) {
+    let policy_path = dir.join("policy.nvr");
+    std::fs::write(&policy_path, policy).unwrap();
+    let control = dir.join("control.sock");
+    let mut command = netvm();
+    command
+        .arg("run")
+        .arg(&policy_path)
+        .arg("--control")
+        .arg(&control)
+        .args(["--hugepages", "off", "--idle", "sleep"]);
+    (command, control)
+}
+
 pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     let file = std::fs::File::create(path).unwrap();
     let mut w = pcap_file::pcap::PcapWriter::new(file).unwrap();
