@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netvm_runtime::stats::Stats;
+use netvm_runtime::stats::{PortRow, RuleRow, Stats, VmRow};
 use netvm_runtime::ProgramHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -93,44 +93,15 @@ impl ReloadError {
     }
 }
 
-/// Counters of one port, VM or rule at one moment, by name (the wire form of `stats`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PortStats {
-    pub name: String,
-    pub driver: String,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VmStats {
-    pub name: String,
-    pub function: String,
-    pub trusted: bool,
-    pub packets_in: u64,
-    pub mirrored_in: u64,
-    pub passed: u64,
-    pub dropped: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RuleStats {
-    pub name: String,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 /// Every counter of a running switch, by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwitchStats {
     /// Seconds since the switch started.
     pub elapsed_s: f64,
-    pub ports: Vec<PortStats>,
-    pub vms: Vec<VmStats>,
+    pub ports: Vec<PortRow>,
+    pub vms: Vec<VmRow>,
     /// Rules in order, then `default`.
-    pub rules: Vec<RuleStats>,
+    pub rules: Vec<RuleRow>,
     pub counters: Vec<(String, u64)>,
     /// Drop reasons with a nonzero count.
     pub drops: Vec<(String, u64)>,
@@ -146,6 +117,8 @@ pub struct Bindings {
     pub port_drivers: Vec<String>,
     /// One per VM, in policy order: the network function's description.
     pub vm_functions: Vec<String>,
+    /// VMs run on the switch thread (`VmMode::Inline`).
+    pub vms_inline: bool,
 }
 
 struct Installed {
@@ -342,7 +315,7 @@ impl LivePolicy {
             .iter()
             .enumerate()
             .map(|(i, name)| (i, name, s.port(i)))
-            .map(|(i, name, c)| PortStats {
+            .map(|(i, name, c)| PortRow {
                 name: name.clone(),
                 driver: self
                     .bindings
@@ -361,7 +334,7 @@ impl LivePolicy {
             .iter()
             .enumerate()
             .map(|(i, name)| (i, name, s.vm(i)))
-            .map(|(i, name, c)| VmStats {
+            .map(|(i, name, c)| VmRow {
                 name: name.clone(),
                 function: self
                     .bindings
@@ -370,10 +343,14 @@ impl LivePolicy {
                     .cloned()
                     .unwrap_or_default(),
                 trusted: table.vm_trusted.get(i).copied().unwrap_or(false),
+                inline: self.bindings.vms_inline,
                 packets_in: c.packets_in,
                 mirrored_in: c.mirrored_in,
                 passed: c.passed,
                 dropped: c.dropped,
+                copied_bytes: c.copied_bytes,
+                // What a VM says of itself comes at the end of a run, not from live counters.
+                summary: None,
             })
             .collect();
         let rules = table
@@ -381,7 +358,7 @@ impl LivePolicy {
             .iter()
             .chain(std::iter::once(&table.default))
             .zip(program.rule_totals())
-            .map(|(rule, (packets, bytes))| RuleStats {
+            .map(|(rule, (packets, bytes))| RuleRow {
                 name: rule.name.clone(),
                 packets,
                 bytes,
@@ -771,5 +748,55 @@ mod tests {
             .answer("frobnicate", &json!({}))
             .unwrap_err()
             .contains("unknown op"));
+    }
+
+    #[test]
+    fn the_stats_reply_carries_the_report_rows_with_every_counter() {
+        let checked = check_source(
+            "vm.nvr",
+            "port a\nport b\nvm fw trusted\ndefault => chain fw -> out b\n",
+        );
+        let policy = checked.policy.as_ref().expect("the test policy checks");
+        let (classifier, _) = policy_table::compile(policy).unwrap();
+        let handle = ProgramHandle::new(
+            Program::new(classifier, policy_table::policy_table(policy)).unwrap(),
+        );
+        let stats = Arc::new(Stats::new(2, 1));
+        let shard = stats.shard(0);
+        shard.ports[1].tx_bytes.add(1500);
+        shard.vms[0].packets_in.add(3);
+        shard.vms[0].copied_bytes.add(192);
+        let bindings = Bindings {
+            port_drivers: vec!["gen".into(), "null".into()],
+            vm_functions: vec!["forward".into()],
+            vms_inline: true,
+        };
+        let live = LivePolicy::new(handle, stats, bindings, "vm.nvr".into(), &checked);
+        let reply = live.answer("stats", &json!({})).unwrap();
+        let wire: SwitchStats = serde_json::from_value(reply["stats"].clone()).unwrap();
+        let now = live.stats();
+        assert_eq!(
+            (&wire.ports, &wire.vms, &wire.rules),
+            (&now.ports, &now.vms, &now.rules),
+            "the wire form reads back whole"
+        );
+        assert_eq!(
+            wire.ports[1],
+            PortRow {
+                name: "b".into(),
+                driver: "null".into(),
+                rx_packets: 0,
+                rx_bytes: 0,
+                tx_packets: 0,
+                tx_bytes: 1500,
+            }
+        );
+        let fw = &wire.vms[0];
+        assert_eq!(
+            (fw.name.as_str(), fw.trusted, fw.inline),
+            ("fw", true, true)
+        );
+        assert_eq!((fw.packets_in, fw.copied_bytes), (3, 192));
+        assert_eq!(reply["stats"]["vms"][0]["copied_bytes"], 192);
     }
 }

@@ -328,3 +328,151 @@ fn a_frame_too_large_for_a_buffer_is_dropped_as_oversize_and_its_bytes_are_count
         out.stdout
     );
 }
+
+/// A little-endian pcapng file built block by block, so each block's offset is known.
+struct PcapNg {
+    bytes: Vec<u8>,
+}
+
+impl PcapNg {
+    fn new() -> PcapNg {
+        let mut ng = PcapNg { bytes: Vec::new() };
+        let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+        shb.extend_from_slice(&1u16.to_le_bytes());
+        shb.extend_from_slice(&0u16.to_le_bytes());
+        shb.extend_from_slice(&(-1i64).to_le_bytes());
+        ng.block(0x0a0d_0d0a, shb);
+        ng
+    }
+
+    /// A block of `kind` around `body` (padded to 4 bytes); returns its offset.
+    fn block(&mut self, kind: u32, mut body: Vec<u8>) -> usize {
+        body.resize(body.len().div_ceil(4) * 4, 0);
+        let at = self.bytes.len();
+        let total = (12 + body.len()) as u32;
+        self.bytes.extend_from_slice(&kind.to_le_bytes());
+        self.bytes.extend_from_slice(&total.to_le_bytes());
+        self.bytes.extend_from_slice(&body);
+        self.bytes.extend_from_slice(&total.to_le_bytes());
+        at
+    }
+
+    /// An interface description; `tsresol` is the `if_tsresol` option (10^-N s).
+    fn interface(&mut self, linktype: u16, tsresol: Option<u8>) {
+        let mut body = linktype.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0, 0]);
+        body.extend_from_slice(&0u32.to_le_bytes());
+        if let Some(r) = tsresol {
+            body.extend_from_slice(&9u16.to_le_bytes());
+            body.extend_from_slice(&1u16.to_le_bytes());
+            body.extend_from_slice(&[r, 0, 0, 0]);
+            body.extend_from_slice(&[0, 0, 0, 0]);
+        }
+        self.block(1, body);
+    }
+
+    /// An enhanced packet block on `interface` at `ts` units; returns its offset.
+    fn packet(&mut self, interface: u32, ts: u64, data: &[u8]) -> usize {
+        let mut body = interface.to_le_bytes().to_vec();
+        body.extend_from_slice(&((ts >> 32) as u32).to_le_bytes());
+        body.extend_from_slice(&(ts as u32).to_le_bytes());
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(data);
+        self.block(6, body)
+    }
+
+    fn write(&self, path: &Path) -> String {
+        std::fs::write(path, &self.bytes).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// Packets `tcpdump -r` reads from `capture`, or `None` when tcpdump is not installed.
+fn tcpdump_count(capture: &str) -> Option<usize> {
+    let out = std::process::Command::new("tcpdump")
+        .args(["-n", "-tt", "--time-stamp-precision=nano", "-r", capture])
+        .output()
+        .ok()?;
+    assert!(
+        out.status.success(),
+        "tcpdump -r {capture}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).lines().count())
+}
+
+#[test]
+fn pcapng_with_several_interfaces_and_tsresol_reads_what_tcpdump_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_frame(80);
+    let mut ng = PcapNg::new();
+    // Two Ethernet interfaces, nanosecond and default (microsecond) timestamps.
+    ng.interface(1, Some(9));
+    ng.interface(1, None);
+    for i in 0..6u64 {
+        ng.packet((i % 2) as u32, 1_500_000_000_123_456_789 + i, &web);
+    }
+    let capture = ng.write(&dir.path().join("two-interfaces.pcapng"));
+    let (out, frames) = replay(dir.path(), &capture);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(frames.len(), 6, "{}", out.stderr);
+    assert!(frames.iter().all(|f| f == &web));
+    if let Some(n) = tcpdump_count(&capture) {
+        assert_eq!(n, frames.len(), "tcpdump reads as many packets as netvm");
+    } else {
+        eprintln!("SKIP the tcpdump half: tcpdump is not installed");
+    }
+    for index in 1..=6 {
+        let e = explain(dir.path(), &capture, index);
+        assert!(
+            e.stdout.contains("matched: rule web"),
+            "{index}: {}",
+            e.stdout
+        );
+    }
+}
+
+#[test]
+fn pcapng_decodes_each_packet_by_its_interfaces_link_type_and_names_damaged_blocks_by_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = web_frame(80);
+    let ip = &web[14..];
+    let mut ng = PcapNg::new();
+    ng.interface(1, Some(9));
+    ng.interface(101, None);
+    ng.interface(113, None);
+    let sll = link_layers(ip)
+        .into_iter()
+        .find(|(name, ..)| *name == "LINUX_SLL")
+        .unwrap()
+        .2;
+    ng.packet(0, 1, &web);
+    ng.packet(1, 2, ip);
+    ng.packet(2, 3, &sll);
+    // 4: a packet on an interface the file never described.
+    let r4 = ng.packet(7, 4, &web);
+    ng.packet(1, 5, ip);
+    let capture = ng.write(&dir.path().join("mixed.pcapng"));
+
+    let (out, frames) = replay(dir.path(), &capture);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(frames.len(), 4, "{}", out.stderr);
+    for f in &frames {
+        assert_eq!(&f[14..], ip, "every packet carries the same IP packet");
+    }
+    assert!(
+        out.stderr.contains("1 damaged record of 5")
+            && out.stderr.contains(&format!("record 4 at offset {r4}")),
+        "{}",
+        out.stderr
+    );
+    for index in [1, 2, 3, 5] {
+        let e = explain(dir.path(), &capture, index);
+        assert!(
+            e.stdout.contains("matched: rule web"),
+            "{index}: {}",
+            e.stdout
+        );
+    }
+}

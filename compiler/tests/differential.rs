@@ -808,3 +808,81 @@ fn one_jit_shared_by_threads_agrees_with_the_interpreter_on_each() {
         });
     }
 }
+
+/// [`FlowKeySpec`](netvm_compiler::flow_key::FlowKeySpec): two frames (and ports) with equal
+/// flow keys get the same rule from the interpreter, on random header rule sets and on
+/// random policies (those that read the payload have no key, and are counted). Frames are
+/// the generators' own plus byte mutations of each, so many differ only in bytes the
+/// policy never reads and share a key; the test asserts that such pairs were checked.
+#[test]
+fn equal_flow_keys_get_equal_verdicts_from_the_interpreter() {
+    use netvm_compiler::flow_key::FlowKeySpec;
+    use std::collections::HashMap;
+    let (mut shared, mut keyless, mut keyed) = (0u64, 0u64, 0u64);
+    for seed in 0..u64::from(policies()) {
+        let mut rng = Rng(seed ^ 0xf10c_ac4e);
+        let mut frames: Vec<Vec<u8>> = (0..8).map(|_| random_frame(&mut rng)).collect();
+        frames.extend((0..8).map(|_| handmade_frame(&mut rng)));
+        let ir = if seed % 2 == 0 {
+            random_tuple_classifier(&mut rng, &frames)
+        } else {
+            random_classifier(&mut rng, &frames)
+        };
+        let Some(spec) = FlowKeySpec::of(&ir) else {
+            let reads_payload = ir.atoms.iter().any(|a| {
+                matches!(
+                    a,
+                    Atom::PayloadByte { .. }
+                        | Atom::Contains(_)
+                        | Atom::StartsWith(_)
+                        | Atom::Matches(_)
+                )
+            });
+            assert!(
+                reads_payload,
+                "seed {seed:#x}: a header-only policy has no key"
+            );
+            keyless += 1;
+            continue;
+        };
+        keyed += 1;
+        for rule in ir.rules.iter().take(24) {
+            if let Some(f) = hit_frame(&mut rng, &ir, rule) {
+                frames.push(f);
+            }
+        }
+        for i in 0..frames.len() {
+            for _ in 0..6 {
+                let m = mutate(&mut rng, &frames[i]);
+                frames.push(m);
+            }
+        }
+        let interp = Interpreter::new(ir.clone()).expect("regexes compile");
+        let mut seen = HashMap::new();
+        for frame in &frames {
+            for port in [NO_PORT, 0, 1] {
+                let verdict = interp.classify(frame, port);
+                let key = spec.key(frame, port);
+                match seen.entry(key) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((verdict, frame.clone(), port));
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let (want, first, first_port) = o.get();
+                        assert_eq!(
+                            verdict, *want,
+                            "seed {seed:#x}: same flow key, different rules\n{ir:#?}\n\
+                             {first:02x?} port {first_port}\n{frame:02x?} port {port}"
+                        );
+                        shared += u64::from(first != frame || *first_port != port);
+                    }
+                }
+            }
+        }
+    }
+    assert!(keyed > 0 && keyless > 0, "keyed {keyed}, keyless {keyless}");
+    assert!(
+        shared > 1000,
+        "only {shared} distinct (frame, port) pairs shared a key"
+    );
+}

@@ -13,6 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 /// Why a packet did not leave by a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -266,8 +268,9 @@ impl Stats {
     }
 }
 
-/// A named row of the final report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A port's counters with its name, at one moment: a row of the final report and of the
+/// control socket's `stats` reply (one type for both, so they cannot drift apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortRow {
     pub name: String,
     pub driver: String,
@@ -277,11 +280,13 @@ pub struct PortRow {
     pub tx_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A VM's counters with its name, at one moment (final report and `stats` reply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRow {
     pub name: String,
     pub function: String,
     pub trusted: bool,
+    /// It runs on the switch thread (`--vm-mode inline`), not its own.
     pub inline: bool,
     pub packets_in: u64,
     pub mirrored_in: u64,
@@ -291,7 +296,8 @@ pub struct VmRow {
     pub summary: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A rule's counters with its name, at one moment (final report and `stats` reply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleRow {
     pub name: String,
     pub packets: u64,

@@ -441,6 +441,7 @@ pub fn launch(
         Mode::Auto if available > vms.len() => VmMode::Thread,
         Mode::Auto => VmMode::Inline,
     };
+    bindings.vms_inline = vm_mode == VmMode::Inline;
     let duration = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => {

@@ -3,8 +3,10 @@
 //! for one record. Used by the `pcap` port and by `netvm explain --pcap`.
 //!
 //! Classic pcap (both byte orders, micro- and nanosecond timestamps) is read here; pcapng
-//! through `pcap_file`'s block reader (a damaged block ends the file there, reported as
-//! damage, with the frames before it kept). What counts as damage, and what is done:
+//! through `pcap_file`'s raw block reader, block by block with each block's offset (a
+//! damaged block ends the file there, reported as damage, with the frames before it kept;
+//! every interface's own link type decodes its packets; timestamps and `if_tsresol` are not
+//! used, since netvm does not replay at capture pace). What counts as damage, and what is done:
 //!
 //! - a captured length above the original length: the captured bytes are kept;
 //! - a timestamp fraction of a second at or past one second: kept (netvm does not use it);
@@ -26,13 +28,14 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 
+use byteorder_slice::{BigEndian, LittleEndian};
 use pcap_file::pcapng::{Block, PcapNgReader};
 
 /// libpcap's largest snapshot length: longer records are damage.
 pub const MAX_RECORD: u32 = 262_144;
 
 /// One damaged record: its number (from 1, as tcpdump and Wireshark count), where its
-/// header starts in the file (pcap; `None` for pcapng), and what was wrong and done.
+/// header (pcap) or block (pcapng) starts in the file, and what was wrong and done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Damage {
     pub record: u64,
@@ -192,6 +195,8 @@ enum Format {
     },
     PcapNg {
         reader: Box<PcapNgReader<BufReader<File>>>,
+        /// Where the next block starts in the file.
+        offset: u64,
     },
 }
 
@@ -262,10 +267,15 @@ impl CaptureReader {
             let file = BufReader::new(File::open(path).map_err(|e| io_error(path, &e))?);
             let reader = PcapNgReader::new(file)
                 .map_err(|e| format!("{path}: not a readable pcapng capture: {e}"))?;
+            // The section header block was read by `new`: its total length (in the byte
+            // order its byte-order magic names) is where the next block starts.
+            let big = header[8..12] == [0x1a, 0x2b, 0x3c, 0x4d];
+            let offset = u64::from(word_at(&header, 4, big));
             return Ok(CaptureReader {
                 path: path.to_string(),
                 format: Format::PcapNg {
                     reader: Box::new(reader),
+                    offset,
                 },
                 records: 0,
                 damaged: Vec::new(),
@@ -488,12 +498,25 @@ impl CaptureReader {
     }
 
     fn next_pcapng(&mut self) -> Step {
-        let Format::PcapNg { reader } = &mut self.format else {
+        let Format::PcapNg { reader, offset } = &mut self.format else {
             return Step::End;
         };
-        let Some(block) = reader.next_block() else {
+        let at = *offset;
+        // Blocks are read raw, so each one's length moves the offset on (the parser
+        // still records section and interface blocks as they pass). A section header
+        // block names its own byte order; every other block is in its section's.
+        let big = reader.section().endianness == pcap_file::Endianness::Big;
+        let Some(raw) = reader.next_raw_block() else {
             return Step::End;
         };
+        let block = raw.and_then(|raw| {
+            *offset += u64::from(raw.initial_len);
+            if big {
+                raw.try_into_block::<BigEndian>()
+            } else {
+                raw.try_into_block::<LittleEndian>()
+            }
+        });
         let (interface, data) = match block {
             Ok(Block::EnhancedPacket(p)) => (Some(p.interface_id), p.data.into_owned()),
             Ok(Block::SimplePacket(p)) => (Some(0), p.data.into_owned()),
@@ -501,7 +524,7 @@ impl CaptureReader {
             Ok(_) => return Step::Skipped,
             Err(e) => {
                 self.records += 1;
-                self.damage(None, format!("{e}: the rest of the file is not read"));
+                self.damage(Some(at), format!("{e}: the rest of the file is not read"));
                 return Step::End;
             }
         };
@@ -511,7 +534,7 @@ impl CaptureReader {
             .map(|idb| u32::from(idb.linktype));
         let Some(link) = link else {
             self.damage(
-                None,
+                Some(at),
                 "names an interface the file does not describe: skipped",
             );
             return Step::Skipped;
@@ -519,14 +542,14 @@ impl CaptureReader {
         let link = match LinkType::from_number(link) {
             Ok(l) => l,
             Err(e) => {
-                self.damage(None, format!("{e}: skipped"));
+                self.damage(Some(at), format!("{e}: skipped"));
                 return Step::Skipped;
             }
         };
         match link.to_ethernet(&data) {
             Ok(f) => Step::Frame(f),
             Err(why) => {
-                self.damage(None, why);
+                self.damage(Some(at), why);
                 Step::Skipped
             }
         }
