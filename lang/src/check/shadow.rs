@@ -312,20 +312,69 @@ fn enclosing_blocks(lo: u128, hi: u128, sizes: &[u32]) -> impl Iterator<Item = (
     })
 }
 
+/// A cheap hasher for the block index (keys are a few small integers; SipHash dominated
+/// the lookups at 100,000 rules).
+#[derive(Default)]
+struct BlockHasher(u64);
+
+impl std::hash::Hasher for BlockHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type BlockIndex = std::collections::HashMap<
+    (usize, u128, u128),
+    Vec<usize>,
+    std::hash::BuildHasherDefault<BlockHasher>,
+>;
+
+/// The key a box is indexed by: the most selective key whose set is an aligned block.
+fn block_key(bx: &Box_) -> Option<(usize, u128, u128)> {
+    let mut bits = bx.keys;
+    while bits != 0 {
+        let k = bits.trailing_zeros() as usize;
+        if is_block(bx.lo[k], bx.hi[k]) {
+            return Some((k, bx.lo[k], bx.hi[k]));
+        }
+        bits &= bits - 1;
+    }
+    None
+}
+
 /// Adds a W001 for every root rule that one earlier rule covers.
 ///
-/// Candidates are found through an index on the most selective key: an earlier rule whose
-/// set for that key is a prefix can only cover a rule whose set lies inside that prefix, so it
-/// is looked up among the (at most 129) prefixes enclosing the later rule's set; every other
-/// earlier rule is compared directly.
+/// Candidates are found through an index of aligned blocks: an earlier rule is indexed by
+/// its most selective key whose set is a prefix (a block), and it can only cover a rule that
+/// constrains that key to a set inside that block, so it is looked up, per key the later rule
+/// constrains, among the (at most 129) blocks enclosing the later rule's set whose sizes were
+/// indexed on that key. Only earlier rules with no block at all (ranges only, or no key) are
+/// compared directly. The answer is the earliest covering rule, as a scan would find it.
 pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
     let forms: Vec<Option<Vec<Conj>>> = policy.rules.iter().map(|r| dnf(&r.pred, false)).collect();
     let boxes = boxes(&forms);
-    let mut by_block: std::collections::HashMap<(u128, u128), Vec<usize>> =
-        std::collections::HashMap::new();
+    let mut by_block = BlockIndex::default();
     let mut general: Vec<usize> = Vec::new();
-    // The sizes (as bit counts) of the blocks indexed so far: only those need a lookup.
-    let mut block_sizes: Vec<u32> = Vec::new();
+    // Per key, the sizes (as bit counts) of the blocks indexed so far: only those need a
+    // lookup.
+    let mut block_sizes: Vec<Vec<u32>> = vec![Vec::new(); 64];
     let covers = |a: usize, b: usize, b_form: &[Conj]| {
         if let (Some(a_box), Some(b_box)) = (&boxes[a], &boxes[b]) {
             if !a_box.may_cover(b_box) {
@@ -340,25 +389,34 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
         }
     };
     for (b, rule) in policy.rules.iter().enumerate() {
-        let indexed_key = boxes[b]
-            .as_ref()
-            .filter(|bx| bx.keys & 1 != 0)
-            .map(|bx| (bx.lo[0], bx.hi[0]));
+        let indexed_key = boxes[b].as_ref().and_then(block_key);
         if let Some(b_form) = forms[b].as_ref().filter(|f| !f.is_empty()) {
             let mut coverer = general.iter().copied().find(|&a| covers(a, b, b_form));
-            match (&boxes[b], indexed_key) {
-                (Some(_), Some((lo, hi))) => {
-                    for block in enclosing_blocks(lo, hi, &block_sizes) {
-                        if let Some(list) = by_block.get(&block) {
-                            if let Some(a) = list.iter().copied().find(|&a| covers(a, b, b_form)) {
-                                coverer = Some(coverer.map_or(a, |c| c.min(a)));
+            match &boxes[b] {
+                Some(bx) => {
+                    let mut bits = bx.keys;
+                    while bits != 0 {
+                        let k = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        for (lo, hi) in enclosing_blocks(bx.lo[k], bx.hi[k], &block_sizes[k]) {
+                            let Some(list) = by_block.get(&(k, lo, hi)) else {
+                                continue;
+                            };
+                            // Only rules before the best so far can improve on it.
+                            let limit = coverer.unwrap_or(b);
+                            if let Some(a) = list
+                                .iter()
+                                .copied()
+                                .take_while(|&a| a < limit)
+                                .find(|&a| covers(a, b, b_form))
+                            {
+                                coverer = Some(a);
                             }
                         }
                     }
                 }
-                (Some(_), None) => {}
                 // Not a box: every earlier rule is a candidate.
-                (None, _) => {
+                None => {
                     coverer = (0..b).find(|&a| covers(a, b, b_form));
                 }
             }
@@ -383,14 +441,14 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
             }
         }
         match indexed_key {
-            Some((lo, hi)) if is_block(lo, hi) => {
+            Some((k, lo, hi)) => {
                 let bits = 128 - (hi - lo).leading_zeros();
-                if !block_sizes.contains(&bits) {
-                    block_sizes.push(bits);
+                if !block_sizes[k].contains(&bits) {
+                    block_sizes[k].push(bits);
                 }
-                by_block.entry((lo, hi)).or_default().push(b)
+                by_block.entry((k, lo, hi)).or_default().push(b)
             }
-            _ => general.push(b),
+            None => general.push(b),
         }
     }
 }
