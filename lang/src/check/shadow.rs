@@ -13,7 +13,7 @@ use netvm_packet::{Field, FieldHeader, Proto};
 
 use crate::diag::{Code, Diagnostic};
 use crate::interval::IntervalSet;
-use crate::policy::{Policy, Pred, PredKind};
+use crate::policy::{PayloadTest, Policy, Pred, PredKind};
 use crate::source::Span;
 
 const MAX_CONJUNCTS: usize = 64;
@@ -312,18 +312,41 @@ fn enclosing_blocks(lo: u128, hi: u128, sizes: &[u32]) -> impl Iterator<Item = (
     })
 }
 
+/// The payload test an opaque atom is, if it is one (not negated).
+fn payload_test(kind: &PredKind) -> Option<&PayloadTest> {
+    match kind {
+        PredKind::Payload(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Each conjunction's first payload test, when every conjunction has one.
+fn payload_keys(form: Option<&[Conj]>) -> Option<Vec<&PayloadTest>> {
+    let form = form.filter(|f| !f.is_empty())?;
+    form.iter()
+        .map(|c| c.opaque.iter().find_map(payload_test))
+        .collect()
+}
+
 /// Adds a W001 for every root rule that one earlier rule covers.
 ///
 /// Candidates are found through an index on the most selective key: an earlier rule whose
 /// set for that key is a prefix can only cover a rule whose set lies inside that prefix, so it
-/// is looked up among the (at most 129) prefixes enclosing the later rule's set; every other
-/// earlier rule is compared directly.
+/// is looked up among the (at most 129) prefixes enclosing the later rule's set; an earlier
+/// rule with a payload test in each conjunction is looked up by the later rule's payload
+/// tests; every other earlier rule is compared directly.
 pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
     let forms: Vec<Option<Vec<Conj>>> = policy.rules.iter().map(|r| dnf(&r.pred, false)).collect();
     let boxes = boxes(&forms);
     let mut by_block: std::collections::HashMap<(u128, u128), Vec<usize>> =
         std::collections::HashMap::new();
     let mut general: Vec<usize> = Vec::new();
+    // Earlier rules each of whose conjunctions has a payload test, listed under each
+    // conjunction's first one: such a rule covers a conjunction only if that test is among
+    // the conjunction's opaque atoms (10,000 `payload contains` rules are not compared
+    // pairwise).
+    let mut by_payload: std::collections::HashMap<&PayloadTest, Vec<usize>> =
+        std::collections::HashMap::new();
     // The sizes (as bit counts) of the blocks indexed so far: only those need a lookup.
     let mut block_sizes: Vec<u32> = Vec::new();
     let covers = |a: usize, b: usize, b_form: &[Conj]| {
@@ -346,6 +369,13 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
             .map(|bx| (bx.lo[0], bx.hi[0]));
         if let Some(b_form) = forms[b].as_ref().filter(|f| !f.is_empty()) {
             let mut coverer = general.iter().copied().find(|&a| covers(a, b, b_form));
+            for test in b_form[0].opaque.iter().filter_map(payload_test) {
+                if let Some(list) = by_payload.get(test) {
+                    if let Some(a) = list.iter().copied().find(|&a| covers(a, b, b_form)) {
+                        coverer = Some(coverer.map_or(a, |c| c.min(a)));
+                    }
+                }
+            }
             match (&boxes[b], indexed_key) {
                 (Some(_), Some((lo, hi))) => {
                     for block in enclosing_blocks(lo, hi, &block_sizes) {
@@ -390,7 +420,17 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
                 }
                 by_block.entry((lo, hi)).or_default().push(b)
             }
-            _ => general.push(b),
+            _ => match payload_keys(forms[b].as_deref()) {
+                Some(keys) => {
+                    for key in keys {
+                        let list = by_payload.entry(key).or_default();
+                        if list.last() != Some(&b) {
+                            list.push(b);
+                        }
+                    }
+                }
+                None => general.push(b),
+            },
         }
     }
 }
