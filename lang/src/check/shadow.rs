@@ -13,7 +13,7 @@ use netvm_packet::{Field, FieldHeader, Proto};
 
 use crate::diag::{Code, Diagnostic};
 use crate::interval::IntervalSet;
-use crate::policy::{Policy, Pred, PredKind};
+use crate::policy::{PayloadTest, Policy, Pred, PredKind};
 use crate::source::Span;
 
 const MAX_CONJUNCTS: usize = 64;
@@ -359,14 +359,32 @@ fn block_key(bx: &Box_) -> Option<(usize, u128, u128)> {
     None
 }
 
+/// The payload test an opaque atom is, if it is one (not negated).
+fn payload_test(kind: &PredKind) -> Option<&PayloadTest> {
+    match kind {
+        PredKind::Payload(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// Each conjunction's first payload test, when every conjunction has one.
+fn payload_keys(form: Option<&[Conj]>) -> Option<Vec<&PayloadTest>> {
+    let form = form.filter(|f| !f.is_empty())?;
+    form.iter()
+        .map(|c| c.opaque.iter().find_map(payload_test))
+        .collect()
+}
+
 /// Adds a W001 for every root rule that one earlier rule covers.
 ///
 /// Candidates are found through an index of aligned blocks: an earlier rule is indexed by
 /// its most selective key whose set is a prefix (a block), and it can only cover a rule that
 /// constrains that key to a set inside that block, so it is looked up, per key the later rule
 /// constrains, among the (at most 129) blocks enclosing the later rule's set whose sizes were
-/// indexed on that key. Only earlier rules with no block at all (ranges only, or no key) are
-/// compared directly. The answer is the earliest covering rule, as a scan would find it.
+/// indexed on that key. An earlier rule with no block but a payload test in each conjunction
+/// is looked up by the later rule's payload tests. Only the rest (ranges only, no key, no
+/// payload test) are compared directly. The answer is the earliest covering rule, as a scan
+/// would find it.
 pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
     let forms: Vec<Option<Vec<Conj>>> = policy.rules.iter().map(|r| dnf(&r.pred, false)).collect();
     let boxes = boxes(&forms);
@@ -375,6 +393,12 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
     // Per key, the sizes (as bit counts) of the blocks indexed so far: only those need a
     // lookup.
     let mut block_sizes: Vec<Vec<u32>> = vec![Vec::new(); 64];
+    // Earlier rules each of whose conjunctions has a payload test, listed under each
+    // conjunction's first one: such a rule covers a conjunction only if that test is among
+    // the conjunction's opaque atoms (10,000 `payload contains` rules are not compared
+    // pairwise).
+    let mut by_payload: std::collections::HashMap<&PayloadTest, Vec<usize>> =
+        std::collections::HashMap::new();
     let covers = |a: usize, b: usize, b_form: &[Conj]| {
         if let (Some(a_box), Some(b_box)) = (&boxes[a], &boxes[b]) {
             if !a_box.may_cover(b_box) {
@@ -392,6 +416,13 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
         let indexed_key = boxes[b].as_ref().and_then(block_key);
         if let Some(b_form) = forms[b].as_ref().filter(|f| !f.is_empty()) {
             let mut coverer = general.iter().copied().find(|&a| covers(a, b, b_form));
+            for test in b_form[0].opaque.iter().filter_map(payload_test) {
+                if let Some(list) = by_payload.get(test) {
+                    if let Some(a) = list.iter().copied().find(|&a| covers(a, b, b_form)) {
+                        coverer = Some(coverer.map_or(a, |c| c.min(a)));
+                    }
+                }
+            }
             match &boxes[b] {
                 Some(bx) => {
                     let mut bits = bx.keys;
@@ -448,7 +479,17 @@ pub fn warn_shadowed(policy: &Policy, diags: &mut Vec<Diagnostic>) {
                 }
                 by_block.entry((k, lo, hi)).or_default().push(b)
             }
-            None => general.push(b),
+            _ => match payload_keys(forms[b].as_deref()) {
+                Some(keys) => {
+                    for key in keys {
+                        let list = by_payload.entry(key).or_default();
+                        if list.last() != Some(&b) {
+                            list.push(b);
+                        }
+                    }
+                }
+                None => general.push(b),
+            },
         }
     }
 }
